@@ -1,0 +1,46 @@
+/** `spillway validate FILE…`: the operator's own validation of Spillway manifests, offline. */
+import { readFileSync } from "node:fs";
+import type { Command } from "commander";
+import { parseAllDocuments } from "yaml";
+import { formatFieldError, validateObject } from "../api/v1alpha1/index.ts";
+
+export function registerValidate(program: Command): void {
+  program
+    .command("validate")
+    .description("Validate Spillway manifests (schemas and semantic checks) without a cluster.")
+    .argument("<files...>", "YAML files")
+    .action((files: string[]) => {
+      let bad = 0;
+      for (const file of files) {
+        let text: string;
+        try {
+          text = readFileSync(file, "utf8");
+        } catch (e) {
+          console.error(`${file}: ${(e as Error).message}`);
+          process.exitCode = 2;
+          return;
+        }
+        for (const doc of parseAllDocuments(text)) {
+          if (doc.errors.length > 0) {
+            console.error(`${file}: ${doc.errors[0]!.message}`);
+            bad++;
+            continue;
+          }
+          const obj = doc.toJS() as {
+            apiVersion?: string;
+            kind?: string;
+            metadata?: { name?: string };
+          } | null;
+          if (!obj || !String(obj.apiVersion ?? "").startsWith("spillway.dev/")) continue;
+          const errors = validateObject(obj);
+          const id = `${obj.kind}/${obj.metadata?.name ?? "?"}`;
+          if (errors.length === 0) console.log(`${file}: ${id} valid`);
+          else {
+            bad++;
+            for (const e of errors) console.error(`${file}: ${id}: ${formatFieldError(e)}`);
+          }
+        }
+      }
+      if (bad > 0) process.exitCode = 1;
+    });
+}
