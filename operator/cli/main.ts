@@ -1,9 +1,11 @@
 /**
- * The `spillway` command line. Each subcommand lives in its own module and is loaded only
- * when used, so `spillway sync` does not pay for the controllers and vice versa.
+ * The `spillway` command line. Every module in `commands/` exports `register(program)`;
+ * they are loaded here, so adding a command is adding a file (no shared list to edit).
  */
+import { readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { Command } from "commander";
-import { registerValidate } from "./validate.ts";
 
 const program = new Command()
   .name("spillway")
@@ -13,6 +15,13 @@ const program = new Command()
     process.exit(err.exitCode === 0 ? 0 : 2);
   });
 
-registerValidate(program);
+const dir = join(dirname(fileURLToPath(import.meta.url)), "commands");
+const modules = readdirSync(dir)
+  .filter((f) => /\.(ts|js)$/.test(f) && !f.endsWith(".d.ts"))
+  .sort();
+for (const file of modules) {
+  const mod = (await import(pathToFileURL(join(dir, file)).href)) as { register?: (p: Command) => void };
+  mod.register?.(program);
+}
 
 await program.parseAsync(process.argv);

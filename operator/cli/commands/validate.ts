@@ -2,9 +2,9 @@
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { parseAllDocuments } from "yaml";
-import { formatFieldError, validateObject } from "../api/v1alpha1/index.ts";
+import { formatFieldError, validateObject } from "../../api/v1alpha1/index.ts";
 
-export function registerValidate(program: Command): void {
+export function register(program: Command): void {
   program
     .command("validate")
     .description("Validate Spillway manifests (schemas and semantic checks) without a cluster.")
