@@ -1,0 +1,220 @@
+/**
+ * The object-store port of the data plane. Every store Spillway moves data between (Azure
+ * Blob, S3-compatible incl. OCI's compatibility endpoint, the local filesystem) is reached
+ * through `ObjectStore`; the sync engine and the checkpoint agent never see an SDK.
+ *
+ * Contract (stable; other parts of Spillway build on it):
+ * - Keys are relative to the store's root/prefix, `/`-separated, and go through
+ *   `normaliseKey`: a key that would escape the prefix (`..`, absolute, backslash, NUL, empty
+ *   segment) is rejected with `StoreError("InvalidKey")` before any request is made.
+ * - `list` is an async iterable over pages fetched on demand: memory stays constant whatever
+ *   the object count. Order is the store's (lexicographic for S3 and Azure, sorted per
+ *   directory for files); callers must not rely on a global order.
+ * - `read` streams; a range is `[start, end)` (end exclusive, clamped to the size).
+ * - Nothing written is visible under its key until complete: `put` is one atomic request (or
+ *   temp file + fsync + rename), `startUpload` stages parts that become visible only at
+ *   `commit`; `abort` discards them.
+ * - `sha256` (hex) is Spillway's content hash, carried as server-side metadata by each
+ *   adapter under its own metadata name (`SHA256_METADATA`), returned by `head` and — where
+ *   the store's listing includes metadata (Azure, files) — by `list`.
+ * - Conditional writes: `ifNoneMatch: "*"` (create only) and `ifMatch: etag` (replace only
+ *   that version). `capabilities.conditionalWrites` says whether the store enforces them;
+ *   a failed condition throws `StoreError("PreconditionFailed")`.
+ * - Errors are `StoreError` with a `code`; `retryable` is true for throttling (429/503) and
+ *   transient network/server errors, which callers retry with backoff (see `retry.ts`).
+ */
+import type { Readable } from "node:stream";
+
+/** Metadata names the adapters use for Spillway's content sha256 (Azure names must be identifiers). */
+export const SHA256_METADATA = { azure: "spillwaysha256", s3: "spillway-sha256", file: "sha256" } as const;
+
+export interface ObjectInfo {
+  /** Key relative to the store's prefix, normalised. */
+  key: string;
+  size: number;
+  /** Opaque version tag; changes whenever the content changes (S3/Azure ETag; files: mtime+size+inode). */
+  etag: string;
+  lastModified?: Date;
+  /** Spillway's content sha256 (hex), when the store returned it. */
+  sha256?: string;
+}
+
+export interface ObjectHead extends ObjectInfo {
+  /** User metadata (without Spillway's sha256 entry, which is `sha256`). */
+  metadata: Record<string, string>;
+  contentType?: string;
+}
+
+export interface ListOptions {
+  /** Only keys starting with this (relative) prefix; not normalised as a key, may end with `/`. */
+  prefix?: string;
+  /** Request page size hint (default 1000 for S3/Azure). */
+  pageSize?: number;
+  signal?: AbortSignal;
+}
+
+export interface ReadOptions {
+  /** Byte range `[start, end)`; `end` omitted means to the end of the object. */
+  range?: { start: number; end?: number };
+  signal?: AbortSignal;
+}
+
+export interface WriteOptions {
+  /** Spillway's content sha256 (hex) to store as metadata. */
+  sha256?: string;
+  /** Extra user metadata; names lowercase `[a-z0-9]+` so every store accepts them. */
+  metadata?: Record<string, string>;
+  contentType?: string;
+  /** `"*"`: fail with PreconditionFailed when the key exists. */
+  ifNoneMatch?: "*";
+  /** Fail with PreconditionFailed unless the current object has this etag. */
+  ifMatch?: string;
+  signal?: AbortSignal;
+}
+
+export interface PutResult {
+  etag: string;
+}
+
+/** One uploaded part, as returned by `uploadPart`; pass them all, in any order, to `commit`. */
+export interface PartReceipt {
+  /** 1-based part number; parts are assembled in this order. */
+  partNumber: number;
+  size: number;
+  /** Store-specific id (S3 part ETag, Azure block id, file part path). */
+  id: string;
+}
+
+export interface CommitOptions {
+  /** Content sha256 known only after all parts were hashed; stored as metadata. */
+  sha256?: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * A multipart (S3) / block (Azure) / staged-file upload. Parts may be uploaded concurrently;
+ * each part (except the last) must be at least `capabilities.minPartSize`. The per-part MD5
+ * is sent and checked by the store when `capabilities.partChecksum` is not "none".
+ */
+export interface MultipartUpload {
+  readonly key: string;
+  uploadPart(partNumber: number, data: Uint8Array, signal?: AbortSignal): Promise<PartReceipt>;
+  /** Makes the object visible atomically with the parts in partNumber order. */
+  commit(parts: PartReceipt[], options?: CommitOptions): Promise<PutResult>;
+  /** Discards staged parts (best effort; never throws for an already-gone upload). */
+  abort(): Promise<void>;
+}
+
+export interface StoreCapabilities {
+  /** "enforced": the store evaluates If-Match/If-None-Match; "sent": sent, enforcement depends on the server. */
+  conditionalWrites: "enforced" | "sent" | "none";
+  /** Checksum the store verifies for each uploaded part. */
+  partChecksum: "md5" | "none";
+  /** Whether `list` returns `sha256` (metadata in listings). */
+  listsSha256: boolean;
+  minPartSize: number;
+  maxParts: number;
+  /** Largest object `put` accepts in one request. */
+  maxPutSize: number;
+}
+
+export interface ObjectStore {
+  /** The store's URI with credentials redacted: safe to log. */
+  readonly displayUri: string;
+  readonly capabilities: StoreCapabilities;
+  list(options?: ListOptions): AsyncIterable<ObjectInfo>;
+  /** undefined when the object does not exist. */
+  head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined>;
+  /** Throws StoreError("NotFound") when the object does not exist. */
+  read(key: string, options?: ReadOptions): Promise<Readable>;
+  /** Writes a whole object in one atomic request. */
+  put(key: string, body: Uint8Array, options?: WriteOptions): Promise<PutResult>;
+  /** Starts a multipart upload; `sha256` may be given here or at commit. */
+  startUpload(key: string, options?: WriteOptions): Promise<MultipartUpload>;
+  /** Deletes; a missing object is not an error. */
+  delete(key: string, signal?: AbortSignal): Promise<void>;
+  /** Checks that the container/bucket/directory exists and is reachable (bad input → NotFound). */
+  check(signal?: AbortSignal): Promise<void>;
+}
+
+export type StoreErrorCode =
+  | "InvalidKey"
+  | "InvalidUri"
+  | "MissingCredentials"
+  | "NotFound"
+  | "ContainerNotFound"
+  | "PreconditionFailed"
+  | "Auth"
+  | "Throttled"
+  | "Transient"
+  | "Integrity"
+  | "Aborted"
+  | "Other";
+
+export class StoreError extends Error {
+  constructor(
+    readonly code: StoreErrorCode,
+    message: string,
+    options?: { cause?: unknown; retryAfterMs?: number },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "StoreError";
+    this.retryAfterMs = options?.retryAfterMs;
+  }
+  readonly retryAfterMs: number | undefined;
+  get retryable(): boolean {
+    return this.code === "Throttled" || this.code === "Transient";
+  }
+}
+
+/**
+ * Confines a key to the store's prefix: returns the canonical `a/b/c` form or throws
+ * InvalidKey. Rejected: empty, leading `/`, `\`, NUL, and `.`/`..`/empty segments. A key is
+ * rejected rather than "fixed" so two source keys can never land on one destination key.
+ */
+export function normaliseKey(key: string): string {
+  if (typeof key !== "string" || key.length === 0) throw new StoreError("InvalidKey", "empty key");
+  if (key.length > 1024) throw new StoreError("InvalidKey", "key longer than 1024 characters");
+  if (key.includes("\0")) throw new StoreError("InvalidKey", "key contains NUL");
+  if (key.includes("\\"))
+    throw new StoreError("InvalidKey", `key contains a backslash: ${JSON.stringify(key)}`);
+  if (key.startsWith("/")) throw new StoreError("InvalidKey", `absolute key: ${JSON.stringify(key)}`);
+  for (const seg of key.split("/")) {
+    if (seg === "" || seg === "." || seg === "..")
+      throw new StoreError("InvalidKey", `key has a '${seg || "empty"}' segment: ${JSON.stringify(key)}`);
+  }
+  return key;
+}
+
+/** Normalises a store prefix: "" or "a/b/" (always ending in `/`), with the same confinement as keys. */
+export function normalisePrefix(prefix: string): string {
+  const p = prefix.replace(/^\/+/, "").replace(/\/+$/, "");
+  if (p === "") return "";
+  return `${normaliseKey(p)}/`;
+}
+
+/** Credentials for `openStore`; each field may come from the environment or a Secret. */
+export interface StoreCredentials {
+  azure?: { connectionString?: string; accountKey?: string; sas?: string };
+  s3?: { accessKeyId?: string; secretAccessKey?: string; sessionToken?: string };
+}
+
+/** A parsed store URI. `secretParams` (e.g. `sas`) are kept apart so they never reach a log. */
+export type StoreLocation =
+  | { kind: "azblob"; account: string; container: string; prefix: string; endpoint?: string; sas?: string }
+  | { kind: "s3"; bucket: string; prefix: string; endpoint?: string; region: string }
+  | { kind: "file"; root: string; prefix: string };
+
+/**
+ * Opens the store a URI names: `azblob://<account>/<container>/<prefix>?endpoint=…&sas=…`,
+ * `s3://<bucket>/<prefix>?endpoint=…&region=…`, `file:///<path>`. Adapters load lazily so a
+ * command touching one cloud does not load every SDK. Throws StoreError InvalidUri or
+ * MissingCredentials on bad input (nothing is contacted before that check).
+ */
+export async function openStore(
+  uri: string | StoreLocation,
+  credentials: StoreCredentials,
+): Promise<ObjectStore> {
+  const { openLocation } = await import("./open.ts");
+  return openLocation(uri, credentials);
+}
