@@ -14,9 +14,12 @@
  * - Nothing written is visible under its key until complete: `put` is one atomic request (or
  *   temp file + fsync + rename), `startUpload` stages parts that become visible only at
  *   `commit`; `abort` discards them.
- * - `sha256` (hex) is Spillway's content hash, carried as server-side metadata by each
- *   adapter under its own metadata name (`SHA256_METADATA`), returned by `head` and — where
- *   the store's listing includes metadata (Azure, files) — by `list`.
+ * - `sha256` (hex) is Spillway's content hash, carried as server-side metadata by S3 and Azure
+ *   under their own metadata name (`SHA256_METADATA`), returned by `head` and — where the
+ *   store's listing includes metadata (Azure) — by `list`. The file store keeps no metadata
+ *   (plain files); the sync manifest carries the hash for it.
+ * - `list` returns keys as stored, relative to the prefix; a foreign store may hold keys that
+ *   fail `normaliseKey` (e.g. `a/../b`): callers check before using them as destination keys.
  * - Conditional writes: `ifNoneMatch: "*"` (create only) and `ifMatch: etag` (replace only
  *   that version). `capabilities.conditionalWrites` says whether the store enforces them;
  *   a failed condition throws `StoreError("PreconditionFailed")`.
@@ -69,6 +72,8 @@ export interface WriteOptions {
   ifNoneMatch?: "*";
   /** Fail with PreconditionFailed unless the current object has this etag. */
   ifMatch?: string;
+  /** Multipart only: every part but the last has this size (lets the file store write in place). */
+  partSize?: number;
   signal?: AbortSignal;
 }
 

@@ -1,0 +1,327 @@
+/**
+ * Azure Blob ObjectStore: block blobs. Multipart uploads are staged blocks (each with a
+ * transactional MD5 the service checks) made visible by one commitBlockList; uncommitted
+ * blocks of an abandoned upload are never visible and expire on their own.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { Readable } from "node:stream";
+import {
+  AnonymousCredential,
+  type BlobRequestConditions,
+  ContainerClient,
+  type StoragePipelineOptions,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+import { displayLocation } from "./open.ts";
+import {
+  type CommitOptions,
+  type ListOptions,
+  type MultipartUpload,
+  normaliseKey,
+  type ObjectHead,
+  type ObjectInfo,
+  type ObjectStore,
+  type PartReceipt,
+  type PutResult,
+  type ReadOptions,
+  SHA256_METADATA,
+  type StoreCapabilities,
+  type StoreCredentials,
+  StoreError,
+  type StoreLocation,
+  type WriteOptions,
+} from "./store.ts";
+
+type AzLocation = Extract<StoreLocation, { kind: "azblob" }>;
+
+const md5 = (data: Uint8Array) => createHash("md5").update(data).digest();
+const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) =>
+  a === undefined || a.length === 0 || Buffer.from(a).equals(Buffer.from(b));
+const unquote = (etag: string | undefined) => (etag ?? "").replace(/"/g, "");
+
+export function classifyAzureError(e: unknown, what: string): StoreError {
+  if (e instanceof StoreError) return e;
+  const err = e as { name?: string; code?: string; statusCode?: number; message?: string };
+  const status = err.statusCode;
+  const code = err.code ?? "";
+  const msg = `${what}: ${code || err.name || "error"}${status ? ` (HTTP ${status})` : ""}`;
+  if (err.name === "AbortError") return new StoreError("Aborted", `${what}: aborted`, { cause: e });
+  if (code === "ContainerNotFound") return new StoreError("ContainerNotFound", msg, { cause: e });
+  if (status === 404 || code === "BlobNotFound") return new StoreError("NotFound", msg, { cause: e });
+  if (status === 412 || code === "ConditionNotMet" || code === "BlobAlreadyExists")
+    return new StoreError("PreconditionFailed", msg, { cause: e });
+  if (code === "Md5Mismatch" || code === "InvalidMd5" || code === "Crc64Mismatch")
+    return new StoreError("Integrity", msg, { cause: e });
+  if (status === 401 || status === 403) return new StoreError("Auth", msg, { cause: e });
+  if (status === 429 || status === 503 || code === "ServerBusy")
+    return new StoreError("Throttled", msg, { cause: e });
+  if ((status !== undefined && status >= 500) || status === 408 || code === "OperationTimedOut")
+    return new StoreError("Transient", msg, { cause: e });
+  if (
+    /^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EAI_AGAIN|ENOTFOUND|REQUEST_SEND_ERROR)/.test(code) ||
+    err.name === "RestError"
+  )
+    return new StoreError("Transient", `${what}: ${code || err.message}`, { cause: e });
+  return new StoreError("Other", `${what}: ${err.message ?? code}`, { cause: e });
+}
+
+/** Parses `Key=Value;…` connection strings (values may contain `=`). */
+function parseConnectionString(cs: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of cs.split(";")) {
+    const i = part.indexOf("=");
+    if (i > 0) out[part.slice(0, i).trim()] = part.slice(i + 1).trim();
+  }
+  return out;
+}
+
+export class AzureBlobStore implements ObjectStore {
+  readonly capabilities: StoreCapabilities = {
+    conditionalWrites: "enforced",
+    partChecksum: "md5",
+    listsSha256: true,
+    minPartSize: 1,
+    maxParts: 50_000,
+    maxPutSize: 256 * 1024 * 1024,
+  };
+  readonly displayUri: string;
+
+  private constructor(
+    private readonly container: ContainerClient,
+    private readonly prefix: string,
+    displayUri: string,
+  ) {
+    this.displayUri = displayUri;
+  }
+
+  /**
+   * Credentials, first match wins: `sas` in the URI or credentials, a connection string
+   * (its AccountKey or SharedAccessSignature; the URI's endpoint wins over its BlobEndpoint),
+   * an account key for the URI's account.
+   */
+  static open(loc: AzLocation, creds: NonNullable<StoreCredentials["azure"]>): AzureBlobStore {
+    const shown = displayLocation(loc);
+    let endpoint = loc.endpoint ?? `https://${loc.account}.blob.core.windows.net`;
+    const pipeline: StoragePipelineOptions = {
+      // The sync engine retries with its own backoff and jitter.
+      retryOptions: { maxTries: 1 },
+      keepAliveOptions: { enable: true },
+    };
+    const sas = loc.sas ?? creds.sas;
+    let container: ContainerClient;
+    const url = () => `${endpoint.replace(/\/+$/, "")}/${loc.container}`;
+    if (sas) {
+      container = new ContainerClient(
+        `${url()}?${sas.replace(/^\?/, "")}`,
+        new AnonymousCredential(),
+        pipeline,
+      );
+    } else if (creds.connectionString) {
+      const cs = parseConnectionString(creds.connectionString);
+      if (cs.AccountName && cs.AccountName !== loc.account)
+        throw new StoreError(
+          "MissingCredentials",
+          `AZURE_STORAGE_CONNECTION_STRING is for account '${cs.AccountName}', not '${loc.account}' (${shown})`,
+        );
+      if (!loc.endpoint && cs.BlobEndpoint) endpoint = cs.BlobEndpoint;
+      if (cs.AccountKey) {
+        container = new ContainerClient(
+          url(),
+          new StorageSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey),
+          pipeline,
+        );
+      } else if (cs.SharedAccessSignature) {
+        container = new ContainerClient(
+          `${url()}?${cs.SharedAccessSignature}`,
+          new AnonymousCredential(),
+          pipeline,
+        );
+      } else {
+        throw new StoreError(
+          "MissingCredentials",
+          `connection string has no AccountKey or SharedAccessSignature`,
+        );
+      }
+    } else if (creds.accountKey) {
+      container = new ContainerClient(
+        url(),
+        new StorageSharedKeyCredential(loc.account, creds.accountKey),
+        pipeline,
+      );
+    } else {
+      throw new StoreError(
+        "MissingCredentials",
+        `no Azure credentials for ${shown} (set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY, or add sas=…)`,
+      );
+    }
+    return new AzureBlobStore(container, loc.prefix, shown);
+  }
+
+  private blob(key: string) {
+    return this.container.getBlockBlobClient(this.prefix + normaliseKey(key));
+  }
+
+  async check(signal?: AbortSignal): Promise<void> {
+    let exists: boolean;
+    try {
+      exists = await this.container.exists({ abortSignal: signal });
+    } catch (e) {
+      throw classifyAzureError(e, this.displayUri);
+    }
+    if (!exists) throw new StoreError("ContainerNotFound", `container not found: ${this.displayUri}`);
+  }
+
+  async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    const pages = this.container
+      .listBlobsFlat({
+        prefix: this.prefix + (options.prefix ?? ""),
+        includeMetadata: true,
+        abortSignal: options.signal,
+      })
+      .byPage({ maxPageSize: options.pageSize ?? 1000 });
+    while (true) {
+      let page: Awaited<ReturnType<typeof pages.next>>;
+      try {
+        page = await pages.next();
+      } catch (e) {
+        throw classifyAzureError(e, `list ${this.displayUri}`);
+      }
+      if (page.done) return;
+      for (const b of page.value.segment.blobItems) {
+        if (!b.name.startsWith(this.prefix)) continue;
+        const sha256 = b.metadata?.[SHA256_METADATA.azure];
+        yield {
+          key: b.name.slice(this.prefix.length),
+          size: b.properties.contentLength ?? 0,
+          etag: unquote(b.properties.etag),
+          lastModified: b.properties.lastModified,
+          ...(sha256 ? { sha256 } : {}),
+        };
+      }
+    }
+  }
+
+  async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {
+    try {
+      const p = await this.blob(key).getProperties({ abortSignal: signal });
+      const metadata = { ...(p.metadata ?? {}) };
+      const sha256 = metadata[SHA256_METADATA.azure];
+      delete metadata[SHA256_METADATA.azure];
+      return {
+        key,
+        size: p.contentLength ?? 0,
+        etag: unquote(p.etag),
+        ...(p.lastModified ? { lastModified: p.lastModified } : {}),
+        ...(sha256 ? { sha256 } : {}),
+        ...(p.contentType ? { contentType: p.contentType } : {}),
+        metadata,
+      };
+    } catch (e) {
+      const se = classifyAzureError(e, `head ${key}`);
+      if (se.code === "NotFound") return undefined;
+      throw se;
+    }
+  }
+
+  async read(key: string, options: ReadOptions = {}): Promise<Readable> {
+    const r = options.range;
+    if (r && r.end !== undefined && r.end <= r.start) return Readable.from([]);
+    try {
+      const res = await this.blob(key).download(
+        r?.start ?? 0,
+        r?.end !== undefined ? r.end - (r.start ?? 0) : undefined,
+        { abortSignal: options.signal, maxRetryRequests: 0 },
+      );
+      const body = res.readableStreamBody;
+      if (!body) return Readable.from([]);
+      return body instanceof Readable ? body : Readable.from(body as AsyncIterable<Uint8Array>);
+    } catch (e) {
+      throw classifyAzureError(e, `read ${key}`);
+    }
+  }
+
+  private metadataOf(options: WriteOptions, sha256?: string): Record<string, string> {
+    const sha = sha256 ?? options.sha256;
+    return { ...(options.metadata ?? {}), ...(sha ? { [SHA256_METADATA.azure]: sha } : {}) };
+  }
+
+  private conditionsOf(options: WriteOptions): BlobRequestConditions {
+    return {
+      ...(options.ifNoneMatch ? { ifNoneMatch: options.ifNoneMatch } : {}),
+      ...(options.ifMatch ? { ifMatch: `"${unquote(options.ifMatch)}"` } : {}),
+    };
+  }
+
+  async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
+    const digest = md5(body);
+    try {
+      const r = await this.blob(key).upload(body, body.length, {
+        metadata: this.metadataOf(options),
+        conditions: this.conditionsOf(options),
+        blobHTTPHeaders: {
+          blobContentMD5: digest,
+          ...(options.contentType ? { blobContentType: options.contentType } : {}),
+        },
+        transactionalContentMD5: digest,
+        ...(options.signal ? { abortSignal: options.signal } : {}),
+      });
+      if (!sameBytes(r.contentMD5, digest))
+        throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
+      return { etag: unquote(r.etag) };
+    } catch (e) {
+      throw classifyAzureError(e, `put ${key}`);
+    }
+  }
+
+  async startUpload(key: string, options: WriteOptions = {}): Promise<MultipartUpload> {
+    const blob = this.blob(key);
+    // Block ids must have one length within a blob; a per-upload nonce keeps a crashed
+    // upload's leftover blocks from ever being committed by a later one.
+    const nonce = randomBytes(6).toString("hex");
+    const blockId = (n: number) => Buffer.from(`${nonce}-${String(n).padStart(6, "0")}`).toString("base64");
+    const store = this;
+    return {
+      key,
+      async uploadPart(partNumber: number, data: Uint8Array, signal?: AbortSignal): Promise<PartReceipt> {
+        const id = blockId(partNumber);
+        const digest = md5(data);
+        try {
+          const r = await blob.stageBlock(id, data, data.length, {
+            transactionalContentMD5: digest,
+            ...(signal ? { abortSignal: signal } : {}),
+          });
+          if (!sameBytes(r.contentMD5, digest))
+            throw new StoreError("Integrity", `${key} block ${partNumber}: MD5 differs from the data sent`);
+        } catch (e) {
+          throw classifyAzureError(e, `stage ${key} block ${partNumber}`);
+        }
+        return { partNumber, size: data.length, id };
+      },
+      async commit(parts: PartReceipt[], commitOptions: CommitOptions = {}): Promise<PutResult> {
+        const ids = [...parts].sort((a, b) => a.partNumber - b.partNumber).map((p) => p.id);
+        try {
+          const r = await blob.commitBlockList(ids, {
+            metadata: store.metadataOf(options, commitOptions.sha256),
+            conditions: store.conditionsOf(options),
+            ...(options.contentType ? { blobHTTPHeaders: { blobContentType: options.contentType } } : {}),
+            ...(commitOptions.signal ? { abortSignal: commitOptions.signal } : {}),
+          });
+          return { etag: unquote(r.etag) };
+        } catch (e) {
+          throw classifyAzureError(e, `commit ${key}`);
+        }
+      },
+      async abort(): Promise<void> {
+        // Uncommitted blocks are invisible and garbage-collected by the service.
+      },
+    };
+  }
+
+  async delete(key: string, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.blob(key).deleteIfExists({ abortSignal: signal });
+    } catch (e) {
+      throw classifyAzureError(e, `delete ${key}`);
+    }
+  }
+}

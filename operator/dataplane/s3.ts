@@ -1,0 +1,371 @@
+/**
+ * S3-compatible ObjectStore (AWS S3, OCI Object Storage through its S3 compatibility API,
+ * s3rver): path-style URLs, checksums only when required (newer SDK defaults add CRC headers
+ * that S3-compatible stores reject), Content-MD5 on every part and single put, multipart
+ * uploads that become visible only at CompleteMultipartUpload.
+ */
+import { createHash } from "node:crypto";
+import { Agent as HttpAgent } from "node:http";
+import { Agent as HttpsAgent } from "node:https";
+import { Readable } from "node:stream";
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CopyObjectCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
+import { displayLocation } from "./open.ts";
+import {
+  type CommitOptions,
+  type ListOptions,
+  type MultipartUpload,
+  normaliseKey,
+  type ObjectHead,
+  type ObjectInfo,
+  type ObjectStore,
+  type PartReceipt,
+  type PutResult,
+  type ReadOptions,
+  SHA256_METADATA,
+  type StoreCapabilities,
+  type StoreCredentials,
+  StoreError,
+  type StoreLocation,
+  type WriteOptions,
+} from "./store.ts";
+
+type S3Location = Extract<StoreLocation, { kind: "s3" }>;
+
+const md5b64 = (data: Uint8Array) => createHash("md5").update(data).digest("base64");
+const md5hex = (data: Uint8Array) => createHash("md5").update(data).digest("hex");
+const unquote = (etag: string | undefined) => (etag ?? "").replace(/^W\//, "").replace(/"/g, "");
+
+/** Maps an SDK error to a StoreError: the engine retries on `retryable` only. */
+export function classifyS3Error(e: unknown, what: string): StoreError {
+  if (e instanceof StoreError) return e;
+  const err = e as {
+    name?: string;
+    Code?: string;
+    code?: string;
+    message?: string;
+    $metadata?: { httpStatusCode?: number };
+    $retryable?: unknown;
+  };
+  const status = err.$metadata?.httpStatusCode;
+  const name = err.name ?? err.Code ?? "";
+  const msg = `${what}: ${name || "error"}${status ? ` (HTTP ${status})` : ""}`;
+  if (name === "AbortError") return new StoreError("Aborted", `${what}: aborted`, { cause: e });
+  if (name === "NoSuchBucket") return new StoreError("ContainerNotFound", msg, { cause: e });
+  if (name === "NoSuchKey" || name === "NotFound" || status === 404)
+    return new StoreError("NotFound", msg, { cause: e });
+  if (status === 412 || name === "PreconditionFailed" || name === "ConditionalRequestConflict")
+    return new StoreError("PreconditionFailed", msg, { cause: e });
+  if (name === "BadDigest" || name === "InvalidDigest") return new StoreError("Integrity", msg, { cause: e });
+  if (status === 401 || status === 403 || name === "InvalidAccessKeyId" || name === "SignatureDoesNotMatch")
+    return new StoreError("Auth", msg, { cause: e });
+  if (status === 429 || status === 503 || name === "SlowDown" || name === "ThrottlingException")
+    return new StoreError("Throttled", msg, { cause: e });
+  if ((status !== undefined && status >= 500) || name === "RequestTimeout" || name === "TimeoutError")
+    return new StoreError("Transient", msg, { cause: e });
+  const code = err.code ?? "";
+  if (/^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EAI_AGAIN|ENOTFOUND|UND_ERR)/.test(code) || err.$retryable)
+    return new StoreError("Transient", `${what}: ${code || err.message}`, { cause: e });
+  return new StoreError("Other", `${what}: ${err.message ?? name}`, { cause: e });
+}
+
+export class S3Store implements ObjectStore {
+  readonly capabilities: StoreCapabilities = {
+    conditionalWrites: "sent",
+    partChecksum: "md5",
+    listsSha256: false,
+    minPartSize: 5 * 1024 * 1024,
+    maxParts: 10_000,
+    maxPutSize: 5 * 1024 * 1024 * 1024,
+  };
+  readonly displayUri: string;
+
+  private constructor(
+    private readonly client: S3Client,
+    private readonly bucket: string,
+    private readonly prefix: string,
+    displayUri: string,
+  ) {
+    this.displayUri = displayUri;
+  }
+
+  static open(loc: S3Location, creds: NonNullable<StoreCredentials["s3"]>): S3Store {
+    if (!creds.accessKeyId || !creds.secretAccessKey)
+      throw new StoreError(
+        "MissingCredentials",
+        `no S3 credentials for ${displayLocation(loc)} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
+      );
+    const agentOptions = { keepAlive: true, maxSockets: 128 };
+    const client = new S3Client({
+      region: loc.region,
+      ...(loc.endpoint ? { endpoint: loc.endpoint } : {}),
+      forcePathStyle: true,
+      credentials: {
+        accessKeyId: creds.accessKeyId,
+        secretAccessKey: creds.secretAccessKey,
+        ...(creds.sessionToken ? { sessionToken: creds.sessionToken } : {}),
+      },
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+      // The sync engine retries with its own backoff; SDK retries would multiply attempts.
+      maxAttempts: 1,
+      requestHandler: {
+        httpAgent: new HttpAgent(agentOptions),
+        httpsAgent: new HttpsAgent(agentOptions),
+        connectionTimeout: 10_000,
+        requestTimeout: 120_000,
+      },
+    });
+    return new S3Store(client, loc.bucket, loc.prefix, displayLocation(loc));
+  }
+
+  private full(key: string): string {
+    return this.prefix + normaliseKey(key);
+  }
+
+  async check(signal?: AbortSignal): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
+    } catch (e) {
+      const se = classifyS3Error(e, this.displayUri);
+      if (se.code === "NotFound")
+        throw new StoreError("ContainerNotFound", `bucket not found: ${this.displayUri}`);
+      throw se;
+    }
+  }
+
+  async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    let token: string | undefined;
+    const prefix = this.prefix + (options.prefix ?? "");
+    do {
+      let page: ListObjectsV2CommandOutput;
+      try {
+        page = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: prefix,
+            MaxKeys: options.pageSize ?? 1000,
+            ...(token ? { ContinuationToken: token } : {}),
+          }),
+          { abortSignal: options.signal },
+        );
+      } catch (e) {
+        throw classifyS3Error(e, `list ${this.displayUri}`);
+      }
+      for (const o of page.Contents ?? []) {
+        if (!o.Key?.startsWith(this.prefix)) continue;
+        yield {
+          key: o.Key.slice(this.prefix.length),
+          size: o.Size ?? 0,
+          etag: unquote(o.ETag),
+          ...(o.LastModified ? { lastModified: o.LastModified } : {}),
+        };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {
+    try {
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
+        abortSignal: signal,
+      });
+      const metadata = { ...(r.Metadata ?? {}) };
+      const sha256 = metadata[SHA256_METADATA.s3];
+      delete metadata[SHA256_METADATA.s3];
+      return {
+        key,
+        size: r.ContentLength ?? 0,
+        etag: unquote(r.ETag),
+        ...(r.LastModified ? { lastModified: r.LastModified } : {}),
+        ...(sha256 ? { sha256 } : {}),
+        ...(r.ContentType ? { contentType: r.ContentType } : {}),
+        metadata,
+      };
+    } catch (e) {
+      const se = classifyS3Error(e, `head ${key}`);
+      if (se.code === "NotFound") return undefined;
+      throw se;
+    }
+  }
+
+  async read(key: string, options: ReadOptions = {}): Promise<Readable> {
+    const r = options.range;
+    if (r && r.end !== undefined && r.end <= r.start) return Readable.from([]);
+    try {
+      const out = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          ...(r ? { Range: `bytes=${r.start}-${r.end !== undefined ? r.end - 1 : ""}` } : {}),
+        }),
+        { abortSignal: options.signal },
+      );
+      const body = out.Body;
+      if (body instanceof Readable) return body;
+      if (!body) return Readable.from([]);
+      return Readable.fromWeb(
+        (body as { transformToWebStream(): ReadableStream }).transformToWebStream() as never,
+      );
+    } catch (e) {
+      throw classifyS3Error(e, `read ${key}`);
+    }
+  }
+
+  private metadataOf(options: WriteOptions, sha256?: string): Record<string, string> {
+    const sha = sha256 ?? options.sha256;
+    return { ...(options.metadata ?? {}), ...(sha ? { [SHA256_METADATA.s3]: sha } : {}) };
+  }
+
+  async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
+    const Key = this.full(key);
+    try {
+      const r = await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key,
+          Body: body,
+          ContentLength: body.length,
+          ContentMD5: md5b64(body),
+          Metadata: this.metadataOf(options),
+          ...(options.contentType ? { ContentType: options.contentType } : {}),
+          ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+          ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+        }),
+        { abortSignal: options.signal },
+      );
+      const etag = unquote(r.ETag);
+      // A single-part S3 ETag is the content MD5: an end-to-end check of what the store holds.
+      if (/^[0-9a-f]{32}$/.test(etag) && etag !== md5hex(body))
+        throw new StoreError("Integrity", `put ${key}: stored MD5 ${etag} differs from the data sent`);
+      return { etag };
+    } catch (e) {
+      throw classifyS3Error(e, `put ${key}`);
+    }
+  }
+
+  async startUpload(key: string, options: WriteOptions = {}): Promise<MultipartUpload> {
+    const Key = this.full(key);
+    const { client, bucket } = this;
+    let uploadId: string;
+    try {
+      const r = await client.send(
+        new CreateMultipartUploadCommand({
+          Bucket: bucket,
+          Key,
+          Metadata: this.metadataOf(options),
+          ...(options.contentType ? { ContentType: options.contentType } : {}),
+        }),
+        { abortSignal: options.signal },
+      );
+      uploadId = r.UploadId!;
+    } catch (e) {
+      throw classifyS3Error(e, `start upload ${key}`);
+    }
+    const store = this;
+    return {
+      key,
+      async uploadPart(partNumber: number, data: Uint8Array, signal?: AbortSignal): Promise<PartReceipt> {
+        try {
+          const r = await client.send(
+            new UploadPartCommand({
+              Bucket: bucket,
+              Key,
+              UploadId: uploadId,
+              PartNumber: partNumber,
+              Body: data,
+              ContentLength: data.length,
+              ContentMD5: md5b64(data),
+            }),
+            { abortSignal: signal },
+          );
+          const etag = unquote(r.ETag);
+          if (/^[0-9a-f]{32}$/.test(etag) && etag !== md5hex(data))
+            throw new StoreError(
+              "Integrity",
+              `${key} part ${partNumber}: stored MD5 differs from the data sent`,
+            );
+          return { partNumber, size: data.length, id: r.ETag ?? "" };
+        } catch (e) {
+          throw classifyS3Error(e, `upload ${key} part ${partNumber}`);
+        }
+      },
+      async commit(parts: PartReceipt[], commitOptions: CommitOptions = {}): Promise<PutResult> {
+        const sorted = [...parts].sort((a, b) => a.partNumber - b.partNumber);
+        let etag: string;
+        try {
+          const r = await client.send(
+            new CompleteMultipartUploadCommand({
+              Bucket: bucket,
+              Key,
+              UploadId: uploadId,
+              MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.id })) },
+              ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+              ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+            }),
+            { abortSignal: commitOptions.signal },
+          );
+          etag = unquote(r.ETag);
+        } catch (e) {
+          throw classifyS3Error(e, `complete upload ${key}`);
+        }
+        // S3 fixes metadata when the upload starts; a hash known only now is set by an in-place
+        // server-side copy, guarded so it cannot overwrite a newer object.
+        const sha = commitOptions.sha256;
+        if (
+          sha &&
+          sha !== options.sha256 &&
+          sorted.reduce((n, p) => n + p.size, 0) <= store.capabilities.maxPutSize
+        ) {
+          try {
+            const r = await client.send(
+              new CopyObjectCommand({
+                Bucket: bucket,
+                Key,
+                CopySource: `${bucket}/${encodeURIComponent(Key).replace(/%2F/g, "/")}`,
+                CopySourceIfMatch: `"${etag}"`,
+                MetadataDirective: "REPLACE",
+                Metadata: store.metadataOf(options, sha),
+                ...(options.contentType ? { ContentType: options.contentType } : {}),
+              }),
+              { abortSignal: commitOptions.signal },
+            );
+            etag = unquote(r.CopyObjectResult?.ETag) || etag;
+          } catch (e) {
+            throw classifyS3Error(e, `set metadata of ${key}`);
+          }
+        }
+        return { etag };
+      },
+      async abort(): Promise<void> {
+        await client
+          .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key, UploadId: uploadId }))
+          .catch(() => {});
+      },
+    };
+  }
+
+  async delete(key: string, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
+        abortSignal: signal,
+      });
+    } catch (e) {
+      const se = classifyS3Error(e, `delete ${key}`);
+      if (se.code !== "NotFound") throw se;
+    }
+  }
+}
