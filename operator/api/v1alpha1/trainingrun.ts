@@ -358,6 +358,14 @@ export const TrainingRunStatus = Type.Object(
     data: Type.Optional(DataStatus),
     checkpoint: Type.Optional(CheckpointStatus),
     remote: Type.Optional(RemoteStatus),
+    failedProviders: Type.Optional(
+      Type.Array(ObjectName("A CloudProvider name."), {
+        maxItems: 16,
+        "x-kubernetes-list-type": "set",
+        description:
+          "Alternatives that failed during this attempt (e.g. provisioning failed); skipped until the next attempt.",
+      }),
+    ),
     moves: Type.Optional(Int("How many times the run moved between clusters.", { minimum: 0 })),
     accruedCost: Type.Optional(Type.Number({ minimum: 0, description: "Cost accrued so far, USD." })),
     startTime: Type.Optional(Timestamp("When the run first started running.")),
