@@ -1,0 +1,170 @@
+/**
+ * Restoring the newest committed checkpoint that verifies. Each candidate is downloaded into
+ * a hidden staging directory, every chunk and every whole file checked against the manifest;
+ * only a fully verified checkpoint is renamed into place. A candidate that fails (missing or
+ * corrupted blob, manifest that lies about sizes or hashes, refused file name) is reported
+ * and the next older committed checkpoint is tried.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { ObjectStore } from "../dataplane/store.ts";
+import { decideResume, type ResumeDecision } from "./layout.ts";
+import type { CheckpointManifest } from "./manifest.ts";
+import { joinConfined, PathRefusedError } from "./paths.ts";
+import {
+  CheckpointRejectedError,
+  type CommittedCheckpoint,
+  listSteps,
+  loadCommitted,
+  readVerifiedChunk,
+} from "./repository.ts";
+
+export interface RejectedCheckpoint {
+  step: number;
+  reason:
+    | "NotCommitted"
+    | "InvalidManifest"
+    | "Corrupt"
+    | "PathRefused"
+    | "WorldSizeMismatch"
+    | "RunMismatch";
+  message: string;
+}
+
+/**
+ * The outcome of a restore, shaped for the operator: `outcome` and `rejected` become Events
+ * (`CheckpointRestored`, `CheckpointRejected`), `restored` the status' checkpoint.
+ */
+export interface RestoreResult {
+  outcome: "Restored" | "NoCheckpoint" | "AllRejected";
+  restored?: CommittedCheckpoint & { directory: string; resume: ResumeDecision };
+  /** Newer committed checkpoints skipped, newest first, each with why. */
+  rejected: RejectedCheckpoint[];
+  /** Steps found without a commit marker (never restored). */
+  uncommitted: number[];
+  bytesRead: number;
+}
+
+export interface RestoreOptions {
+  /** Refuse checkpoints of another run. */
+  runUid?: string;
+  /** The world size the resumed run will have, checked with `decideResume`. */
+  worldSize?: number;
+  allowReshard?: boolean;
+  /** Progress/warning lines (one per rejected checkpoint and one for the result). */
+  log?: (line: string) => void;
+}
+
+/** Name of the file the restore leaves in the checkpoint path, describing what it restored. */
+export const RESTORE_RECORD = ".spillway-restored.json";
+
+export async function restoreLatest(
+  store: ObjectStore,
+  path: string,
+  opts: RestoreOptions = {},
+): Promise<RestoreResult> {
+  const log = opts.log ?? (() => {});
+  const { marked, unmarked } = await listSteps(store);
+  const rejected: RejectedCheckpoint[] = [];
+  let bytesRead = 0;
+  await mkdir(path, { recursive: true });
+  for (const step of marked) {
+    const staging = join(path, `.spillway-restore-${step}-${randomBytes(4).toString("hex")}`);
+    try {
+      const loaded = await loadCommitted(store, step);
+      const m = loaded.manifest;
+      if (opts.runUid && m.runUid !== opts.runUid) {
+        throw new RestoreRefusal(
+          step,
+          "RunMismatch",
+          `step ${step} belongs to run ${m.runUid}, not ${opts.runUid}`,
+        );
+      }
+      const resume = decideResume(m, opts.worldSize, { allowReshard: opts.allowReshard ?? false });
+      if (!resume.allowed)
+        throw new RestoreRefusal(step, "WorldSizeMismatch", `step ${step}: ${resume.reason}`);
+      bytesRead += await downloadInto(store, m, staging);
+      const target = joinConfined(path, m.name, "checkpoint directory name");
+      await rm(target, { recursive: true, force: true });
+      await rename(staging, target);
+      const restored = { ...loaded.info, directory: target, resume };
+      await writeFile(
+        join(path, RESTORE_RECORD),
+        `${JSON.stringify({ step, name: m.name, manifestDigest: loaded.info.manifestDigest }, null, 1)}\n`,
+      );
+      log(
+        `restored checkpoint step ${step} (${m.files.length} files, ${m.totalBytes} bytes, ${loaded.info.manifestDigest.slice(0, 19)}…) into ${target}` +
+          (rejected.length
+            ? `; skipped newer: ${rejected.map((r) => `${r.step} (${r.reason})`).join(", ")}`
+            : ""),
+      );
+      return { outcome: "Restored", restored, rejected, uncommitted: unmarked, bytesRead };
+    } catch (e) {
+      await rm(staging, { recursive: true, force: true });
+      const r = asRejection(step, e);
+      if (!r) throw e;
+      rejected.push(r);
+      log(`checkpoint step ${step} rejected (${r.reason}): ${r.message}`);
+    }
+  }
+  const outcome = rejected.length ? "AllRejected" : "NoCheckpoint";
+  log(
+    outcome === "NoCheckpoint"
+      ? "no committed checkpoint in the store: starting fresh"
+      : "every committed checkpoint was rejected",
+  );
+  return { outcome, rejected, uncommitted: unmarked, bytesRead };
+}
+
+class RestoreRefusal extends Error {
+  constructor(
+    readonly step: number,
+    readonly reason: RejectedCheckpoint["reason"],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function asRejection(step: number, e: unknown): RejectedCheckpoint | undefined {
+  if (e instanceof RestoreRefusal) return { step, reason: e.reason, message: e.message };
+  if (e instanceof CheckpointRejectedError) return { step, reason: e.reason, message: e.message };
+  if (e instanceof PathRefusedError)
+    return { step, reason: "PathRefused", message: `step ${step}: ${e.message}` };
+  return undefined;
+}
+
+/** Downloads every file of a manifest into `dir`, verifying chunks and whole files. */
+async function downloadInto(store: ObjectStore, m: CheckpointManifest, dir: string): Promise<number> {
+  let bytes = 0;
+  await mkdir(dir, { recursive: true });
+  for (const f of m.files) {
+    const target = joinConfined(dir, f.path, "manifest file name");
+    await mkdir(dirname(target), { recursive: true });
+    const fh = await open(target, "wx");
+    const hash = createHash("sha256");
+    let size = 0;
+    try {
+      for (const [index, chunk] of f.chunks.entries()) {
+        const data = await readVerifiedChunk(store, chunk, { step: m.step, file: f.path, index });
+        hash.update(data);
+        size += data.length;
+        bytes += data.length;
+        await fh.write(data);
+      }
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    const got = hash.digest("hex");
+    if (size !== f.size || got !== f.sha256) {
+      throw new CheckpointRejectedError(
+        m.step,
+        "Corrupt",
+        `step ${m.step}: ${f.path} restored as ${size} bytes sha256 ${got.slice(0, 12)}…, manifest says ${f.size} bytes sha256 ${f.sha256.slice(0, 12)}…`,
+      );
+    }
+  }
+  return bytes;
+}

@@ -1,0 +1,238 @@
+/**
+ * Uploading one finished checkpoint directory: hash every file in chunks while reading it,
+ * send only the chunks the store does not hold yet, then the manifest, then the marker.
+ * The hash of a chunk is computed on the very bytes that are sent, so a file rewritten under
+ * our feet yields a manifest that matches what was uploaded, never a mix.
+ */
+import { createHash } from "node:crypto";
+import { lstat, open, readdir, realpath, stat } from "node:fs/promises";
+import { join, relative, sep } from "node:path";
+import type { ObjectStore } from "../dataplane/store.ts";
+import { describeLayout } from "./layout.ts";
+import {
+  type CheckpointManifest,
+  type ChunkRef,
+  type CommitMarker,
+  DEFAULT_CHUNK_SIZE,
+  encodeManifest,
+  MANIFEST_KIND,
+  MANIFEST_VERSION,
+  type ManifestFile,
+  manifestDigest,
+  parseManifest,
+} from "./manifest.ts";
+import { isWithin, PathRefusedError } from "./paths.ts";
+import { type CommittedCheckpoint, commitManifest, hasBlob, putBlob } from "./repository.ts";
+
+/** Files a trainer may write to say "this checkpoint is complete"; never uploaded. */
+export const READY_MARKERS = [".spillway-complete", "SPILLWAY_COMPLETE"];
+
+export interface UploadOptions {
+  runUid: string;
+  step: number;
+  /** Default 16 MiB. */
+  chunkSize?: number;
+  /** Chunks in flight at once (default 4). */
+  concurrency?: number;
+  /**
+   * Hashes of blobs known to be in the store already (e.g. from previous manifests); they are
+   * not even asked about. Updated with every blob this upload writes or finds.
+   */
+  knownBlobs?: Set<string>;
+  /** Confinement: every file (after resolving symlinks) must lie under this directory. */
+  root?: string;
+  now?: () => Date;
+}
+
+export interface UploadResult extends CommittedCheckpoint {
+  files: number;
+  /** Chunk bytes actually sent to the store (manifest and marker excluded). */
+  bytesSent: number;
+  /** Bytes not sent because the store already held identical chunks. */
+  bytesDeduplicated: number;
+  chunksSent: number;
+  chunksDeduplicated: number;
+  /** Manifest + marker bytes. */
+  metadataBytes: number;
+}
+
+/** Lists the regular files of a checkpoint directory (relative, `/`-separated, sorted). */
+export async function listCheckpointFiles(dir: string, root: string = dir): Promise<string[]> {
+  const realRoot = await realpath(root);
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      const full = join(d, e.name);
+      const rel = relative(dir, full).split(sep).join("/");
+      if (e.isSymbolicLink()) {
+        const target = await realpath(full);
+        if (!isWithin(realRoot, target)) {
+          throw new PathRefusedError(
+            `checkpoint file ${rel} is a symlink to ${target}, outside ${realRoot}: refused`,
+          );
+        }
+        const st = await stat(full);
+        if (st.isDirectory()) {
+          throw new PathRefusedError(`checkpoint entry ${rel} is a symlinked directory: refused`);
+        }
+        if (st.isFile() && !READY_MARKERS.includes(e.name)) out.push(rel);
+      } else if (e.isDirectory()) {
+        await walk(full);
+      } else if (e.isFile()) {
+        if (!READY_MARKERS.includes(e.name) || d !== dir) out.push(rel);
+      }
+    }
+  };
+  const st = await lstat(dir);
+  if (!st.isDirectory()) throw new PathRefusedError(`checkpoint ${dir} is not a directory`);
+  await walk(dir);
+  return out.sort();
+}
+
+/** Runs `fn` over items with at most `limit` at once; rejects on the first failure. */
+async function pool<T>(
+  items: AsyncIterable<T>,
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  const running = new Set<Promise<void>>();
+  let failure: unknown;
+  for await (const item of items) {
+    if (failure) break;
+    const p: Promise<void> = fn(item).then(
+      () => {
+        running.delete(p);
+      },
+      (e) => {
+        running.delete(p);
+        failure ??= e;
+      },
+    );
+    running.add(p);
+    if (running.size >= limit) await Promise.race(running);
+  }
+  await Promise.all(running);
+  if (failure) throw failure;
+}
+
+/**
+ * Uploads a checkpoint directory and commits it (manifest, then marker). Returns what was
+ * committed and the bytes sent vs. deduplicated.
+ */
+export async function uploadCheckpoint(
+  store: ObjectStore,
+  dir: string,
+  name: string,
+  opts: UploadOptions,
+): Promise<UploadResult> {
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const known = opts.knownBlobs ?? new Set<string>();
+  const paths = await listCheckpointFiles(dir, opts.root ?? dir);
+  const layout = await describeLayout(dir, paths);
+  let bytesSent = 0;
+  let bytesDeduplicated = 0;
+  let chunksSent = 0;
+  let chunksDeduplicated = 0;
+  const inFlight = new Map<string, Promise<void>>();
+
+  const files: ManifestFile[] = [];
+  for (const path of paths) {
+    const chunks: ChunkRef[] = [];
+    const fileHash = createHash("sha256");
+    let size = 0;
+    const fh = await open(join(dir, path), "r");
+    async function* readChunks(): AsyncGenerator<{ index: number; data: Buffer }> {
+      for (let index = 0; ; index++) {
+        const buf = Buffer.allocUnsafe(chunkSize);
+        let filled = 0;
+        while (filled < chunkSize) {
+          const { bytesRead } = await fh.read(buf, filled, chunkSize - filled, null);
+          if (bytesRead === 0) break;
+          filled += bytesRead;
+        }
+        if (filled === 0) return;
+        const data = buf.subarray(0, filled);
+        fileHash.update(data);
+        size += filled;
+        yield { index, data };
+        if (filled < chunkSize) return;
+      }
+    }
+    try {
+      await pool(readChunks(), opts.concurrency ?? 4, async ({ index, data }) => {
+        const sha256 = createHash("sha256").update(data).digest("hex");
+        chunks[index] = { sha256, size: data.length };
+        const pending = inFlight.get(sha256);
+        if (known.has(sha256) || pending) {
+          await pending;
+          bytesDeduplicated += data.length;
+          chunksDeduplicated++;
+          return;
+        }
+        const work = (async () => {
+          if (await hasBlob(store, { sha256, size: data.length })) {
+            bytesDeduplicated += data.length;
+            chunksDeduplicated++;
+          } else {
+            await putBlob(store, sha256, data);
+            bytesSent += data.length;
+            chunksSent++;
+          }
+          known.add(sha256);
+        })();
+        inFlight.set(sha256, work);
+        try {
+          await work;
+        } finally {
+          inFlight.delete(sha256);
+        }
+      });
+    } finally {
+      await fh.close();
+    }
+    files.push({ path, size, sha256: fileHash.digest("hex"), chunks });
+  }
+
+  const now = (opts.now ?? (() => new Date()))();
+  const manifest: CheckpointManifest = {
+    kind: MANIFEST_KIND,
+    version: MANIFEST_VERSION,
+    runUid: opts.runUid,
+    step: opts.step,
+    name,
+    createdAt: now.toISOString(),
+    chunkSize,
+    framework: layout.framework,
+    ...(layout.worldSize !== undefined ? { worldSize: layout.worldSize } : {}),
+    layout,
+    files,
+    totalBytes: files.reduce((n, f) => n + f.size, 0),
+  };
+  const manifestBytes = encodeManifest(manifest);
+  parseManifest(manifestBytes, opts.step); // what we write must pass what readers check
+  const digest = manifestDigest(manifestBytes);
+  const marker: CommitMarker = {
+    runUid: opts.runUid,
+    step: opts.step,
+    manifestDigest: digest,
+    committedAt: new Date().toISOString(),
+  };
+  const markerBytes = Buffer.from(`${JSON.stringify(marker)}\n`);
+  await commitManifest(store, manifestBytes, markerBytes, opts.step);
+  return {
+    step: opts.step,
+    manifestDigest: digest,
+    committedAt: marker.committedAt,
+    runUid: opts.runUid,
+    name,
+    totalBytes: manifest.totalBytes,
+    framework: manifest.framework,
+    ...(manifest.worldSize !== undefined ? { worldSize: manifest.worldSize } : {}),
+    files: files.length,
+    bytesSent,
+    bytesDeduplicated,
+    chunksSent,
+    chunksDeduplicated,
+    metadataBytes: manifestBytes.length + markerBytes.length,
+  };
+}

@@ -1,0 +1,220 @@
+/**
+ * `spillway checkpoint agent|restore|list|trainer`: the checkpoint sidecar, its init step,
+ * a listing of a store's checkpoints, and the sandbox's trainer stand-in.
+ */
+import { writeFile } from "node:fs/promises";
+import type { Command } from "commander";
+import { CheckpointAgent } from "../../checkpoints/agent.ts";
+import { confineCheckpointPath } from "../../checkpoints/paths.ts";
+import { listCheckpoints } from "../../checkpoints/repository.ts";
+import { restoreLatest } from "../../checkpoints/restore.ts";
+import { type ObjectStore, openStore, type StoreCredentials } from "../../dataplane/store.ts";
+import { runTrainer } from "../../sandbox/trainer/trainer.ts";
+import { parseDuration } from "../../util/duration.ts";
+
+/** Credentials from each SDK's usual environment variables. */
+function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): StoreCredentials {
+  return {
+    azure: {
+      ...(env.AZURE_STORAGE_CONNECTION_STRING
+        ? { connectionString: env.AZURE_STORAGE_CONNECTION_STRING }
+        : {}),
+      ...(env.AZURE_STORAGE_KEY ? { accountKey: env.AZURE_STORAGE_KEY } : {}),
+      ...(env.AZURE_STORAGE_SAS_TOKEN ? { sas: env.AZURE_STORAGE_SAS_TOKEN } : {}),
+    },
+    s3: {
+      ...(env.AWS_ACCESS_KEY_ID ? { accessKeyId: env.AWS_ACCESS_KEY_ID } : {}),
+      ...(env.AWS_SECRET_ACCESS_KEY ? { secretAccessKey: env.AWS_SECRET_ACCESS_KEY } : {}),
+      ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
+    },
+  };
+}
+
+async function open(uri: string): Promise<ObjectStore> {
+  return openStore(uri, credentialsFromEnv());
+}
+
+const log = (line: string) => console.error(`${new Date().toISOString()} checkpoint: ${line}`);
+
+function positiveInt(what: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, got ${v}`);
+    return n;
+  };
+}
+
+/** Runs an action, turning a thrown error into one clear line and exit code 2. */
+function guarded<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
+  return async (...args: A): Promise<void> => {
+    try {
+      await fn(...args);
+    } catch (e) {
+      console.error(`spillway checkpoint: ${(e as Error).message}`);
+      process.exitCode = 2;
+    }
+  };
+}
+
+export function register(program: Command): void {
+  const cmd = program.command("checkpoint").description("Portable checkpoints: agent, restore, list.");
+
+  cmd
+    .command("agent")
+    .description("Watch a checkpoint path and upload, verify, commit and prune checkpoints (native sidecar).")
+    .requiredOption("--path <dir>", "checkpoint path the trainer writes (one subdirectory per step)")
+    .requiredOption("--store <uri>", "store URI of this run's checkpoints (azblob://, s3://, file://)")
+    .requiredOption("--run-uid <uid>", "the TrainingRun's uid, recorded in every manifest")
+    .option("--root <dir>", "allowed root the path must lie under (default: the path itself)")
+    .option("--keep <n>", "committed checkpoints kept in the store", positiveInt("--keep"), 3)
+    .option(
+      "--quiet-period <duration>",
+      "a directory unchanged this long is complete (no DCP, no marker)",
+      "5s",
+    )
+    .option("--chunk-size <bytes>", "chunk size for deduplication", positiveInt("--chunk-size"))
+    .action(
+      guarded(
+        async (o: {
+          path: string;
+          store: string;
+          runUid: string;
+          root?: string;
+          keep: number;
+          quietPeriod: string;
+          chunkSize?: number;
+        }) => {
+          const agent = new CheckpointAgent({
+            path: o.path,
+            ...(o.root ? { root: o.root } : {}),
+            store: await open(o.store),
+            runUid: o.runUid,
+            keep: o.keep,
+            quietPeriodMs: parseDuration(o.quietPeriod),
+            ...(o.chunkSize ? { chunkSize: o.chunkSize } : {}),
+            log,
+          });
+          await agent.start();
+          log(`watching ${agent.path} (keep ${o.keep}, quiet period ${o.quietPeriod})`);
+          await new Promise<void>((resolve) => {
+            const done = () => resolve();
+            process.once("SIGTERM", done);
+            process.once("SIGINT", done);
+          });
+          log("stopping: uploading what is complete");
+          await agent.stop(true);
+        },
+      ),
+    );
+
+  cmd
+    .command("restore")
+    .description("Restore the newest committed checkpoint that verifies into the path (init step).")
+    .requiredOption("--path <dir>", "checkpoint path to restore into")
+    .requiredOption("--store <uri>", "store URI of the run's checkpoints")
+    .option("--root <dir>", "allowed root the path must lie under (default: the path itself)")
+    .option("--run-uid <uid>", "refuse checkpoints of another run")
+    .option("--world-size <n>", "world size of the resumed run", positiveInt("--world-size"))
+    .option("--allow-reshard", "allow a DCP checkpoint of another world size (DCP reshards on load)")
+    .option("--json", "print the result as JSON on stdout")
+    .option("--result-file <file>", "also write the JSON result here (e.g. /dev/termination-log)")
+    .action(
+      guarded(
+        async (o: {
+          path: string;
+          store: string;
+          root?: string;
+          runUid?: string;
+          worldSize?: number;
+          allowReshard?: boolean;
+          json?: boolean;
+          resultFile?: string;
+        }) => {
+          const { path } = confineCheckpointPath(o.path, o.root);
+          const result = await restoreLatest(await open(o.store), path, {
+            ...(o.runUid ? { runUid: o.runUid } : {}),
+            ...(o.worldSize ? { worldSize: o.worldSize } : {}),
+            allowReshard: o.allowReshard ?? false,
+            log,
+          });
+          const json = JSON.stringify(result);
+          if (o.resultFile) await writeFile(o.resultFile, json);
+          if (o.json) console.log(json);
+          else if (result.restored)
+            console.log(`restored step ${result.restored.step} into ${result.restored.directory}`);
+          else
+            console.log(
+              result.outcome === "NoCheckpoint" ? "no committed checkpoint" : "every checkpoint rejected",
+            );
+          // Starting fresh when committed checkpoints exist but none verifies would lose work silently.
+          if (result.outcome === "AllRejected") process.exitCode = 1;
+        },
+      ),
+    );
+
+  cmd
+    .command("list")
+    .description("List a store's checkpoints: committed, invalid and partial.")
+    .requiredOption("--store <uri>", "store URI of the run's checkpoints")
+    .option("--json", "print JSON")
+    .action(
+      guarded(async (o: { store: string; json?: boolean }) => {
+        const listing = await listCheckpoints(await open(o.store));
+        if (o.json) {
+          console.log(JSON.stringify(listing));
+          return;
+        }
+        console.log(["STEP", "STATE", "BYTES", "FRAMEWORK", "WORLD", "COMMITTED", "DIGEST"].join("\t"));
+        for (const c of listing.committed) {
+          console.log(
+            [
+              c.step,
+              "Committed",
+              c.totalBytes,
+              c.framework,
+              c.worldSize ?? "-",
+              c.committedAt,
+              c.manifestDigest.slice(0, 19),
+            ].join("\t"),
+          );
+        }
+        for (const i of listing.invalid)
+          console.log([i.step, "Invalid", "-", "-", "-", "-", i.reason].join("\t"));
+        for (const s of listing.uncommitted) console.log([s, "Partial", "-", "-", "-", "-", "-"].join("\t"));
+      }),
+    );
+
+  cmd
+    .command("trainer")
+    .description("Sandbox trainer stand-in: trains N steps, writes real checkpoints every K, resumes.")
+    .requiredOption("--path <dir>", "checkpoint path")
+    .requiredOption("--steps <n>", "train until this step", positiveInt("--steps"))
+    .option("--every <k>", "checkpoint every K steps", positiveInt("--every"), 10)
+    .option("--world-size <n>", "ranks (one .distcp shard each)", positiveInt("--world-size"), 2)
+    .option("--step-delay <duration>", "simulated compute per step", "0ms")
+    .option("--no-resume", "start at step 1 even when a checkpoint is present")
+    .option("--ready-marker", "write .spillway-complete after each checkpoint")
+    .action(
+      guarded(
+        async (o: {
+          path: string;
+          steps: number;
+          every: number;
+          worldSize: number;
+          stepDelay: string;
+          resume: boolean;
+          readyMarker?: boolean;
+        }) => {
+          await runTrainer({
+            dir: o.path,
+            steps: o.steps,
+            every: o.every,
+            worldSize: o.worldSize,
+            stepDelayMs: parseDuration(o.stepDelay),
+            resume: o.resume,
+            writeReadyMarker: o.readyMarker ?? false,
+          });
+        },
+      ),
+    );
+}
