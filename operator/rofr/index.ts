@@ -1,0 +1,18 @@
+/**
+ * The right-of-first-refusal protocol, as pure functions (no I/O, no clock: callers pass
+ * `now`). The TrainingRun controller runs one placement attempt as:
+ *
+ *   1. `evaluateEligibility(run, providers)` — the primary, the alternatives, and why others are out
+ *   2. `collectQuotes(run, eligibility.alternatives, now)` — price and earliest start of each
+ *   3. `buildOffer({ run, attempt, primary, quotes, now })` — create it (AlreadyExists = done)
+ *   4. `decidePlacement({ run, offer, quotes, now, declines })` — primary, best alternative, or wait
+ *
+ * The primary's responder answers offers with `priceMatch(offer, provider)` plus its cloud's
+ * capacity. See docs/rofr.md.
+ */
+export * from "./decision.ts";
+export * from "./eligibility.ts";
+export * from "./offer.ts";
+export * from "./pricing.ts";
+export * from "./quotes.ts";
+export * from "./time.ts";
