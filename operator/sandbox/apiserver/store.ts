@@ -1,0 +1,191 @@
+/**
+ * The object store: every object by resource, namespace and name, one cluster-wide
+ * resourceVersion counter (like etcd's revision), a bounded history of changes from which
+ * watches resume, and the live watchers. A watch from a version older than the retained
+ * history is refused with 410 Gone, exactly as a compacted etcd makes the real server do.
+ */
+import type { Matcher } from "./selectors.ts";
+import type { KubeObject } from "./types.ts";
+
+export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED";
+
+export interface ChangeEvent {
+  rv: number;
+  type: WatchEventType;
+  resource: string;
+  object: KubeObject;
+}
+
+export interface WatchFilter {
+  resource: string;
+  namespace?: string;
+  matcher?: Matcher;
+}
+
+export interface Watcher {
+  filter: WatchFilter;
+  deliver(event: ChangeEvent): void;
+  /** Ends the watch from the server side (the client sees the stream close). */
+  close(): void;
+}
+
+function objectKey(namespace: string | undefined, name: string): string {
+  return namespace ? `${namespace}/${name}` : name;
+}
+
+export function matchesFilter(filter: WatchFilter, resource: string, obj: KubeObject): boolean {
+  if (filter.resource !== resource) return false;
+  if (filter.namespace && obj.metadata.namespace !== filter.namespace) return false;
+  return !filter.matcher || filter.matcher(obj);
+}
+
+export class ObjectStore {
+  private rv: number;
+  /** Watches from a resourceVersion below this are expired (410). */
+  private compactedRv: number;
+  private readonly buckets = new Map<string, Map<string, KubeObject>>();
+  private history: ChangeEvent[] = [];
+  private readonly watchers = new Set<Watcher>();
+  /** Called after every change, before watchers see it (indexes and persistence hook in here). */
+  private readonly listeners: Array<(event: ChangeEvent) => void> = [];
+
+  constructor(
+    private readonly historyLimit: number,
+    initialRv = 0,
+  ) {
+    this.rv = initialRv;
+    this.compactedRv = initialRv;
+  }
+
+  currentRv(): number {
+    return this.rv;
+  }
+
+  oldestWatchableRv(): number {
+    return this.compactedRv;
+  }
+
+  get(resource: string, namespace: string | undefined, name: string): KubeObject | undefined {
+    return this.buckets.get(resource)?.get(objectKey(namespace, name));
+  }
+
+  /** Objects of a resource (in one namespace when given), in name order like etcd's key order. */
+  list(resource: string, namespace?: string): KubeObject[] {
+    const bucket = this.buckets.get(resource);
+    if (!bucket) return [];
+    const out: KubeObject[] = [];
+    for (const obj of bucket.values()) {
+      if (!namespace || obj.metadata.namespace === namespace) out.push(obj);
+    }
+    return out.sort((a, b) => compareKeys(a, b));
+  }
+
+  resources(): string[] {
+    return [...this.buckets.keys()];
+  }
+
+  /** Stores `obj` under a new resourceVersion and notifies watchers. Returns the stored object. */
+  put(resource: string, obj: KubeObject, type: "ADDED" | "MODIFIED"): KubeObject {
+    const rv = ++this.rv;
+    obj.metadata.resourceVersion = String(rv);
+    let bucket = this.buckets.get(resource);
+    if (!bucket) {
+      bucket = new Map();
+      this.buckets.set(resource, bucket);
+    }
+    bucket.set(objectKey(obj.metadata.namespace, obj.metadata.name!), obj);
+    this.record({ rv, type, resource, object: obj });
+    return obj;
+  }
+
+  /** Removes an object; the DELETED event carries the deletion's resourceVersion. */
+  remove(resource: string, obj: KubeObject): KubeObject {
+    const rv = ++this.rv;
+    const gone: KubeObject = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } };
+    this.buckets.get(resource)?.delete(objectKey(obj.metadata.namespace, obj.metadata.name!));
+    this.record({ rv, type: "DELETED", resource, object: gone });
+    return gone;
+  }
+
+  /** Loads a persisted object as it was, without an event. */
+  restore(resource: string, obj: KubeObject): void {
+    let bucket = this.buckets.get(resource);
+    if (!bucket) {
+      bucket = new Map();
+      this.buckets.set(resource, bucket);
+    }
+    bucket.set(objectKey(obj.metadata.namespace, obj.metadata.name!), obj);
+  }
+
+  /** Changes after `rv` for a watch, or `undefined` when that version is no longer retained. */
+  changesSince(rv: number, filter: WatchFilter): ChangeEvent[] | undefined {
+    if (rv < this.compactedRv) return undefined;
+    const start = lowerBound(this.history, rv);
+    const out: ChangeEvent[] = [];
+    for (let i = start; i < this.history.length; i++) {
+      const ev = this.history[i]!;
+      if (matchesFilter(filter, ev.resource, ev.object)) out.push(ev);
+    }
+    return out;
+  }
+
+  subscribe(listener: (event: ChangeEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  addWatcher(w: Watcher): void {
+    this.watchers.add(w);
+  }
+
+  removeWatcher(w: Watcher): void {
+    this.watchers.delete(w);
+  }
+
+  watcherCount(): number {
+    return this.watchers.size;
+  }
+
+  /** Closes every open watch; clients must re-watch (and relist if their version expired). */
+  dropWatchers(): number {
+    const all = [...this.watchers];
+    this.watchers.clear();
+    for (const w of all) w.close();
+    return all.length;
+  }
+
+  /** Forgets the history up to now: any watch from a version issued so far gets 410. */
+  compact(): void {
+    this.history = [];
+    this.compactedRv = this.rv + 1;
+  }
+
+  private record(ev: ChangeEvent): void {
+    this.history.push(ev);
+    if (this.history.length > this.historyLimit) {
+      const dropped = this.history.splice(0, this.history.length - this.historyLimit);
+      this.compactedRv = dropped[dropped.length - 1]!.rv;
+    }
+    for (const l of this.listeners) l(ev);
+    for (const w of this.watchers) {
+      if (matchesFilter(w.filter, ev.resource, ev.object)) w.deliver(ev);
+    }
+  }
+}
+
+function compareKeys(a: KubeObject, b: KubeObject): number {
+  const ka = objectKey(a.metadata.namespace, a.metadata.name!);
+  const kb = objectKey(b.metadata.namespace, b.metadata.name!);
+  return ka < kb ? -1 : ka > kb ? 1 : 0;
+}
+
+/** Index of the first event with rv > `rv` (history is sorted by rv). */
+function lowerBound(history: ChangeEvent[], rv: number): number {
+  let lo = 0;
+  let hi = history.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (history[mid]!.rv <= rv) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,650 @@
+/**
+ * The simulated cluster's kubelet, scheduler and Job controller in one small controller: it
+ * plays the parts of a real cluster that a Spillway run depends on, against that cluster's
+ * API server, through the same client library the operator uses.
+ *
+ * - Job controller: creates the pods of each `batch/v1` Job (Indexed: one pod per completion
+ *   index, with the `batch.kubernetes.io/job-completion-index` label and annotation and the
+ *   `JOB_COMPLETION_INDEX` env), retries failed pods until `backoffLimit`, writes the Job's
+ *   status (active, ready, succeeded, failed, completedIndexes, Complete/Failed conditions)
+ *   and deletes the pods of a deleted Job.
+ * - Scheduler: binds Pending pods to nodes with enough free `nvidia.com/gpu`, first come
+ *   first served; a pod that does not fit stays Pending (`PodScheduled=False, Unschedulable`).
+ * - Kubelet: a bound pod turns Running after `podStartupMs` and Succeeded after `jobDurationMs`
+ *   (or Failed with a non-zero exit code). Per pod: the annotations
+ *   `sim.spillway.dev/duration` / `sim.spillway.dev/exit-code`, or the env vars
+ *   `SPILLWAY_SIM_DURATION` / `SPILLWAY_SIM_EXIT_CODE` of its first container.
+ *
+ * Level-triggered: every pass lists Jobs and Pods and moves each a step towards where it
+ * should be. Passes are triggered by watches, by the next due transition, and by a periodic
+ * resync; one pass runs at a time and a request during a pass runs one more after it.
+ */
+import {
+  ApiException,
+  BatchV1Api,
+  CoreV1Api,
+  type KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1Job,
+  type V1JobCondition,
+  type V1Node,
+  type V1Pod,
+  type V1PodCondition,
+  Watch,
+} from "@kubernetes/client-node";
+import { parseDuration } from "../../util/duration.ts";
+
+export const GPU_RESOURCE = "nvidia.com/gpu";
+export const COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index";
+export const JOB_NAME_LABEL = "batch.kubernetes.io/job-name";
+export const CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid";
+export const SIM_DURATION_ANNOTATION = "sim.spillway.dev/duration";
+export const SIM_EXIT_CODE_ANNOTATION = "sim.spillway.dev/exit-code";
+export const SIM_DURATION_ENV = "SPILLWAY_SIM_DURATION";
+export const SIM_EXIT_CODE_ENV = "SPILLWAY_SIM_EXIT_CODE";
+
+export interface KubeletOptions {
+  kubeConfig: KubeConfig;
+  /** Names of the nodes this kubelet runs pods on (the Node objects must exist). */
+  nodes: string[];
+  podStartupMs: number;
+  jobDurationMs: number;
+  /** Full relist period; watches make passes happen sooner. Default 1 s. */
+  resyncMs?: number;
+  /** Called with errors of a pass (the pass is retried). */
+  onError?: (e: unknown) => void;
+}
+
+interface PodTimes {
+  scheduledAt?: number;
+  startedAt?: number;
+}
+
+const MERGE_PATCH = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
+
+export class Kubelet {
+  private readonly core: CoreV1Api;
+  private readonly batch: BatchV1Api;
+  private readonly times = new Map<string, PodTimes>();
+  private readonly watches: AbortController[] = [];
+  private running = false;
+  private passing: Promise<void> | undefined;
+  private again = false;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private gpuCapacity = new Map<string, number>();
+  private gpuUsed = new Map<string, number>();
+
+  constructor(private readonly opts: KubeletOptions) {
+    this.core = opts.kubeConfig.makeApiClient(CoreV1Api);
+    this.batch = opts.kubeConfig.makeApiClient(BatchV1Api);
+  }
+
+  async start(): Promise<void> {
+    this.running = true;
+    this.startWatch("/api/v1/pods");
+    this.startWatch("/apis/batch/v1/jobs");
+    this.resyncTimer = setInterval(() => this.kick(), this.opts.resyncMs ?? 1000);
+    await this.pass();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    clearInterval(this.resyncTimer);
+    clearTimeout(this.wakeTimer);
+    for (const w of this.watches.splice(0)) w.abort();
+    await this.passing;
+  }
+
+  /** Free GPUs as of the last pass (allocatable minus what bound, unfinished pods request). */
+  freeGpus(): number {
+    let free = 0;
+    for (const [node, cap] of this.gpuCapacity) free += Math.max(0, cap - (this.gpuUsed.get(node) ?? 0));
+    return free;
+  }
+
+  totalGpus(): number {
+    let total = 0;
+    for (const cap of this.gpuCapacity.values()) total += cap;
+    return total;
+  }
+
+  /** Requests a pass; coalesced with one in progress. Resolves when a pass after the call ends. */
+  kick(): Promise<void> {
+    if (!this.running) return Promise.resolve();
+    if (this.passing) {
+      this.again = true;
+      return this.passing;
+    }
+    this.passing = (async () => {
+      try {
+        do {
+          this.again = false;
+          try {
+            await this.reconcile();
+          } catch (e) {
+            this.opts.onError?.(e);
+            this.schedule(Date.now() + 200);
+          }
+        } while (this.again && this.running);
+      } finally {
+        this.passing = undefined;
+      }
+    })();
+    return this.passing;
+  }
+
+  /** Runs one full pass now (waits for any pass in progress). */
+  async pass(): Promise<void> {
+    await this.passing;
+    await this.kick();
+  }
+
+  private startWatch(path: string): void {
+    const watch = new Watch(this.opts.kubeConfig);
+    const begin = (): void => {
+      if (!this.running) return;
+      watch
+        .watch(
+          path,
+          { allowWatchBookmarks: true },
+          (phase) => {
+            if (phase !== "BOOKMARK") void this.kick();
+          },
+          () => {
+            // Ended or failed (server restarted, unreachable): resync and watch again.
+            if (this.running) setTimeout(begin, 500).unref();
+          },
+        )
+        .then(
+          (ctrl) => {
+            if (this.running) this.watches.push(ctrl);
+            else ctrl.abort();
+          },
+          () => {
+            if (this.running) setTimeout(begin, 500).unref();
+          },
+        );
+    };
+    begin();
+  }
+
+  private schedule(at: number): void {
+    if (!this.running) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeTimer = setTimeout(() => void this.kick(), Math.max(0, at - Date.now()));
+  }
+
+  // ---------------------------------------------------------------- one pass
+
+  private async reconcile(): Promise<void> {
+    const [nodeList, jobList, podList] = await Promise.all([
+      this.core.listNode(),
+      this.batch.listJobForAllNamespaces(),
+      this.core.listPodForAllNamespaces(),
+    ]);
+    const nodes = nodeList.items.filter((n) => this.opts.nodes.includes(n.metadata?.name ?? ""));
+    const jobs = jobList.items;
+    let pods = podList.items;
+    const now = Date.now();
+
+    // Job controller: pods of deleted Jobs go; each live Job gets the pods it lacks.
+    const jobUids = new Set(jobs.map((j) => j.metadata?.uid));
+    for (const pod of pods) {
+      const owner = controllerJobUid(pod);
+      if (owner && !jobUids.has(owner)) await this.deletePod(pod);
+    }
+    pods = pods.filter((p) => {
+      const owner = controllerJobUid(p);
+      return !owner || jobUids.has(owner);
+    });
+    for (const job of jobs) {
+      const created = await this.syncJobPods(job, podsOf(job, pods), now);
+      pods.push(...created);
+    }
+
+    // Pods being deleted (graceful deletion): the kubelet confirms at once.
+    for (const pod of pods.filter((p) => p.metadata?.deletionTimestamp)) await this.deletePod(pod);
+    pods = pods.filter((p) => !p.metadata?.deletionTimestamp);
+
+    // Scheduler and kubelet.
+    this.gpuCapacity = new Map(nodes.map((n) => [n.metadata!.name!, nodeGpus(n)]));
+    this.gpuUsed = new Map();
+    for (const pod of pods) {
+      const node = pod.spec?.nodeName;
+      if (node && !isTerminal(pod)) this.gpuUsed.set(node, (this.gpuUsed.get(node) ?? 0) + podGpus(pod));
+    }
+    let nextDue = Number.POSITIVE_INFINITY;
+    const pending = pods
+      .filter((p) => !p.spec?.nodeName && !isTerminal(p))
+      .sort((a, b) => creationMs(a) - creationMs(b) || name(a).localeCompare(name(b)));
+    for (const pod of pending) await this.bindOrMarkUnschedulable(pod, nodes, now);
+    for (const pod of pods) {
+      const node = pod.spec?.nodeName;
+      if (!node || isTerminal(pod) || !this.gpuCapacity.has(node)) continue;
+      nextDue = Math.min(nextDue, await this.advancePod(pod, now));
+    }
+
+    // Job status from the pods as they are now.
+    const fresh = (await this.core.listPodForAllNamespaces()).items;
+    for (const job of jobs)
+      nextDue = Math.min(nextDue, await this.syncJobStatus(job, podsOf(job, fresh), now));
+    for (const uid of this.times.keys()) {
+      if (!fresh.some((p) => p.metadata?.uid === uid && !isTerminal(p))) this.times.delete(uid);
+    }
+    if (Number.isFinite(nextDue)) this.schedule(nextDue);
+  }
+
+  // ---------------------------------------------------------------- Job controller
+
+  private async syncJobPods(job: V1Job, pods: V1Pod[], now: number): Promise<V1Pod[]> {
+    if (isFinished(job) || job.spec?.suspend) {
+      for (const pod of pods.filter((p) => !isTerminal(p))) await this.deletePod(pod);
+      return [];
+    }
+    if (exceededDeadline(job, now) || failedCount(pods) > backoffLimit(job)) return [];
+    const completions = job.spec?.completions ?? job.spec?.parallelism ?? 1;
+    const parallelism = job.spec?.parallelism ?? completions;
+    const active = pods.filter((p) => !isTerminal(p) && !p.metadata?.deletionTimestamp);
+    const created: V1Pod[] = [];
+    if (job.spec?.completionMode === "Indexed") {
+      const succeeded = new Set(pods.filter((p) => phase(p) === "Succeeded").map(indexOf));
+      const running = new Set(active.map(indexOf));
+      let slots = parallelism - active.length;
+      for (let i = 0; i < completions && slots > 0; i++) {
+        if (succeeded.has(i) || running.has(i)) continue;
+        created.push(await this.createPod(job, i));
+        slots--;
+      }
+    } else {
+      const succeeded = pods.filter((p) => phase(p) === "Succeeded").length;
+      const want = Math.min(parallelism, completions - succeeded) - active.length;
+      for (let i = 0; i < want; i++) created.push(await this.createPod(job, undefined));
+    }
+    return created;
+  }
+
+  private async createPod(job: V1Job, index: number | undefined): Promise<V1Pod> {
+    const jobName = job.metadata!.name!;
+    const uid = job.metadata!.uid!;
+    const template = structuredClone(job.spec?.template ?? {});
+    const labels: Record<string, string> = {
+      ...(template.metadata?.labels ?? {}),
+      [JOB_NAME_LABEL]: jobName,
+      "job-name": jobName,
+      [CONTROLLER_UID_LABEL]: uid,
+      "controller-uid": uid,
+    };
+    const annotations: Record<string, string> = { ...(template.metadata?.annotations ?? {}) };
+    const spec = template.spec ?? { containers: [] };
+    if (index !== undefined) {
+      labels[COMPLETION_INDEX] = String(index);
+      annotations[COMPLETION_INDEX] = String(index);
+      spec.hostname ??= `${jobName}-${index}`;
+      for (const c of spec.containers ?? []) {
+        c.env = [...(c.env ?? []), { name: "JOB_COMPLETION_INDEX", value: String(index) }];
+      }
+    }
+    const pod: V1Pod = {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        generateName: index !== undefined ? `${jobName}-${index}-` : `${jobName}-`,
+        namespace: job.metadata!.namespace!,
+        labels,
+        annotations,
+        ownerReferences: [
+          {
+            apiVersion: "batch/v1",
+            kind: "Job",
+            name: jobName,
+            uid,
+            controller: true,
+            blockOwnerDeletion: true,
+          },
+        ],
+      },
+      spec,
+    };
+    return this.core.createNamespacedPod({ namespace: job.metadata!.namespace!, body: pod });
+  }
+
+  private async syncJobStatus(job: V1Job, pods: V1Pod[], now: number): Promise<number> {
+    const status = structuredClone(job.status ?? {});
+    const before = JSON.stringify(status);
+    const active = pods.filter((p) => !isTerminal(p));
+    const succeededPods = pods.filter((p) => phase(p) === "Succeeded");
+    const failed = failedCount(pods);
+    const indexed = job.spec?.completionMode === "Indexed";
+    const completions = job.spec?.completions ?? job.spec?.parallelism ?? 1;
+    const succeededIndexes = [...new Set(succeededPods.map(indexOf))].filter(
+      (i) => i >= 0 && i < completions,
+    );
+    const succeeded = indexed ? succeededIndexes.length : succeededPods.length;
+    let nextDue = Number.POSITIVE_INFINITY;
+
+    status.active = active.length;
+    status.ready = active.filter((p) => phase(p) === "Running").length;
+    status.succeeded = succeeded;
+    status.failed = failed;
+    if (indexed) status.completedIndexes = formatIndexes(succeededIndexes);
+    if (!status.startTime && !job.spec?.suspend) status.startTime = new Date(now);
+
+    if (!isFinished(job)) {
+      const deadline = deadlineMs(job);
+      if (failed > backoffLimit(job)) {
+        finish(status, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit", now);
+      } else if (deadline !== undefined && now >= deadline) {
+        finish(status, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline", now);
+      } else if (succeeded >= completions) {
+        finish(status, "Complete", "CompletionsReached", "Reached expected number of succeeded pods", now);
+        status.completionTime = new Date(now);
+      } else if (deadline !== undefined) {
+        nextDue = deadline;
+      }
+    }
+    if (JSON.stringify(status) === before) return nextDue;
+    try {
+      await this.batch.replaceNamespacedJobStatus({
+        name: job.metadata!.name!,
+        namespace: job.metadata!.namespace!,
+        body: { ...job, status },
+      });
+    } catch (e) {
+      if (!isCode(e, 404) && !isCode(e, 409)) throw e;
+      this.again = true;
+    }
+    return nextDue;
+  }
+
+  // ---------------------------------------------------------------- scheduler and kubelet
+
+  private async bindOrMarkUnschedulable(pod: V1Pod, nodes: V1Node[], now: number): Promise<void> {
+    const need = podGpus(pod);
+    const node = nodes.find((n) => {
+      const nodeName = n.metadata!.name!;
+      return (this.gpuCapacity.get(nodeName) ?? 0) - (this.gpuUsed.get(nodeName) ?? 0) >= need;
+    });
+    if (!node) {
+      const msg = `0/${nodes.length} nodes are available: ${nodes.length} Insufficient ${GPU_RESOURCE}.`;
+      const cond = condition(pod, "PodScheduled");
+      if (cond?.status === "False" && cond.message === msg) return;
+      await this.writePodStatus(pod, (s) => {
+        s.phase = "Pending";
+        setPodCondition(
+          s,
+          { type: "PodScheduled", status: "False", reason: "Unschedulable", message: msg },
+          now,
+        );
+      });
+      return;
+    }
+    const nodeName = node.metadata!.name!;
+    let bound: V1Pod;
+    try {
+      bound = await this.core.patchNamespacedPod(
+        { name: name(pod), namespace: pod.metadata!.namespace!, body: { spec: { nodeName } } },
+        MERGE_PATCH,
+      );
+    } catch (e) {
+      if (isCode(e, 404) || isCode(e, 409)) return;
+      throw e;
+    }
+    this.gpuUsed.set(nodeName, (this.gpuUsed.get(nodeName) ?? 0) + need);
+    this.times.set(bound.metadata!.uid!, { scheduledAt: now });
+    await this.writePodStatus(bound, (s) => {
+      s.phase = "Pending";
+      s.hostIP = "127.0.0.1";
+      setPodCondition(s, { type: "PodScheduled", status: "True" }, now);
+    });
+    this.schedule(now + this.opts.podStartupMs);
+  }
+
+  /** Moves a bound pod along; returns when it is next due for a transition. */
+  private async advancePod(pod: V1Pod, now: number): Promise<number> {
+    const uid = pod.metadata!.uid!;
+    const t = this.times.get(uid) ?? {};
+    this.times.set(uid, t);
+    t.scheduledAt ??= condition(pod, "PodScheduled")?.lastTransitionTime?.getTime() ?? now;
+    const p = phase(pod);
+    if (p !== "Running") {
+      const due = t.scheduledAt + this.opts.podStartupMs;
+      if (now < due) return due;
+      t.startedAt = now;
+      await this.writePodStatus(pod, (s) => {
+        s.phase = "Running";
+        s.startTime = new Date(now);
+        s.podIP = "127.0.0.1";
+        setPodCondition(s, { type: "Initialized", status: "True" }, now);
+        setPodCondition(s, { type: "ContainersReady", status: "True" }, now);
+        setPodCondition(s, { type: "Ready", status: "True" }, now);
+        s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
+          name: c.name,
+          image: c.image ?? "",
+          imageID: "",
+          ready: true,
+          restartCount: 0,
+          started: true,
+          state: { running: { startedAt: new Date(now) } },
+        }));
+      });
+      return now + simDuration(pod, this.opts.jobDurationMs);
+    }
+    t.startedAt ??= pod.status?.startTime?.getTime() ?? now;
+    const due = t.startedAt + simDuration(pod, this.opts.jobDurationMs);
+    if (now < due) return due;
+    const exitCode = simExitCode(pod);
+    await this.writePodStatus(pod, (s) => {
+      s.phase = exitCode === 0 ? "Succeeded" : "Failed";
+      setPodCondition(s, { type: "Ready", status: "False", reason: "PodCompleted" }, now);
+      setPodCondition(s, { type: "ContainersReady", status: "False", reason: "PodCompleted" }, now);
+      s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
+        name: c.name,
+        image: c.image ?? "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+        started: false,
+        state: {
+          terminated: {
+            exitCode,
+            reason: exitCode === 0 ? "Completed" : "Error",
+            startedAt: new Date(t.startedAt!),
+            finishedAt: new Date(now),
+          },
+        },
+      }));
+    });
+    return Number.POSITIVE_INFINITY;
+  }
+
+  private async writePodStatus(pod: V1Pod, mutate: (s: NonNullable<V1Pod["status"]>) => void): Promise<void> {
+    const status = structuredClone(pod.status ?? {});
+    mutate(status);
+    try {
+      await this.core.replaceNamespacedPodStatus({
+        name: name(pod),
+        namespace: pod.metadata!.namespace!,
+        body: { ...pod, status },
+      });
+    } catch (e) {
+      if (!isCode(e, 404) && !isCode(e, 409)) throw e;
+      this.again = true;
+    }
+  }
+
+  private async deletePod(pod: V1Pod): Promise<void> {
+    try {
+      await this.core.deleteNamespacedPod({
+        name: name(pod),
+        namespace: pod.metadata!.namespace!,
+        gracePeriodSeconds: 0,
+      });
+    } catch (e) {
+      if (!isCode(e, 404)) throw e;
+    }
+    this.times.delete(pod.metadata?.uid ?? "");
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function name(o: { metadata?: { name?: string } }): string {
+  return o.metadata?.name ?? "";
+}
+
+function phase(p: V1Pod): string {
+  return p.status?.phase ?? "Pending";
+}
+
+function isTerminal(p: V1Pod): boolean {
+  const ph = phase(p);
+  return ph === "Succeeded" || ph === "Failed";
+}
+
+function creationMs(o: V1Pod): number {
+  const t = o.metadata?.creationTimestamp;
+  return t ? new Date(t).getTime() : 0;
+}
+
+function controllerJobUid(p: V1Pod): string | undefined {
+  return p.metadata?.ownerReferences?.find((r) => r.controller && r.kind === "Job")?.uid;
+}
+
+function podsOf(job: V1Job, pods: V1Pod[]): V1Pod[] {
+  const uid = job.metadata?.uid;
+  return pods.filter((p) => controllerJobUid(p) === uid);
+}
+
+function indexOf(p: V1Pod): number {
+  const raw = p.metadata?.annotations?.[COMPLETION_INDEX] ?? p.metadata?.labels?.[COMPLETION_INDEX];
+  const n = raw === undefined ? Number.NaN : Number(raw);
+  return Number.isInteger(n) ? n : -1;
+}
+
+function quantity(q: unknown): number {
+  const n = Number(q ?? 0);
+  return Number.isFinite(n) ? n : 0;
+}
+
+export function podGpus(p: V1Pod): number {
+  let total = 0;
+  for (const c of p.spec?.containers ?? []) {
+    const r = c.resources;
+    total += quantity(r?.limits?.[GPU_RESOURCE] ?? r?.requests?.[GPU_RESOURCE]);
+  }
+  return total;
+}
+
+function nodeGpus(n: V1Node): number {
+  return quantity(n.status?.allocatable?.[GPU_RESOURCE] ?? n.status?.capacity?.[GPU_RESOURCE]);
+}
+
+function failedCount(pods: V1Pod[]): number {
+  return pods.filter((p) => phase(p) === "Failed").length;
+}
+
+function backoffLimit(job: V1Job): number {
+  return job.spec?.backoffLimit ?? 6;
+}
+
+function deadlineMs(job: V1Job): number | undefined {
+  const secs = job.spec?.activeDeadlineSeconds;
+  const start = job.status?.startTime?.getTime();
+  return secs === undefined || start === undefined ? undefined : start + secs * 1000;
+}
+
+function exceededDeadline(job: V1Job, now: number): boolean {
+  const d = deadlineMs(job);
+  return d !== undefined && now >= d;
+}
+
+function isFinished(job: V1Job): boolean {
+  return (job.status?.conditions ?? []).some(
+    (c) => (c.type === "Complete" || c.type === "Failed") && c.status === "True",
+  );
+}
+
+function finish(
+  status: NonNullable<V1Job["status"]>,
+  type: "Complete" | "Failed",
+  reason: string,
+  message: string,
+  now: number,
+): void {
+  const at = new Date(now);
+  const extra: V1JobCondition = {
+    type: type === "Complete" ? "SuccessCriteriaMet" : "FailureTarget",
+    status: "True",
+    reason,
+    message,
+    lastProbeTime: at,
+    lastTransitionTime: at,
+  };
+  const main: V1JobCondition = { ...extra, type };
+  status.conditions = [
+    ...(status.conditions ?? []).filter((c) => c.type !== type && c.type !== extra.type),
+    extra,
+    main,
+  ];
+}
+
+function condition(p: V1Pod, type: string): V1PodCondition | undefined {
+  return p.status?.conditions?.find((c) => c.type === type);
+}
+
+function setPodCondition(
+  s: NonNullable<V1Pod["status"]>,
+  c: { type: string; status: string; reason?: string; message?: string },
+  now: number,
+): void {
+  const conditions = s.conditions ?? [];
+  const existing = conditions.find((x) => x.type === c.type);
+  const changed = !existing || existing.status !== c.status;
+  const next: V1PodCondition = {
+    ...c,
+    lastProbeTime: undefined,
+    lastTransitionTime: changed ? new Date(now) : existing.lastTransitionTime,
+  };
+  s.conditions = [...conditions.filter((x) => x.type !== c.type), next];
+}
+
+function simSetting(p: V1Pod, annotation: string, env: string): string | undefined {
+  const a = p.metadata?.annotations?.[annotation];
+  if (a !== undefined) return a;
+  return p.spec?.containers?.[0]?.env?.find((e) => e.name === env)?.value;
+}
+
+function simDuration(p: V1Pod, fallback: number): number {
+  const raw = simSetting(p, SIM_DURATION_ANNOTATION, SIM_DURATION_ENV);
+  if (raw === undefined) return fallback;
+  try {
+    return parseDuration(raw);
+  } catch {
+    return fallback;
+  }
+}
+
+function simExitCode(p: V1Pod): number {
+  const raw = simSetting(p, SIM_EXIT_CODE_ANNOTATION, SIM_EXIT_CODE_ENV);
+  const n = raw === undefined ? 0 : Number(raw);
+  return Number.isInteger(n) ? n : 1;
+}
+
+/** `[0,1,2,5,7,8]` → `"0-2,5,7-8"`, the Job API's completedIndexes format. */
+export function formatIndexes(indexes: number[]): string {
+  const sorted = [...new Set(indexes)].sort((a, b) => a - b);
+  const parts: string[] = [];
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
+    parts.push(j === i ? String(sorted[i]) : `${sorted[i]}-${sorted[j]}`);
+    i = j + 1;
+  }
+  return parts.join(",");
+}
+
+function isCode(e: unknown, code: number): boolean {
+  return e instanceof ApiException && e.code === code;
+}
