@@ -80,14 +80,14 @@ export class FileStore implements ObjectStore {
     return p;
   }
 
-  async check(): Promise<void> {
+  async check(_signal?: AbortSignal, purpose: "read" | "write" = "read"): Promise<void> {
     try {
       const s = await stat(this.base);
       if (!s.isDirectory())
         throw new StoreError("ContainerNotFound", `${this.displayUri} is not a directory`);
     } catch (e) {
       if (e instanceof StoreError) throw e;
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT" && purpose === "write") {
         // A missing destination directory is created on first write; only its parent must exist.
         try {
           await stat(dirname(this.base));
@@ -96,6 +96,8 @@ export class FileStore implements ObjectStore {
           throw new StoreError("ContainerNotFound", `${this.displayUri}: no such directory`);
         }
       }
+      if ((e as NodeJS.ErrnoException).code === "ENOENT")
+        throw new StoreError("ContainerNotFound", `${this.displayUri}: no such directory`);
       throw fsError(e, this.displayUri);
     }
   }

@@ -138,8 +138,12 @@ export interface ObjectStore {
   startUpload(key: string, options?: WriteOptions): Promise<MultipartUpload>;
   /** Deletes; a missing object is not an error. */
   delete(key: string, signal?: AbortSignal): Promise<void>;
-  /** Checks that the container/bucket/directory exists and is reachable (bad input → NotFound). */
-  check(signal?: AbortSignal): Promise<void>;
+  /**
+   * Checks that the container/bucket/directory exists and is reachable; throws
+   * StoreError("ContainerNotFound") otherwise. `purpose: "write"` lets the file store accept a
+   * directory that does not exist yet but whose parent does (it is created on first write).
+   */
+  check(signal?: AbortSignal, purpose?: "read" | "write"): Promise<void>;
 }
 
 export type StoreErrorCode =

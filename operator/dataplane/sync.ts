@@ -1,0 +1,549 @@
+/**
+ * The sync engine: makes a destination hold what a source holds, moving only new or changed
+ * objects, and records the result in a manifest beside the data.
+ *
+ * - Listing is streamed page by page; each object is decided against the manifest as it
+ *   arrives, so the destination is neither listed nor HEADed on a rerun.
+ * - Data buffers come from one byte budget of `concurrency × partSize`: memory is bounded
+ *   whatever the object count or size. A large object is read as one stream, hashed in order,
+ *   and its parts are uploaded in parallel while the next ones are read.
+ * - Integrity: sha256 computed while streaming, checked against the source's own sha256 when it
+ *   carries one, stored as destination metadata and in the manifest; every part/put carries an
+ *   MD5 the store checks; `verify: "content"` re-reads the destination.
+ * - Crash safety: objects become visible only when complete (atomic put / multipart commit);
+ *   completed copies are checkpointed to a journal, so a rerun after a kill resumes; the
+ *   manifest is committed last, and only when nothing failed; `delete` runs only then.
+ */
+import { createHash } from "node:crypto";
+import {
+  journalKey,
+  loadManifest,
+  type Manifest,
+  type ManifestEntry,
+  META_PREFIX,
+  manifestDigest,
+  manifestKey,
+  readAll,
+  type ShardSpec,
+  saveManifest,
+  shardOf,
+} from "./manifest.ts";
+import { DEFAULT_RETRY, type RetryPolicy, withRetry } from "./retry.ts";
+import { normaliseKey, type ObjectInfo, type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
+
+export const DEFAULT_CONCURRENCY = 8;
+export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
+
+export interface SyncOptions {
+  /** Objects (and parts) transferred at once; default 8. */
+  concurrency?: number;
+  /** Part size for multipart uploads and the unit of the memory budget; default 8 MiB. */
+  partSize?: number;
+  /** Delete destination objects missing from the source, only after a sync with no error. */
+  delete?: boolean;
+  /** Decide and report, write nothing. */
+  dryRun?: boolean;
+  /** Only keys with shardOf(key, count) === index. */
+  shard?: ShardSpec;
+  /**
+   * Extra checks of objects the manifest says are current: "list" lists the destination and
+   * compares sizes and etags; "content" re-reads and hashes them. Default "none".
+   */
+  verify?: "none" | "list" | "content";
+  signal?: AbortSignal;
+  onProgress?: (p: SyncProgress) => void;
+  progressIntervalMs?: number;
+  /** How often completed copies are checkpointed to the journal; default 2 s. */
+  checkpointIntervalMs?: number;
+  retry?: RetryPolicy;
+  /** Called for each retried request (no secrets in the error messages). */
+  onRetry?: (what: string, error: unknown, attempt: number, delayMs: number) => void;
+}
+
+export interface SyncProgress {
+  phase: "syncing" | "deleting" | "committing" | "done";
+  /** True once the source listing finished: totals are final from then on. */
+  listingDone: boolean;
+  objectsSeen: number;
+  objectsToCopy: number;
+  bytesToCopy: number;
+  objectsCopied: number;
+  bytesCopied: number;
+  objectsSkipped: number;
+  objectsFailed: number;
+  bytesPerSecond: number;
+  /** Seconds left, once the listing is done and a rate is known. */
+  etaSeconds?: number;
+}
+
+export interface Tally {
+  objects: number;
+  bytes: number;
+}
+
+export interface SyncSummary {
+  source: string;
+  destination: string;
+  dryRun: boolean;
+  /** Objects that were (or, in a dry run, would be) copied. */
+  planned: Tally;
+  copied: Tally;
+  skipped: Tally;
+  failed: Tally;
+  deleted: Tally;
+  /** The first errors, one line each, no secrets. */
+  errors: { key: string; message: string }[];
+  /** Digest of the committed manifest; absent when the sync did not complete. */
+  version?: string;
+  complete: boolean;
+  aborted: boolean;
+  durationMs: number;
+  /** Highest number of data-buffer bytes held at once (the memory bound at work). */
+  peakBufferBytes: number;
+}
+
+/** A FIFO byte budget: the only source of data buffers, so memory is bounded by its capacity. */
+export class ByteBudget {
+  private used = 0;
+  peak = 0;
+  private readonly waiters: { n: number; resolve: () => void }[] = [];
+  constructor(readonly capacity: number) {}
+  async acquire(n: number): Promise<number> {
+    const want = Math.min(Math.max(n, 0), this.capacity);
+    if (this.waiters.length === 0 && this.used + want <= this.capacity) {
+      this.take(want);
+      return want;
+    }
+    await new Promise<void>((resolve) => this.waiters.push({ n: want, resolve }));
+    return want;
+  }
+  release(n: number): void {
+    this.used -= n;
+    while (this.waiters.length > 0 && this.used + this.waiters[0]!.n <= this.capacity) {
+      const w = this.waiters.shift()!;
+      this.take(w.n);
+      w.resolve();
+    }
+  }
+  private take(n: number) {
+    this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
+  }
+}
+
+class Semaphore {
+  private free: number;
+  private readonly waiters: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiters.push(r));
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+const MAX_ERRORS_REPORTED = 20;
+
+function isUnchanged(obj: ObjectInfo, entry: ManifestEntry | undefined): entry is ManifestEntry {
+  if (!entry || entry.size !== obj.size) return false;
+  if (obj.sha256 && entry.sha256) return obj.sha256 === entry.sha256;
+  return entry.srcEtag !== "" && entry.srcEtag === obj.etag;
+}
+
+/** Syncs `src` into `dst`. Throws only for errors that stop the whole sync (bad input, manifest I/O). */
+export async function syncStores(
+  src: ObjectStore,
+  dst: ObjectStore,
+  options: SyncOptions = {},
+): Promise<SyncSummary> {
+  const started = Date.now();
+  const concurrency = Math.max(1, Math.floor(options.concurrency ?? DEFAULT_CONCURRENCY));
+  const basePartSize = Math.max(1, Math.floor(options.partSize ?? DEFAULT_PART_SIZE));
+  const policy = options.retry ?? DEFAULT_RETRY;
+  const signal = options.signal;
+  const shard = options.shard && options.shard.count > 1 ? options.shard : undefined;
+  const verify = options.verify ?? "none";
+  const dryRun = options.dryRun ?? false;
+  const budget = new ByteBudget(concurrency * Math.max(basePartSize, dst.capabilities.minPartSize));
+
+  await src.check(signal, "read");
+  await dst.check(signal, "write");
+
+  const retry = <T>(what: string, fn: () => Promise<T>) =>
+    withRetry(fn, {
+      policy,
+      ...(signal ? { signal } : {}),
+      onRetry: (e, attempt, delay) => options.onRetry?.(what, e, attempt, delay),
+    });
+
+  // What the destination holds: the committed manifest, overlaid with the journal of an
+  // interrupted run. A shard starts from the main manifest when it has none of its own.
+  const mKey = manifestKey(shard);
+  const jKey = journalKey(shard);
+  let committed = await retry("read manifest", () => loadManifest(dst, mKey, signal));
+  if (!committed && shard) {
+    const main = await retry("read manifest", () => loadManifest(dst, manifestKey(), signal));
+    if (main) for (const k of [...main.keys()]) if (shardOf(k, shard.count) !== shard.index) main.delete(k);
+    committed = main;
+  }
+  const journal = await retry("read journal", () => loadManifest(dst, jKey, signal));
+  const known: Manifest = new Map(committed ?? []);
+  if (journal) for (const [k, e] of journal) known.set(k, e);
+
+  let dstListing: Map<string, { size: number; etag: string }> | undefined;
+  if (verify === "list") {
+    dstListing = new Map();
+    for await (const o of dst.list(signal ? { signal } : {}))
+      if (!o.key.startsWith(META_PREFIX)) dstListing.set(o.key, { size: o.size, etag: o.etag });
+  }
+
+  const next: Manifest = new Map();
+  const done: Manifest = new Map(); // copies completed in this run, for the journal
+  const s = {
+    seen: 0,
+    planned: { objects: 0, bytes: 0 },
+    copied: { objects: 0, bytes: 0 },
+    skipped: { objects: 0, bytes: 0 },
+    failed: { objects: 0, bytes: 0 },
+    deleted: { objects: 0, bytes: 0 },
+    bytesMoved: 0,
+  };
+  const errors: { key: string; message: string }[] = [];
+  let listingDone = false;
+  let phase: SyncProgress["phase"] = "syncing";
+
+  const progress = (): SyncProgress => {
+    const secs = Math.max((Date.now() - started) / 1000, 0.001);
+    const rate = s.bytesMoved / secs;
+    const left = s.planned.bytes - s.bytesMoved;
+    return {
+      phase,
+      listingDone,
+      objectsSeen: s.seen,
+      objectsToCopy: s.planned.objects,
+      bytesToCopy: s.planned.bytes,
+      objectsCopied: s.copied.objects,
+      bytesCopied: s.bytesMoved,
+      objectsSkipped: s.skipped.objects,
+      objectsFailed: s.failed.objects,
+      bytesPerSecond: rate,
+      ...(listingDone && rate > 0 ? { etaSeconds: Math.max(0, left / rate) } : {}),
+    };
+  };
+  const interval = options.progressIntervalMs ?? 250;
+  const ticker = options.onProgress
+    ? setInterval(() => options.onProgress!(progress()), interval)
+    : undefined;
+
+  const fail = (key: string, size: number, e: unknown) => {
+    s.failed.objects++;
+    s.failed.bytes += size;
+    if (errors.length < MAX_ERRORS_REPORTED) errors.push({ key, message: (e as Error).message ?? String(e) });
+  };
+
+  // Journal: completed copies are checkpointed periodically (never concurrently with itself).
+  let journalDirty = false;
+  let journalWrite: Promise<void> = Promise.resolve();
+  const writeJournal = () => {
+    if (dryRun || !journalDirty) return journalWrite;
+    journalDirty = false;
+    const snapshot: Manifest = new Map(known);
+    for (const [k, e] of done) snapshot.set(k, e);
+    journalWrite = journalWrite
+      .then(() => retry("write journal", () => saveManifest(dst, jKey, snapshot, {}, signal)))
+      .catch(() => {
+        journalDirty = true; // retried at the next checkpoint; the data itself is safe
+      });
+    return journalWrite;
+  };
+  const checkpointer = dryRun ? undefined : setInterval(writeJournal, options.checkpointIntervalMs ?? 2000);
+
+  const copy = async (obj: ObjectInfo, key: string): Promise<ManifestEntry> => {
+    const size = obj.size;
+    const partSize = Math.max(
+      basePartSize,
+      dst.capabilities.minPartSize,
+      Math.ceil(size / dst.capabilities.maxParts),
+    );
+    if (size <= partSize && size <= dst.capabilities.maxPutSize) {
+      const held = await budget.acquire(size);
+      try {
+        const buf = await readExactly(src, key, size, signal);
+        const sha256 = createHash("sha256").update(buf).digest("hex");
+        checkSourceHash(obj, key, sha256);
+        const r = await retry(`put ${key}`, () =>
+          dst.put(key, buf, { sha256, ...(signal ? { signal } : {}) }),
+        );
+        s.bytesMoved += size;
+        return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
+      } finally {
+        budget.release(held);
+      }
+    }
+    const upload = await retry(`start ${key}`, () =>
+      dst.startUpload(key, {
+        partSize,
+        ...(obj.sha256 ? { sha256: obj.sha256 } : {}),
+        ...(signal ? { signal } : {}),
+      }),
+    );
+    const inflight = new Set<Promise<void>>();
+    const receipts: PartReceipt[] = [];
+    let partError: unknown;
+    let moved = 0;
+    try {
+      const stream = await retry(`read ${key}`, () => src.read(key, signal ? { signal } : {}));
+      const hash = createHash("sha256");
+      let total = 0;
+      let partNo = 0;
+      let cur: Buffer | undefined;
+      let held = 0;
+      let fill = 0;
+      const ship = (buf: Buffer, n: number, bytes: number) => {
+        const p = retry(`upload ${key} part ${n}`, () => upload.uploadPart(n, buf, signal))
+          .then((r) => {
+            receipts.push(r);
+            s.bytesMoved += buf.length;
+            moved += buf.length;
+          })
+          .catch((e: unknown) => {
+            partError ??= e;
+          })
+          .finally(() => {
+            budget.release(bytes);
+            inflight.delete(p);
+          });
+        inflight.add(p);
+      };
+      for await (const chunk of stream as AsyncIterable<Uint8Array>) {
+        let off = 0;
+        while (off < chunk.length) {
+          if (partError) throw partError;
+          if (!cur) {
+            const len = Math.min(partSize, size - total);
+            if (len <= 0) throw new StoreError("Transient", `${key}: source grew while it was read`);
+            held = await budget.acquire(len);
+            cur = Buffer.allocUnsafe(len);
+            fill = 0;
+          }
+          const n = Math.min(chunk.length - off, cur.length - fill);
+          cur.set(chunk.subarray(off, off + n), fill);
+          fill += n;
+          off += n;
+          total += n;
+          if (fill === cur.length) {
+            hash.update(cur);
+            ship(cur, ++partNo, held);
+            cur = undefined;
+          }
+        }
+      }
+      if (cur || total !== size) {
+        if (cur) budget.release(held);
+        throw new StoreError("Transient", `${key}: source changed size while it was read`);
+      }
+      while (inflight.size > 0) await Promise.race(inflight);
+      if (partError) throw partError;
+      const sha256 = hash.digest("hex");
+      checkSourceHash(obj, key, sha256);
+      const r = await retry(`commit ${key}`, () =>
+        upload.commit(receipts, { sha256, ...(signal ? { signal } : {}) }),
+      );
+      return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
+    } catch (e) {
+      await Promise.allSettled([...inflight]);
+      s.bytesMoved -= moved;
+      await upload.abort();
+      throw e;
+    }
+  };
+
+  const verifyContent = async (key: string, entry: ManifestEntry): Promise<boolean> => {
+    try {
+      const stream = await dst.read(key, signal ? { signal } : {});
+      const h = createHash("sha256");
+      let n = 0;
+      for await (const c of stream as AsyncIterable<Uint8Array>) {
+        h.update(c);
+        n += c.length;
+      }
+      return n === entry.size && h.digest("hex") === entry.sha256;
+    } catch (e) {
+      if (e instanceof StoreError && e.code === "NotFound") return false;
+      throw e;
+    }
+  };
+
+  const slots = new Semaphore(concurrency);
+  const tasks = new Set<Promise<void>>();
+  /** `entry`: what the destination holds now; `current`: whether the source still matches it. */
+  const handle = async (obj: ObjectInfo, key: string, entry: ManifestEntry | undefined, current: boolean) => {
+    try {
+      if (entry && current && verify === "content" && (await verifyContent(key, entry))) {
+        next.set(key, entry);
+        s.skipped.objects++;
+        s.skipped.bytes += obj.size;
+        return;
+      }
+      s.planned.objects++;
+      s.planned.bytes += obj.size;
+      if (dryRun) return;
+      // A source that changes mid-read or a transient failure of a stream is retried whole.
+      const e = await withRetry(() => copy(obj, key), {
+        policy: { ...policy, attempts: Math.min(policy.attempts, 3) },
+        ...(signal ? { signal } : {}),
+        retryable: (err) => err instanceof StoreError && (err.retryable || err.code === "Integrity"),
+      });
+      next.set(key, e);
+      done.set(key, e);
+      journalDirty = true;
+      s.copied.objects++;
+      s.copied.bytes += obj.size;
+    } catch (e) {
+      if (entry) next.set(key, entry); // the destination still holds the previous version
+      fail(key, obj.size, e);
+    }
+  };
+
+  let aborted = false;
+  try {
+    for await (const obj of src.list(signal ? { signal } : {})) {
+      if (obj.key.startsWith(META_PREFIX)) continue;
+      if (shard && shardOf(obj.key, shard.count) !== shard.index) continue;
+      s.seen++;
+      let key: string;
+      try {
+        key = normaliseKey(obj.key);
+      } catch (e) {
+        fail(obj.key, obj.size, e);
+        continue;
+      }
+      const entry = known.get(key);
+      if (isUnchanged(obj, entry) && verify !== "content") {
+        const listed = dstListing?.get(key);
+        if (!dstListing || (listed && listed.size === entry.size && listed.etag === entry.dstEtag)) {
+          next.set(key, entry);
+          s.skipped.objects++;
+          s.skipped.bytes += obj.size;
+          continue;
+        }
+      }
+      await slots.acquire();
+      const t = handle(obj, key, entry, isUnchanged(obj, entry)).finally(() => {
+        slots.release();
+        tasks.delete(t);
+      });
+      tasks.add(t);
+    }
+    listingDone = true;
+  } catch (e) {
+    if (signal?.aborted) aborted = true;
+    else {
+      await Promise.allSettled([...tasks]);
+      if (checkpointer) clearInterval(checkpointer);
+      if (ticker) clearInterval(ticker);
+      await writeJournal();
+      throw e;
+    }
+  }
+  await Promise.allSettled([...tasks]);
+  if (checkpointer) clearInterval(checkpointer);
+  aborted ||= signal?.aborted ?? false;
+
+  let version: string | undefined;
+  let complete = false;
+  try {
+    if (!dryRun && (aborted || s.failed.objects > 0)) {
+      await writeJournal();
+    } else if (!dryRun) {
+      if (options.delete) {
+        phase = "deleting";
+        for await (const o of dst.list(signal ? { signal } : {})) {
+          if (o.key.startsWith(META_PREFIX) || next.has(o.key)) continue;
+          if (shard && shardOf(o.key, shard.count) !== shard.index) continue;
+          try {
+            await retry(`delete ${o.key}`, () => dst.delete(o.key, signal));
+            s.deleted.objects++;
+            s.deleted.bytes += o.size;
+          } catch (e) {
+            fail(o.key, 0, e);
+          }
+        }
+      }
+      phase = "committing";
+      version = manifestDigest(next);
+      const unchanged = committed && !journal && done.size === 0 && manifestDigest(committed) === version;
+      if (!unchanged)
+        await retry("write manifest", () =>
+          saveManifest(dst, mKey, next, { source: src.displayUri, ...(shard ? { shard } : {}) }, signal),
+        );
+      if (journal || done.size > 0)
+        await journalWrite.then(() => retry("drop journal", () => dst.delete(jKey, signal)));
+      complete = s.failed.objects === 0;
+    } else {
+      complete = s.failed.objects === 0;
+    }
+  } finally {
+    phase = "done";
+    if (ticker) clearInterval(ticker);
+    options.onProgress?.(progress());
+  }
+
+  return {
+    source: src.displayUri,
+    destination: dst.displayUri,
+    dryRun,
+    planned: s.planned,
+    copied: s.copied,
+    skipped: s.skipped,
+    failed: s.failed,
+    deleted: s.deleted,
+    errors,
+    ...(version && !dryRun ? { version } : {}),
+    complete: complete && !aborted,
+    aborted,
+    durationMs: Date.now() - started,
+    peakBufferBytes: budget.peak,
+  };
+}
+
+function checkSourceHash(obj: ObjectInfo, key: string, sha256: string): void {
+  if (obj.sha256 && obj.sha256 !== sha256)
+    throw new StoreError("Integrity", `${key}: content sha256 differs from the source's recorded sha256`);
+}
+
+/** Reads a whole (small) object into one buffer of exactly `size` bytes. */
+async function readExactly(
+  src: ObjectStore,
+  key: string,
+  size: number,
+  signal?: AbortSignal,
+): Promise<Buffer> {
+  const stream = await src.read(key, signal ? { signal } : {});
+  if (size === 0) {
+    const rest = await readAll(stream);
+    if (rest.length !== 0) throw new StoreError("Transient", `${key}: source changed size while it was read`);
+    return Buffer.alloc(0);
+  }
+  const buf = Buffer.allocUnsafe(size);
+  let fill = 0;
+  for await (const c of stream as AsyncIterable<Uint8Array>) {
+    if (fill + c.length > size) {
+      stream.destroy();
+      throw new StoreError("Transient", `${key}: source changed size while it was read`);
+    }
+    buf.set(c, fill);
+    fill += c.length;
+  }
+  if (fill !== size) throw new StoreError("Transient", `${key}: source changed size while it was read`);
+  return buf;
+}
