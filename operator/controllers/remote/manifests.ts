@@ -1,0 +1,193 @@
+/**
+ * The objects Spillway creates on a target cluster for one placement attempt of a run
+ * (placement step 6, "Dispatch"): the run's namespace, a headless Service for rendezvous and
+ * an Indexed Job with one pod per node. Pure functions: the same inputs always render the
+ * same objects, so a retried dispatch is an idempotent create.
+ */
+import type { TrainingRun } from "../../api/v1alpha1/index.ts";
+
+export const LABEL_RUN_UID = "spillway.dev/run-uid";
+export const LABEL_RUN_NAME = "spillway.dev/run-name";
+export const LABEL_RUN_NAMESPACE = "spillway.dev/run-namespace";
+export const LABEL_ATTEMPT = "spillway.dev/attempt";
+export const LABEL_MANAGED_BY = "app.kubernetes.io/managed-by";
+/** Identifies the management cluster that owns remote objects (the collector only touches its own). */
+export const LABEL_ORIGIN = "spillway.dev/origin";
+export const MANAGED_BY = "spillway";
+
+/** torchrun's default rendezvous port. */
+export const RENDEZVOUS_PORT = 29500;
+
+export interface DispatchInputs {
+  run: TrainingRun;
+  attempt: number;
+  /** Name of the management cluster (the origin label value). */
+  origin: string;
+  provider: string;
+  /** Where the dataset version is at the target, when the run has one. */
+  dataset?: { uri: string; version: string };
+  /** Where checkpoints go at the target, and the step to resume from. */
+  checkpoints?: { uri: string; resumeStep?: number };
+  /** Name of the Secret (in the remote namespace) holding only the target store's credentials. */
+  storeSecretName?: string;
+}
+
+export interface RemoteObjects {
+  namespace: Record<string, unknown>;
+  service: Record<string, unknown>;
+  job: Record<string, unknown>;
+}
+
+/** The remote Job's name: the run's name (≤ 56 characters by validation), stable across attempts. */
+export function remoteJobName(run: TrainingRun): string {
+  return run.metadata.name!;
+}
+
+/** Remote objects live in a namespace of the same name as the run's, so runs stay isolated per team. */
+export function remoteNamespace(run: TrainingRun): string {
+  return run.metadata.namespace!;
+}
+
+export function remoteLabels(run: TrainingRun, attempt: number, origin: string): Record<string, string> {
+  return {
+    [LABEL_RUN_UID]: run.metadata.uid!,
+    [LABEL_RUN_NAME]: run.metadata.name!,
+    [LABEL_RUN_NAMESPACE]: run.metadata.namespace!,
+    [LABEL_ATTEMPT]: String(attempt),
+    [LABEL_ORIGIN]: origin,
+    [LABEL_MANAGED_BY]: MANAGED_BY,
+  };
+}
+
+type Env = { name: string; value?: string; valueFrom?: Record<string, unknown> };
+
+function rendezvousEnv(run: TrainingRun, inputs: DispatchInputs): Env[] {
+  const name = remoteJobName(run);
+  const ns = remoteNamespace(run);
+  const nodes = run.spec.resources.nodes ?? 1;
+  const master = `${name}-0.${name}.${ns}.svc`;
+  const rank: Env = {
+    name: "NODE_RANK",
+    valueFrom: {
+      fieldRef: { fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']" },
+    },
+  };
+  const env: Env[] = [
+    { name: "MASTER_ADDR", value: master },
+    { name: "MASTER_PORT", value: String(RENDEZVOUS_PORT) },
+    { name: "NNODES", value: String(nodes) },
+    rank,
+    { name: "NPROC_PER_NODE", value: String(run.spec.resources.gpu.count) },
+    // torchrun reads its options from PET_* variables.
+    { name: "PET_MASTER_ADDR", value: master },
+    { name: "PET_MASTER_PORT", value: String(RENDEZVOUS_PORT) },
+    { name: "PET_NNODES", value: String(nodes) },
+    { name: "PET_NODE_RANK", valueFrom: rank.valueFrom },
+    { name: "PET_NPROC_PER_NODE", value: String(run.spec.resources.gpu.count) },
+    { name: "SPILLWAY_RUN", value: `${ns}/${name}` },
+    { name: "SPILLWAY_RUN_UID", value: run.metadata.uid! },
+    { name: "SPILLWAY_ATTEMPT", value: String(inputs.attempt) },
+    { name: "SPILLWAY_PROVIDER", value: inputs.provider },
+    { name: "SPILLWAY_NNODES", value: String(nodes) },
+  ];
+  if (inputs.dataset) {
+    env.push(
+      { name: "SPILLWAY_DATASET_URI", value: inputs.dataset.uri },
+      { name: "SPILLWAY_DATASET_VERSION", value: inputs.dataset.version },
+      { name: "SPILLWAY_DATASET_DIR", value: run.spec.data?.mountPath ?? "/data" },
+    );
+  }
+  if (inputs.checkpoints) {
+    env.push(
+      { name: "SPILLWAY_CHECKPOINT_DIR", value: run.spec.checkpoints?.path ?? "/checkpoints" },
+      { name: "SPILLWAY_CHECKPOINT_STORE", value: inputs.checkpoints.uri },
+    );
+    if (inputs.checkpoints.resumeStep !== undefined) {
+      env.push({ name: "SPILLWAY_RESUME_STEP", value: String(inputs.checkpoints.resumeStep) });
+    }
+  }
+  return env;
+}
+
+function mergeEnv(existing: unknown, added: Env[]): Env[] {
+  const user = Array.isArray(existing) ? (existing as Env[]) : [];
+  const ours = new Set(added.map((e) => e.name));
+  // The user's values win for names they set themselves, except ours, which must be right.
+  return [...user.filter((e) => !ours.has(e.name)), ...added];
+}
+
+/** Renders the namespace, headless Service and Indexed Job for one attempt. */
+export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
+  const { run, attempt, origin } = inputs;
+  const name = remoteJobName(run);
+  const ns = remoteNamespace(run);
+  const labels = remoteLabels(run, attempt, origin);
+  const nodes = run.spec.resources.nodes ?? 1;
+  const gpus = run.spec.resources.gpu.count;
+  const podSpec = structuredClone(run.spec.template.spec) as Record<string, unknown> & {
+    containers: Array<Record<string, unknown>>;
+  };
+  const env = rendezvousEnv(run, inputs);
+  podSpec.containers = podSpec.containers.map((c, i) => {
+    const container: Record<string, unknown> = { ...c, env: mergeEnv(c.env, env) };
+    if (i === 0) {
+      const resources = (c.resources ?? {}) as {
+        limits?: Record<string, unknown>;
+        requests?: Record<string, unknown>;
+      };
+      container.resources = {
+        ...resources,
+        limits: { ...(resources.limits ?? {}), "nvidia.com/gpu": String(gpus) },
+        requests: { ...(resources.requests ?? {}), "nvidia.com/gpu": String(gpus) },
+      };
+      container.ports = [
+        ...((c.ports as unknown[]) ?? []),
+        { name: "rendezvous", containerPort: RENDEZVOUS_PORT, protocol: "TCP" },
+      ];
+    }
+    return container;
+  });
+  podSpec.subdomain = name;
+  podSpec.restartPolicy = "Never";
+  podSpec.automountServiceAccountToken = podSpec.automountServiceAccountToken ?? false;
+  const templateMeta = run.spec.template.metadata ?? {};
+  return {
+    namespace: {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: ns, labels: { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ORIGIN]: origin } },
+    },
+    service: {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name, namespace: ns, labels },
+      spec: {
+        clusterIP: "None",
+        publishNotReadyAddresses: true,
+        selector: { [LABEL_RUN_UID]: run.metadata.uid! },
+        ports: [{ name: "rendezvous", port: RENDEZVOUS_PORT, targetPort: RENDEZVOUS_PORT }],
+      },
+    },
+    job: {
+      apiVersion: "batch/v1",
+      kind: "Job",
+      metadata: { name, namespace: ns, labels },
+      spec: {
+        completionMode: "Indexed",
+        completions: nodes,
+        parallelism: nodes,
+        backoffLimit: run.spec.runPolicy?.backoffLimit ?? 3,
+        ...(run.spec.runPolicy?.activeDeadlineSeconds
+          ? { activeDeadlineSeconds: run.spec.runPolicy.activeDeadlineSeconds }
+          : {}),
+        template: {
+          metadata: {
+            labels: { ...(templateMeta.labels ?? {}), ...labels },
+            annotations: { ...(templateMeta.annotations ?? {}) },
+          },
+          spec: podSpec,
+        },
+      },
+    },
+  };
+}
