@@ -1,0 +1,154 @@
+/**
+ * The operator Deployment and its companions as a platform team gets them: the flags and
+ * environment of the operator contract, probes and ports, two replicas under leader election
+ * with a disruption budget, and the optional ServiceMonitor and NetworkPolicy.
+ */
+import { CHART, type Doc, FULL_VALUES, helm, ofKind, render } from "./helm.ts";
+
+const NS = "spillway-system";
+const deploymentOf = (docs: Doc[]) => ofKind(docs, "Deployment")[0]!;
+const containerOf = (docs: Doc[]) => deploymentOf(docs).spec.template.spec.containers[0]!;
+
+/** `--flag=value` / `--flag` arguments after the `operator` subcommand, as a map. */
+function flagsOf(args: string[]): Record<string, string | true> {
+  expect(args[0]).toBe("operator");
+  return Object.fromEntries(
+    args.slice(1).map((a) => {
+      const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
+      if (!m) throw new Error(`not a --flag: ${a}`);
+      return [m[1]!, m[2] ?? true];
+    }),
+  );
+}
+
+describe("with the default values", () => {
+  const docs = render({ namespace: NS });
+  const c = containerOf(docs);
+
+  test("the operator gets exactly the flags of the `spillway operator` contract", () => {
+    expect(flagsOf(c.args)).toEqual({
+      namespace: "$(POD_NAMESPACE)",
+      "leader-elect": true,
+      "leader-election-id": "spillway-operator",
+      "lease-duration": "15s",
+      "metrics-bind-address": ":8080",
+      "health-probe-bind-address": ":8081",
+      "log-level": "info",
+      "offer-retention": "9600h",
+      "remote-qps": "50",
+      "remote-burst": "100",
+      "max-concurrent-reconciles": "8",
+      "pulumi-state-dir": "/var/lib/spillway/pulumi",
+    });
+  });
+
+  test("POD_NAMESPACE and POD_NAME come from the downward API", () => {
+    const env = Object.fromEntries(c.env.map((e: Doc) => [e.name, e.valueFrom?.fieldRef?.fieldPath]));
+    expect(env.POD_NAMESPACE).toBe("metadata.namespace");
+    expect(env.POD_NAME).toBe("metadata.name");
+  });
+
+  test("metrics on :8080, liveness on :8081/healthz, readiness on :8081/readyz", () => {
+    const ports = Object.fromEntries(c.ports.map((p: Doc) => [p.name, p.containerPort]));
+    expect(ports).toEqual({ metrics: 8080, health: 8081 });
+    expect(c.livenessProbe.httpGet).toEqual({ path: "/healthz", port: "health" });
+    expect(c.readinessProbe.httpGet).toEqual({ path: "/readyz", port: "health" });
+    const [svc] = ofKind(docs, "Service");
+    expect(svc!.spec.ports).toEqual([
+      { name: "metrics", port: 8080, targetPort: "metrics", protocol: "TCP" },
+    ]);
+    expect(svc!.spec.selector).toEqual(deploymentOf(docs).spec.selector.matchLabels);
+  });
+
+  test("two replicas, rolled one at a time, behind a PodDisruptionBudget that keeps one", () => {
+    const d = deploymentOf(docs);
+    expect(d.spec.replicas).toBe(2);
+    expect(d.spec.strategy).toBeUndefined(); // RollingUpdate: leader election keeps one active
+    const [pdb] = ofKind(docs, "PodDisruptionBudget");
+    expect(pdb!.spec.minAvailable).toBe(1);
+    expect(pdb!.spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
+  });
+
+  test("requests and a memory limit are set", () => {
+    expect(c.resources).toEqual({ requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi" } });
+  });
+
+  test("the image is the chart's appVersion tag", () => {
+    expect(c.image).toBe("ghcr.io/spillway-dev/spillway:0.1.0");
+  });
+
+  test("no ServiceMonitor, no NetworkPolicy and no CloudProvider unless asked for", () => {
+    expect(ofKind(docs, "ServiceMonitor")).toEqual([]);
+    expect(ofKind(docs, "NetworkPolicy")).toEqual([]);
+    expect(ofKind(docs, "CloudProvider")).toEqual([]);
+  });
+});
+
+test("an image digest replaces the tag", () => {
+  const digest = `sha256:${"ab".repeat(32)}`;
+  const c = containerOf(render({ setJson: [`image.digest="${digest}"`, 'image.tag="9.9.9"'] }));
+  expect(c.image).toBe(`ghcr.io/spillway-dev/spillway@${digest}`);
+});
+
+test("one replica without leader election rolls out with Recreate (never two operators) and has no disruption budget", () => {
+  const docs = render({ setJson: ["replicas=1", "operator.leaderElection.enabled=false"] });
+  const flags = flagsOf(containerOf(docs).args);
+  expect(flags["leader-elect"]).toBeUndefined();
+  expect(flags["leader-election-id"]).toBeUndefined();
+  expect(deploymentOf(docs).spec.strategy).toEqual({ type: "Recreate" });
+  expect(ofKind(docs, "PodDisruptionBudget")).toEqual([]);
+});
+
+test("leader election cannot be switched off with two replicas", () => {
+  const docs = render({ setJson: ["replicas=2", "operator.leaderElection.enabled=false"] });
+  expect(flagsOf(containerOf(docs).args)["leader-elect"]).toBe(true);
+});
+
+test("a disruption budget that would keep every pod is refused with a message", () => {
+  const r = helm(["template", "spillway", CHART, "--set-json", "podDisruptionBudget.minAvailable=2"]);
+  expect(r.code).not.toBe(0);
+  expect(r.stderr).toContain("podDisruptionBudget.minAvailable (2) must be below replicas (2)");
+});
+
+describe("with the full example values", () => {
+  const docs = render({ namespace: NS, files: [FULL_VALUES] });
+
+  test("a ServiceMonitor scrapes the metrics Service's port with the release label Prometheus selects", () => {
+    const [sm] = ofKind(docs, "ServiceMonitor");
+    expect(sm!.metadata.labels.release).toBe("kube-prometheus-stack");
+    expect(sm!.spec.endpoints).toEqual([
+      { port: "metrics", path: "/metrics", interval: "30s", scrapeTimeout: "10s" },
+    ]);
+    expect(sm!.spec.namespaceSelector).toEqual({ matchNames: [NS] });
+    const [svc] = ofKind(docs, "Service");
+    expect(sm!.spec.selector.matchLabels).toEqual(
+      Object.fromEntries(
+        Object.entries(svc!.metadata.labels).filter(([k]) => k in sm!.spec.selector.matchLabels),
+      ),
+    );
+  });
+
+  test("the NetworkPolicy admits metrics from monitoring and probes, and egress to DNS and 443/6443 only", () => {
+    const [np] = ofKind(docs, "NetworkPolicy");
+    expect(np!.spec.policyTypes).toEqual(["Ingress", "Egress"]);
+    expect(np!.spec.podSelector.matchLabels).toEqual(deploymentOf(docs).spec.selector.matchLabels);
+    expect(np!.spec.ingress[0].from).toEqual([
+      { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "monitoring" } } },
+    ]);
+    expect(np!.spec.ingress.map((r: Doc) => r.ports[0].port)).toEqual(["metrics", "health"]);
+    const egressPorts = np!.spec.egress.flatMap((r: Doc) =>
+      r.ports.map((p: Doc) => `${p.protocol}/${p.port}`),
+    );
+    expect(egressPorts.sort()).toEqual(["TCP/443", "TCP/53", "TCP/6443", "UDP/53"]);
+  });
+
+  test("the providers become CloudProviders, the primary first, credentials by Secret name only", () => {
+    const cps = ofKind(docs, "CloudProvider");
+    expect(cps.map((p) => [p.metadata.name, p.spec.role])).toEqual([
+      ["azure-eastus", "primary"],
+      ["oci-ashburn", "alternative"],
+    ]);
+    expect(cps[0]!.spec.azure.credentialsSecretRef).toEqual({ name: "azure-credentials" });
+    expect(cps[0]!.metadata.namespace).toBeUndefined(); // cluster-scoped
+  });
+});
