@@ -1,6 +1,6 @@
 /**
  * Local-filesystem ObjectStore. An object is a plain file under `root`; writes go to a temp
- * file in `root/.spillway-tmp/` (same filesystem), are fsynced and renamed into place, so a
+ * file in `root/.spillway/tmp/` (same filesystem), are fsynced and renamed into place, so a
  * reader or a crash never sees half a file under its key.
  */
 import { randomUUID } from "node:crypto";
@@ -34,7 +34,12 @@ import {
   type WriteOptions,
 } from "./store.ts";
 
-const TMP_DIR = ".spillway-tmp";
+/**
+ * Temp files live under Spillway's own `.spillway/` directory (beside the sync manifest), so a
+ * synced directory shows one Spillway entry and never a half-written file under a data key.
+ */
+const META_DIR = ".spillway";
+const TMP_NAME = "tmp";
 
 function etagOf(s: { mtimeMs: number; size: number; ino: number }): string {
   return `${Math.round(s.mtimeMs * 1000).toString(16)}-${s.size.toString(16)}-${s.ino.toString(16)}`;
@@ -75,7 +80,8 @@ export class FileStore implements ObjectStore {
     const k = normaliseKey(key);
     const p = join(this.base, ...k.split("/"));
     const rel = relative(this.base, p);
-    if (rel === "" || rel.startsWith("..") || rel.split(sep)[0] === TMP_DIR)
+    const segs = rel.split(sep);
+    if (rel === "" || rel.startsWith("..") || (segs[0] === META_DIR && segs[1] === TMP_NAME))
       throw new StoreError("InvalidKey", `key escapes the store: ${JSON.stringify(key)}`);
     return p;
   }
@@ -88,12 +94,15 @@ export class FileStore implements ObjectStore {
     } catch (e) {
       if (e instanceof StoreError) throw e;
       if ((e as NodeJS.ErrnoException).code === "ENOENT" && purpose === "write") {
-        // A missing destination directory is created on first write; only its parent must exist.
-        try {
-          await stat(dirname(this.base));
-          return;
-        } catch {
-          throw new StoreError("ContainerNotFound", `${this.displayUri}: no such directory`);
+        // A missing destination directory is created on first write (as `mkdir -p` would);
+        // its nearest existing ancestor must be a directory.
+        let d = dirname(this.base);
+        for (;;) {
+          const s = await stat(d).catch(() => undefined);
+          if (s?.isDirectory()) return;
+          if (s || dirname(d) === d)
+            throw new StoreError("ContainerNotFound", `${this.displayUri}: no such directory`);
+          d = dirname(d);
         }
       }
       if ((e as NodeJS.ErrnoException).code === "ENOENT")
@@ -116,7 +125,7 @@ export class FileStore implements ObjectStore {
       }
       for (const name of names) {
         options.signal?.throwIfAborted();
-        if (rel === "" && name === TMP_DIR) continue;
+        if (rel === META_DIR && name === TMP_NAME) continue;
         const key = rel ? `${rel}/${name}` : name;
         if (!(want.startsWith(key) || key.startsWith(want))) continue;
         const p = join(dir, name);
@@ -170,7 +179,7 @@ export class FileStore implements ObjectStore {
   }
 
   private async tmpPath(): Promise<string> {
-    const dir = join(this.base, TMP_DIR);
+    const dir = join(this.base, META_DIR, TMP_NAME);
     await mkdir(dir, { recursive: true });
     return join(dir, randomUUID());
   }

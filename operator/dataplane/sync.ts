@@ -91,6 +91,12 @@ export interface SyncSummary {
   skipped: Tally;
   failed: Tally;
   deleted: Tally;
+  /**
+   * Source keys that cannot be a destination key (`..`/`.`/empty segments, a leading `/`, a
+   * backslash, NUL): never copied, listed in `errors`. They do not fail the sync — a foreign
+   * bucket holding one such key must not block a dataset forever — but they are reported.
+   */
+  rejected: Tally;
   /** The first errors, one line each, no secrets. */
   errors: { key: string; message: string }[];
   /** Digest of the committed manifest; absent when the sync did not complete. */
@@ -215,6 +221,7 @@ export async function syncStores(
     skipped: { objects: 0, bytes: 0 },
     failed: { objects: 0, bytes: 0 },
     deleted: { objects: 0, bytes: 0 },
+    rejected: { objects: 0, bytes: 0 },
     bytesMoved: 0,
   };
   const errors: { key: string; message: string }[] = [];
@@ -258,8 +265,9 @@ export async function syncStores(
     journalDirty = false;
     const snapshot: Manifest = new Map(known);
     for (const [k, e] of done) snapshot.set(k, e);
+    // Not bound to `signal`: an aborted sync still journals what it finished, so a rerun resumes.
     journalWrite = journalWrite
-      .then(() => retry("write journal", () => saveManifest(dst, jKey, snapshot, {}, signal)))
+      .then(() => withRetry(() => saveManifest(dst, jKey, snapshot), { policy: { ...policy, attempts: 3 } }))
       .catch(() => {
         journalDirty = true; // retried at the next checkpoint; the data itself is safe
       });
@@ -424,7 +432,10 @@ export async function syncStores(
       try {
         key = normaliseKey(obj.key);
       } catch (e) {
-        fail(obj.key, obj.size, e);
+        s.rejected.objects++;
+        s.rejected.bytes += obj.size;
+        if (errors.length < MAX_ERRORS_REPORTED)
+          errors.push({ key: JSON.stringify(obj.key), message: (e as Error).message });
         continue;
       }
       const entry = known.get(key);
@@ -507,6 +518,7 @@ export async function syncStores(
     skipped: s.skipped,
     failed: s.failed,
     deleted: s.deleted,
+    rejected: s.rejected,
     errors,
     ...(version && !dryRun ? { version } : {}),
     complete: complete && !aborted,
