@@ -13,13 +13,19 @@
  * not uploaded again. On stop the agent drains: what is complete by then is uploaded.
  */
 import { type FSWatcher, watch } from "node:fs";
-import { readdir, stat } from "node:fs/promises";
+import { mkdir, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ObjectStore } from "../dataplane/store.ts";
 import { dcpComplete, describeLayout } from "./layout.ts";
 import { stepFromName } from "./manifest.ts";
 import { confineCheckpointPath, PathRefusedError } from "./paths.ts";
-import { listSteps, loadCommitted, type PruneResult, pruneCheckpoints } from "./repository.ts";
+import {
+  CheckpointRejectedError,
+  listSteps,
+  loadCommitted,
+  type PruneResult,
+  pruneCheckpoints,
+} from "./repository.ts";
 import { listCheckpointFiles, READY_MARKERS, type UploadResult, uploadCheckpoint } from "./upload.ts";
 
 export interface AgentOptions {
@@ -35,6 +41,8 @@ export interface AgentOptions {
   quietPeriodMs?: number;
   chunkSize?: number;
   concurrency?: number;
+  /** Unreferenced blobs younger than this survive pruning (default 1 h; see `pruneCheckpoints`). */
+  blobGraceMs?: number;
   log?: (line: string) => void;
   onCommitted?: (result: UploadResult, pruned: PruneResult) => void;
   now?: () => number;
@@ -52,6 +60,11 @@ export class CheckpointAgent {
   private readonly done = new Map<number, string>();
   private readonly failed = new Map<string, string>();
   private readonly knownBlobs = new Set<string>();
+  /**
+   * Newest step committed in the store. Older local directories are never uploaded: after a
+   * restart they would be pruned again at once (the trainer keeps old directories around).
+   */
+  private newestInStore = -1;
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -70,8 +83,10 @@ export class CheckpointAgent {
 
   /** Learns what the store holds, uploads what is ready, and starts watching. */
   async start(): Promise<void> {
+    await mkdir(this.path, { recursive: true });
     const { marked } = await listSteps(this.opts.store);
     for (const step of marked) this.done.set(step, "in-store");
+    this.newestInStore = marked[0] ?? -1;
     await this.seedKnownBlobs();
     await this.scan();
     this.watcher = watch(this.path, { recursive: true }, () => this.trigger());
@@ -136,7 +151,7 @@ export class CheckpointAgent {
       const dir = join(this.path, name);
       const signature = await this.signature(dir);
       if (signature === undefined) continue;
-      if (this.done.has(step)) continue;
+      if (this.done.has(step) || step < this.newestInStore) continue;
       if (this.failed.get(name) === signature) continue;
       const prev = this.seen.get(name);
       if (!prev || prev.signature !== signature) this.seen.set(name, { signature, changedAt: this.now() });
@@ -151,7 +166,11 @@ export class CheckpointAgent {
           ...(this.opts.concurrency ? { concurrency: this.opts.concurrency } : {}),
         });
         this.done.set(step, signature);
-        const pruned = await pruneCheckpoints(this.opts.store, this.opts.keep ?? 3, [step]);
+        this.newestInStore = Math.max(this.newestInStore, step);
+        const pruned = await pruneCheckpoints(this.opts.store, this.opts.keep ?? 3, {
+          protect: [step],
+          ...(this.opts.blobGraceMs !== undefined ? { blobGraceMs: this.opts.blobGraceMs } : {}),
+        });
         if (pruned.removedBlobs > 0 || pruned.removedSteps.length > 0) await this.seedKnownBlobs();
         this.committed.push(result);
         out.push(result);
@@ -162,6 +181,13 @@ export class CheckpointAgent {
         );
         this.opts.onCommitted?.(result, pruned);
       } catch (e) {
+        if (e instanceof CheckpointRejectedError && e.reason === "Conflict") {
+          // Another writer (e.g. a zombie of a lost attempt) committed this step first; its
+          // checkpoint is whole, ours is not the committed one. Not retried.
+          this.done.set(step, signature);
+          this.log(`checkpoint ${name} not committed: ${e.message}`);
+          continue;
+        }
         if (e instanceof PathRefusedError || (e instanceof Error && e.name === "SafetensorsError")) {
           this.failed.set(name, signature);
           this.log(`checkpoint ${name} refused: ${e.message}`);

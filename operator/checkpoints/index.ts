@@ -1,9 +1,18 @@
 /**
  * Portable checkpoints: format (manifest + commit marker over content-addressed chunks),
  * framework layouts (PyTorch DCP, safetensors), the agent beside the trainer, restore, and
- * the operator's replication between stores. See docs/checkpoints.md.
+ * the operator's replication between stores. See README.md here (layout, guarantees, the
+ * trainer container's environment contract); the controller uses `CheckpointCatalog`.
  */
 export { type AgentOptions, CheckpointAgent } from "./agent.ts";
+export {
+  type CheckpointCatalog,
+  type CheckpointRef,
+  createCheckpointCatalog,
+  runCheckpointUri,
+  runPrefixFor,
+  type StoreOpener,
+} from "./catalog.ts";
 export {
   type CheckpointLayout,
   decideResume,
@@ -30,11 +39,13 @@ export {
 } from "./replicate.ts";
 export {
   CheckpointRejectedError,
+  type CommitOutcome,
   type CommittedCheckpoint,
   type CommittedListing,
   latestCommitted,
   listCheckpoints,
   loadCommitted,
+  type PruneOptions,
   type PruneResult,
   pruneCheckpoints,
 } from "./repository.ts";

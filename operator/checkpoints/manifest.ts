@@ -3,16 +3,22 @@
  *
  * Store layout (the store URI points at one run's checkpoint prefix):
  *
- *   blobs/<sha256>                          content-addressed chunks, shared by checkpoints
- *   checkpoints/<step, 12 digits>/manifest.json
- *   checkpoints/<step, 12 digits>/COMMITTED written last; names the manifest's digest
+ *   blobs/<sha256>                                      content-addressed chunks, shared by checkpoints
+ *   checkpoints/<step, 12 digits>/manifest-<sha256>.json  the manifest, named by its own digest
+ *   checkpoints/<step, 12 digits>/COMMITTED             written last; names the manifest's digest
  *
  * Each file of a checkpoint is split into fixed-size chunks (default 16 MiB) stored under
  * their sha256, so a file, or a part of a file, that did not change since a previous
  * checkpoint is not uploaded again (safetensors keeps tensors at fixed offsets when only their
  * values change, so a changed tensor dirties only the chunks it spans). A checkpoint is
- * committed only when its marker exists AND the marker's digest equals the manifest's bytes'
- * sha256: a torn write, a stale manifest or a lost marker all read as "not committed".
+ * committed only when its marker exists AND the manifest it names exists with that digest: a
+ * torn write, a stale manifest or a lost marker all read as "not committed".
+ *
+ * Why the manifest is named by its digest: two writers of one step (a zombie agent on a lost
+ * cluster and the agent of the new attempt, or an agent and a replication) can never clobber
+ * each other's manifest, and whichever marker survives names a manifest that is whole. The
+ * marker is created with `If-None-Match: *` (first writer wins where the store enforces it)
+ * and read back (where it does not), so a writer learns when it lost.
  */
 import { createHash } from "node:crypto";
 import type { CheckpointLayout, Framework } from "./layout.ts";
@@ -71,11 +77,22 @@ export class InvalidManifestError extends Error {
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export const stepDir = (step: number) => `checkpoints/${String(step).padStart(12, "0")}`;
-export const manifestKey = (step: number) => `${stepDir(step)}/manifest.json`;
+/** `digest` is `sha256:<hex>` or the bare hex of the manifest bytes. */
+export const manifestKey = (step: number, digest: string) =>
+  `${stepDir(step)}/manifest-${digest.replace(/^sha256:/, "")}.json`;
 export const markerKey = (step: number) => `${stepDir(step)}/COMMITTED`;
 export const blobKey = (sha256: string) => `blobs/${sha256}`;
 export const CHECKPOINTS_PREFIX = "checkpoints/";
 export const BLOBS_PREFIX = "blobs/";
+
+export const MARKER_LEAF = "COMMITTED";
+const MANIFEST_LEAF = /^manifest-([0-9a-f]{64})\.json$/;
+
+/** The digest (`sha256:<hex>`) a manifest leaf name carries, or undefined. */
+export function digestOfManifestLeaf(leaf: string): string | undefined {
+  const m = MANIFEST_LEAF.exec(leaf);
+  return m ? `sha256:${m[1]}` : undefined;
+}
 
 /** Parses `checkpoints/<12 digits>/<leaf>` keys; undefined for anything else. */
 export function parseCheckpointKey(key: string): { step: number; leaf: string } | undefined {

@@ -25,6 +25,8 @@ export interface ReplicationResult extends CommittedCheckpoint {
   blobsSkipped: number;
   /** True when the destination already had this checkpoint committed with the same digest. */
   alreadyPresent: boolean;
+  /** The digest of another writer's checkpoint at this step that the destination held and this replaced. */
+  replacedDigest?: string;
 }
 
 export interface ReplicateOptions {
@@ -75,8 +77,19 @@ export async function replicateCheckpoint(
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
-  await commitManifest(dst, loaded.manifestBytes, loaded.markerBytes, step);
-  return { ...loaded.info, bytesCopied, blobsCopied, blobsSkipped, alreadyPresent: false };
+  // The operator's replication is authoritative for the destination: it replaces a marker
+  // another writer left for this step (each marker names a whole manifest, so readers are safe).
+  const commit = await commitManifest(dst, loaded.manifestBytes, loaded.markerBytes, step, {
+    replace: true,
+  });
+  return {
+    ...loaded.info,
+    bytesCopied,
+    blobsCopied,
+    blobsSkipped,
+    alreadyPresent: false,
+    ...(commit.replacedDigest ? { replacedDigest: commit.replacedDigest } : {}),
+  };
 }
 
 /**

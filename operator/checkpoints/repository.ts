@@ -3,9 +3,13 @@
  * committed, writing blobs/manifest/marker in the order that makes a checkpoint appear only
  * when complete, and pruning. Everything here goes through the data plane's `ObjectStore`.
  *
- * Single writer per store prefix: one agent (or one replication) writes a run's prefix at a
- * time. Pruning deletes markers before manifests and blobs last, so a concurrent reader sees
- * a checkpoint either committed and whole, or not at all.
+ * Writers: one agent per run prefix is the normal case, but a second writer (a zombie agent on
+ * a cluster declared lost, a replication racing an agent) must not make a committed checkpoint
+ * lie. Hence: blobs are content-addressed (rewriting one is harmless), manifests are named by
+ * their digest (never overwritten), the marker is created first-writer-wins and read back,
+ * every blob is checked present before the marker is written, and pruning deletes a marker
+ * before its manifests and spares blobs younger than a grace period (they may belong to an
+ * upload whose manifest is not written yet).
  */
 import { createHash } from "node:crypto";
 import { type ObjectStore, StoreError } from "../dataplane/store.ts";
@@ -16,13 +20,16 @@ import {
   CHECKPOINTS_PREFIX,
   type CheckpointManifest,
   type CommitMarker,
+  digestOfManifestLeaf,
   InvalidManifestError,
+  MARKER_LEAF,
   manifestDigest,
   manifestKey,
   markerKey,
   parseCheckpointKey,
   parseManifest,
   parseMarker,
+  stepDir,
 } from "./manifest.ts";
 
 /** What the operator records in TrainingRun status for a committed checkpoint. */
@@ -49,13 +56,16 @@ export interface LoadedCheckpoint {
 export class CheckpointRejectedError extends Error {
   constructor(
     readonly step: number,
-    readonly reason: "NotCommitted" | "InvalidManifest" | "Corrupt",
+    readonly reason: "NotCommitted" | "InvalidManifest" | "Corrupt" | "Conflict",
     message: string,
   ) {
     super(message);
     this.name = "CheckpointRejectedError";
   }
 }
+
+/** Largest manifest read (a manifest lists every chunk: 64 MiB is millions of chunks). */
+export const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 
 /** Retries retryable store errors (throttling, transient) with backoff; others throw at once. */
 export async function withRetry<T>(what: string, fn: () => Promise<T>, attempts = 5): Promise<T> {
@@ -139,7 +149,7 @@ export async function readVerifiedChunk(
 }
 
 export interface StepListing {
-  /** Steps with a manifest and a marker (not yet verified), newest first. */
+  /** Steps with a commit marker (not yet verified), newest first. */
   marked: number[];
   /** Steps with objects but no marker: in progress, or abandoned. */
   unmarked: number[];
@@ -158,17 +168,29 @@ export async function listSteps(store: ObjectStore): Promise<StepListing> {
   const marked: number[] = [];
   const unmarked: number[] = [];
   for (const [step, s] of leaves) {
-    if (s.has("COMMITTED") && s.has("manifest.json")) marked.push(step);
+    if (s.has(MARKER_LEAF)) marked.push(step);
     else unmarked.push(step);
   }
   const desc = (a: number, b: number) => b - a;
   return { marked: marked.sort(desc), unmarked: unmarked.sort(desc) };
 }
 
+/** Reads a commit marker; undefined when there is none. Throws InvalidManifestError when malformed. */
+export async function readMarker(store: ObjectStore, step: number): Promise<CommitMarker | undefined> {
+  let bytes: Buffer;
+  try {
+    bytes = await readAll(store, markerKey(step), 64 * 1024);
+  } catch (e) {
+    if (e instanceof StoreError && e.code === "NotFound") return undefined;
+    throw e;
+  }
+  return parseMarker(bytes, step);
+}
+
 /**
- * Loads a committed checkpoint's manifest and marker and checks that they agree (the marker
- * names the manifest's digest). Throws CheckpointRejectedError when it is not committed or
- * its manifest is invalid. Data blobs are not read here.
+ * Loads a committed checkpoint's marker and the manifest it names, and checks that they agree
+ * (the manifest's bytes hash to the marker's digest). Throws CheckpointRejectedError when it
+ * is not committed or its manifest is invalid. Data blobs are not read here.
  */
 export async function loadCommitted(store: ObjectStore, step: number): Promise<LoadedCheckpoint> {
   let markerBytes: Buffer;
@@ -184,21 +206,20 @@ export async function loadCommitted(store: ObjectStore, step: number): Promise<L
     }
     throw e;
   }
-  let manifestBytes: Buffer;
-  try {
-    manifestBytes = await readAll(store, manifestKey(step), 64 * 1024 * 1024);
-  } catch (e) {
-    if (e instanceof StoreError && e.code === "NotFound") {
-      throw new CheckpointRejectedError(
-        step,
-        "InvalidManifest",
-        `step ${step} has a commit marker but no manifest`,
-      );
-    }
-    throw e;
-  }
   try {
     const marker: CommitMarker = parseMarker(markerBytes, step);
+    let manifestBytes: Buffer;
+    try {
+      manifestBytes = await readAll(store, manifestKey(step, marker.manifestDigest), MAX_MANIFEST_BYTES);
+    } catch (e) {
+      if (e instanceof StoreError && e.code === "NotFound") {
+        throw new InvalidManifestError(
+          `step ${step}: the commit marker names manifest ${marker.manifestDigest.slice(0, 19)}…, which is missing`,
+        );
+      }
+      if (e instanceof CheckpointRejectedError) throw new InvalidManifestError(`step ${step}: ${e.message}`);
+      throw e;
+    }
     const digest = manifestDigest(manifestBytes);
     if (digest !== marker.manifestDigest) {
       throw new InvalidManifestError(
@@ -291,14 +312,55 @@ export async function putBlob(store: ObjectStore, sha256: string, data: Uint8Arr
   }
 }
 
-/** Writes manifest then marker — the marker last, so the checkpoint appears only when whole. */
+/** Heads every distinct blob a manifest references; throws Corrupt naming the first missing one. */
+export async function assertBlobsPresent(
+  store: ObjectStore,
+  manifest: CheckpointManifest,
+  skip: ReadonlySet<string> = new Set(),
+  concurrency = 8,
+): Promise<void> {
+  const unique = new Map<string, { sha256: string; size: number; file: string }>();
+  for (const f of manifest.files)
+    for (const c of f.chunks) if (!skip.has(c.sha256)) unique.set(c.sha256, { ...c, file: f.path });
+  const queue = [...unique.values()];
+  const worker = async () => {
+    for (let c = queue.shift(); c; c = queue.shift()) {
+      if (!(await hasBlob(store, c))) {
+        queue.length = 0;
+        throw new CheckpointRejectedError(
+          manifest.step,
+          "Corrupt",
+          `step ${manifest.step}: blob ${c.sha256.slice(0, 12)}… of ${c.file} is not in the store; not committing`,
+        );
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+}
+
+export interface CommitOutcome {
+  /** `committed`: our marker is in place; `alreadyCommitted`: an identical one was. */
+  outcome: "committed" | "alreadyCommitted";
+  /** The digest our marker replaced (only with `replace`). */
+  replacedDigest?: string;
+}
+
+/**
+ * Writes the manifest (under its digest), then the marker — the marker last, so the checkpoint
+ * appears only when whole. Without `replace`, the marker is created only if absent; when
+ * another writer's marker (another digest) is there, throws CheckpointRejectedError
+ * "Conflict". With `replace` (the operator's replication, which is authoritative) it is
+ * overwritten; readers see either marker, each naming a whole manifest.
+ */
 export async function commitManifest(
   store: ObjectStore,
   manifestBytes: Uint8Array,
   markerBytes: Uint8Array,
   step: number,
-): Promise<void> {
-  const mkey = manifestKey(step);
+  opts: { replace?: boolean } = {},
+): Promise<CommitOutcome> {
+  const digest = manifestDigest(manifestBytes);
+  const mkey = manifestKey(step, digest);
   await withRetry(`put ${mkey}`, () =>
     store.put(mkey, manifestBytes, {
       sha256: createHash("sha256").update(manifestBytes).digest("hex"),
@@ -314,7 +376,43 @@ export async function commitManifest(
     );
   }
   const k = markerKey(step);
-  await withRetry(`put ${k}`, () => store.put(k, markerBytes, { contentType: "application/json" }));
+  const existing = await readMarker(store, step).catch((e: unknown) => {
+    // A malformed marker is treated as absent: ours replaces it.
+    if (e instanceof InvalidManifestError) return undefined;
+    throw e;
+  });
+  if (existing?.manifestDigest === digest) return { outcome: "alreadyCommitted" };
+  if (existing && !opts.replace) throw conflict(step, existing.manifestDigest);
+  try {
+    await withRetry(`put ${k}`, () =>
+      store.put(k, markerBytes, {
+        contentType: "application/json",
+        ...(existing || opts.replace ? {} : { ifNoneMatch: "*" as const }),
+      }),
+    );
+  } catch (e) {
+    if (e instanceof StoreError && e.code === "PreconditionFailed") {
+      const winner = await readMarker(store, step);
+      if (winner?.manifestDigest === digest) return { outcome: "alreadyCommitted" };
+      throw conflict(step, winner?.manifestDigest ?? "unknown");
+    }
+    throw e;
+  }
+  // Stores that do not enforce If-None-Match (s3rver, older S3 APIs): last writer wins; the
+  // read-back tells a writer it lost.
+  const now = await readMarker(store, step);
+  if (now?.manifestDigest !== digest) throw conflict(step, now?.manifestDigest ?? "none");
+  return existing
+    ? { outcome: "committed", replacedDigest: existing.manifestDigest }
+    : { outcome: "committed" };
+}
+
+function conflict(step: number, theirs: string): CheckpointRejectedError {
+  return new CheckpointRejectedError(
+    step,
+    "Conflict",
+    `step ${step} was committed by another writer (manifest ${theirs.slice(0, 19)}…); this upload is not the committed one`,
+  );
 }
 
 export interface PruneResult {
@@ -322,18 +420,30 @@ export interface PruneResult {
   removedBlobs: number;
 }
 
+export interface PruneOptions {
+  /** Steps never removed (e.g. one being uploaded). */
+  protect?: number[];
+  /**
+   * Blobs modified less than this long ago are kept even when no manifest references them:
+   * they may belong to an upload whose manifest is not written yet (default 1 h).
+   */
+  blobGraceMs?: number;
+  now?: () => number;
+}
+
 /**
  * Keeps the `keep` newest committed checkpoints. Older committed ones lose their marker first
- * (so they stop being committed), then their manifest; partial uploads older than the newest
- * committed one are removed too; then blobs no remaining manifest references are deleted.
- * `protect` names steps never removed (e.g. one being uploaded).
+ * (so they stop being committed), then their manifests; partial uploads older than the newest
+ * committed one are removed too; then blobs no remaining manifest references (and older than
+ * the grace period) are deleted.
  */
 export async function pruneCheckpoints(
   store: ObjectStore,
   keep: number,
-  protect: number[] = [],
+  opts: PruneOptions = {},
 ): Promise<PruneResult> {
   if (!Number.isInteger(keep) || keep < 1) throw new Error(`keep must be at least 1, got ${keep}`);
+  const protect = opts.protect ?? [];
   const listing = await listCheckpoints(store);
   const kept = listing.committed.slice(0, keep).map((c) => c.step);
   const newest = kept[0];
@@ -344,17 +454,21 @@ export async function pruneCheckpoints(
   ].filter((s) => !protect.includes(s));
   for (const step of doomed) {
     await withRetry("delete marker", () => store.delete(markerKey(step)));
-    await withRetry("delete manifest", () => store.delete(manifestKey(step)));
+    const rest: string[] = [];
+    for await (const o of store.list({ prefix: `${stepDir(step)}/` })) rest.push(o.key);
+    for (const key of rest) await withRetry("delete manifest", () => store.delete(key));
   }
   // Blobs referenced by any manifest still present (committed, or an upload in progress) live.
   const live = new Set<string>();
-  const { marked, unmarked } = await listSteps(store);
-  for (const step of [...marked, ...unmarked]) {
+  for await (const o of store.list({ prefix: CHECKPOINTS_PREFIX })) {
+    const k = parseCheckpointKey(o.key);
+    if (!k || !digestOfManifestLeaf(k.leaf)) continue;
     let bytes: Buffer;
     try {
-      bytes = await readAll(store, manifestKey(step), 64 * 1024 * 1024);
+      bytes = await readAll(store, o.key, MAX_MANIFEST_BYTES);
     } catch (e) {
       if (e instanceof StoreError && e.code === "NotFound") continue;
+      if (e instanceof CheckpointRejectedError) continue;
       throw e;
     }
     let m: CheckpointManifest;
@@ -365,11 +479,16 @@ export async function pruneCheckpoints(
     }
     for (const f of m.files) for (const c of f.chunks) live.add(c.sha256);
   }
+  const graceMs = opts.blobGraceMs ?? 60 * 60 * 1000;
+  const now = (opts.now ?? Date.now)();
   let removedBlobs = 0;
   const dead: string[] = [];
   for await (const o of store.list({ prefix: BLOBS_PREFIX })) {
     const hash = o.key.slice(BLOBS_PREFIX.length);
-    if (!live.has(hash)) dead.push(o.key);
+    if (live.has(hash)) continue;
+    // No timestamp: treat as young, i.e. keep (never delete what might be in use).
+    const age = o.lastModified ? now - o.lastModified.getTime() : -1;
+    if (age >= graceMs) dead.push(o.key);
   }
   for (const key of dead) {
     await withRetry("delete blob", () => store.delete(key));

@@ -26,6 +26,7 @@ export interface RejectedCheckpoint {
     | "NotCommitted"
     | "InvalidManifest"
     | "Corrupt"
+    | "Conflict"
     | "PathRefused"
     | "WorldSizeMismatch"
     | "RunMismatch";
@@ -44,6 +45,8 @@ export interface RestoreResult {
   /** Steps found without a commit marker (never restored). */
   uncommitted: number[];
   bytesRead: number;
+  /** True when `expectStep` was given and what was restored (or nothing) is older. */
+  behindExpected: boolean;
 }
 
 export interface RestoreOptions {
@@ -52,6 +55,14 @@ export interface RestoreOptions {
   /** The world size the resumed run will have, checked with `decideResume`. */
   worldSize?: number;
   allowReshard?: boolean;
+  /** Chunks fetched ahead while restoring (default 4). */
+  concurrency?: number;
+  /**
+   * The step the operator expects at least (SPILLWAY_RESUME_STEP: what it replicated to this
+   * store before dispatch). Restoring an older one is reported (`behindExpected`), not refused:
+   * the newer one may have failed verification, and resuming older beats starting fresh.
+   */
+  expectStep?: number;
   /** Progress/warning lines (one per rejected checkpoint and one for the result). */
   log?: (line: string) => void;
 }
@@ -84,7 +95,7 @@ export async function restoreLatest(
       const resume = decideResume(m, opts.worldSize, { allowReshard: opts.allowReshard ?? false });
       if (!resume.allowed)
         throw new RestoreRefusal(step, "WorldSizeMismatch", `step ${step}: ${resume.reason}`);
-      bytesRead += await downloadInto(store, m, staging);
+      bytesRead += await downloadInto(store, m, staging, Math.max(1, opts.concurrency ?? 4));
       const target = joinConfined(path, m.name, "checkpoint directory name");
       await rm(target, { recursive: true, force: true });
       await rename(staging, target);
@@ -99,7 +110,9 @@ export async function restoreLatest(
             ? `; skipped newer: ${rejected.map((r) => `${r.step} (${r.reason})`).join(", ")}`
             : ""),
       );
-      return { outcome: "Restored", restored, rejected, uncommitted: unmarked, bytesRead };
+      const behindExpected = opts.expectStep !== undefined && step < opts.expectStep;
+      if (behindExpected) log(`restored step ${step} is older than the expected step ${opts.expectStep}`);
+      return { outcome: "Restored", restored, rejected, uncommitted: unmarked, bytesRead, behindExpected };
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
       const r = asRejection(step, e);
@@ -114,7 +127,13 @@ export async function restoreLatest(
       ? "no committed checkpoint in the store: starting fresh"
       : "every committed checkpoint was rejected",
   );
-  return { outcome, rejected, uncommitted: unmarked, bytesRead };
+  return {
+    outcome,
+    rejected,
+    uncommitted: unmarked,
+    bytesRead,
+    behindExpected: opts.expectStep !== undefined,
+  };
 }
 
 class RestoreRefusal extends Error {
@@ -135,8 +154,17 @@ function asRejection(step: number, e: unknown): RejectedCheckpoint | undefined {
   return undefined;
 }
 
-/** Downloads every file of a manifest into `dir`, verifying chunks and whole files. */
-async function downloadInto(store: ObjectStore, m: CheckpointManifest, dir: string): Promise<number> {
+/**
+ * Downloads every file of a manifest into `dir`, verifying chunks and whole files. Up to
+ * `concurrency` chunks are fetched ahead of the one being written, and written in order (so the
+ * whole-file hash is computed on the way): memory stays at `concurrency` chunks.
+ */
+async function downloadInto(
+  store: ObjectStore,
+  m: CheckpointManifest,
+  dir: string,
+  concurrency: number,
+): Promise<number> {
   let bytes = 0;
   await mkdir(dir, { recursive: true });
   for (const f of m.files) {
@@ -145,9 +173,20 @@ async function downloadInto(store: ObjectStore, m: CheckpointManifest, dir: stri
     const fh = await open(target, "wx");
     const hash = createHash("sha256");
     let size = 0;
+    const fetches: Array<Promise<Buffer>> = [];
+    const fetchAt = (index: number) => {
+      const chunk = f.chunks[index];
+      if (!chunk) return;
+      const p = readVerifiedChunk(store, chunk, { step: m.step, file: f.path, index });
+      p.catch(() => {}); // awaited in order below; this only silences an early rejection
+      fetches[index] = p;
+    };
     try {
-      for (const [index, chunk] of f.chunks.entries()) {
-        const data = await readVerifiedChunk(store, chunk, { step: m.step, file: f.path, index });
+      for (let i = 0; i < Math.min(concurrency, f.chunks.length); i++) fetchAt(i);
+      for (let index = 0; index < f.chunks.length; index++) {
+        const data = await fetches[index]!;
+        delete fetches[index];
+        fetchAt(index + concurrency);
         hash.update(data);
         size += data.length;
         bytes += data.length;
@@ -156,6 +195,8 @@ async function downloadInto(store: ObjectStore, m: CheckpointManifest, dir: stri
       await fh.sync();
     } finally {
       await fh.close();
+      // Let prefetches still in flight settle before the staging directory is removed.
+      await Promise.allSettled(fetches.filter(Boolean));
     }
     const got = hash.digest("hex");
     if (size !== f.size || got !== f.sha256) {

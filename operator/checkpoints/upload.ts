@@ -22,7 +22,13 @@ import {
   parseManifest,
 } from "./manifest.ts";
 import { isWithin, PathRefusedError } from "./paths.ts";
-import { type CommittedCheckpoint, commitManifest, hasBlob, putBlob } from "./repository.ts";
+import {
+  assertBlobsPresent,
+  type CommittedCheckpoint,
+  commitManifest,
+  hasBlob,
+  putBlob,
+} from "./repository.ts";
 
 /** Files a trainer may write to say "this checkpoint is complete"; never uploaded. */
 export const READY_MARKERS = [".spillway-complete", "SPILLWAY_COMPLETE"];
@@ -54,6 +60,8 @@ export interface UploadResult extends CommittedCheckpoint {
   chunksDeduplicated: number;
   /** Manifest + marker bytes. */
   metadataBytes: number;
+  /** The store already held this exact checkpoint committed (same manifest digest). */
+  alreadyCommitted: boolean;
 }
 
 /** Lists the regular files of a checkpoint directory (relative, `/`-separated, sorted). */
@@ -134,6 +142,8 @@ export async function uploadCheckpoint(
   let chunksSent = 0;
   let chunksDeduplicated = 0;
   const inFlight = new Map<string, Promise<void>>();
+  /** Blobs headed or written by this upload; the others (skipped on `knownBlobs`) are checked before the commit. */
+  const checked = new Set<string>();
 
   const files: ManifestFile[] = [];
   for (const path of paths) {
@@ -179,6 +189,7 @@ export async function uploadCheckpoint(
             chunksSent++;
           }
           known.add(sha256);
+          checked.add(sha256);
         })();
         inFlight.set(sha256, work);
         try {
@@ -218,8 +229,12 @@ export async function uploadCheckpoint(
     committedAt: new Date().toISOString(),
   };
   const markerBytes = Buffer.from(`${JSON.stringify(marker)}\n`);
-  await commitManifest(store, manifestBytes, markerBytes, opts.step);
+  // A blob known from an earlier manifest may have been pruned since (by another writer):
+  // check those once, so a marker never names a manifest whose data is gone.
+  await assertBlobsPresent(store, manifest, checked);
+  const commit = await commitManifest(store, manifestBytes, markerBytes, opts.step);
   return {
+    alreadyCommitted: commit.outcome === "alreadyCommitted",
     step: opts.step,
     manifestDigest: digest,
     committedAt: marker.committedAt,

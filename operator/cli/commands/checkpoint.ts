@@ -8,33 +8,23 @@ import { CheckpointAgent } from "../../checkpoints/agent.ts";
 import { confineCheckpointPath } from "../../checkpoints/paths.ts";
 import { listCheckpoints } from "../../checkpoints/repository.ts";
 import { restoreLatest } from "../../checkpoints/restore.ts";
-import { type ObjectStore, openStore, type StoreCredentials } from "../../dataplane/store.ts";
+import { credentialsFromEnv } from "../../dataplane/credentials.ts";
+import { type ObjectStore, openStore } from "../../dataplane/store.ts";
 import { runTrainer } from "../../sandbox/trainer/trainer.ts";
 import { parseDuration } from "../../util/duration.ts";
-
-/** Credentials from each SDK's usual environment variables. */
-function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): StoreCredentials {
-  return {
-    azure: {
-      ...(env.AZURE_STORAGE_CONNECTION_STRING
-        ? { connectionString: env.AZURE_STORAGE_CONNECTION_STRING }
-        : {}),
-      ...(env.AZURE_STORAGE_KEY ? { accountKey: env.AZURE_STORAGE_KEY } : {}),
-      ...(env.AZURE_STORAGE_SAS_TOKEN ? { sas: env.AZURE_STORAGE_SAS_TOKEN } : {}),
-    },
-    s3: {
-      ...(env.AWS_ACCESS_KEY_ID ? { accessKeyId: env.AWS_ACCESS_KEY_ID } : {}),
-      ...(env.AWS_SECRET_ACCESS_KEY ? { secretAccessKey: env.AWS_SECRET_ACCESS_KEY } : {}),
-      ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
-    },
-  };
-}
 
 async function open(uri: string): Promise<ObjectStore> {
   return openStore(uri, credentialsFromEnv());
 }
 
 const log = (line: string) => console.error(`${new Date().toISOString()} checkpoint: ${line}`);
+
+function expectStepOf(raw: string | undefined): { expectStep?: number } {
+  if (raw === undefined || raw === "") return {};
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`expected step must be a step number, got ${raw}`);
+  return { expectStep: n };
+}
 
 function positiveInt(what: string) {
   return (v: string): number => {
@@ -62,9 +52,21 @@ export function register(program: Command): void {
   cmd
     .command("agent")
     .description("Watch a checkpoint path and upload, verify, commit and prune checkpoints (native sidecar).")
-    .requiredOption("--path <dir>", "checkpoint path the trainer writes (one subdirectory per step)")
-    .requiredOption("--store <uri>", "store URI of this run's checkpoints (azblob://, s3://, file://)")
-    .requiredOption("--run-uid <uid>", "the TrainingRun's uid, recorded in every manifest")
+    .requiredOption(
+      "--path <dir>",
+      "checkpoint path the trainer writes, one subdirectory per step (default $SPILLWAY_CHECKPOINT_DIR)",
+      process.env.SPILLWAY_CHECKPOINT_DIR,
+    )
+    .requiredOption(
+      "--store <uri>",
+      "store URI of this run's checkpoints: azblob://, s3://, file:// (default $SPILLWAY_CHECKPOINT_STORE)",
+      process.env.SPILLWAY_CHECKPOINT_STORE,
+    )
+    .requiredOption(
+      "--run-uid <uid>",
+      "the TrainingRun's uid, recorded in every manifest (default $SPILLWAY_RUN_UID)",
+      process.env.SPILLWAY_RUN_UID,
+    )
     .option("--root <dir>", "allowed root the path must lie under (default: the path itself)")
     .option("--keep <n>", "committed checkpoints kept in the store", positiveInt("--keep"), 3)
     .option(
@@ -110,12 +112,28 @@ export function register(program: Command): void {
   cmd
     .command("restore")
     .description("Restore the newest committed checkpoint that verifies into the path (init step).")
-    .requiredOption("--path <dir>", "checkpoint path to restore into")
-    .requiredOption("--store <uri>", "store URI of the run's checkpoints")
+    .requiredOption(
+      "--path <dir>",
+      "checkpoint path to restore into (default $SPILLWAY_CHECKPOINT_DIR)",
+      process.env.SPILLWAY_CHECKPOINT_DIR,
+    )
+    .requiredOption(
+      "--store <uri>",
+      "store URI of the run's checkpoints (default $SPILLWAY_CHECKPOINT_STORE)",
+      process.env.SPILLWAY_CHECKPOINT_STORE,
+    )
     .option("--root <dir>", "allowed root the path must lie under (default: the path itself)")
-    .option("--run-uid <uid>", "refuse checkpoints of another run")
+    .option(
+      "--run-uid <uid>",
+      "refuse checkpoints of another run (default $SPILLWAY_RUN_UID)",
+      process.env.SPILLWAY_RUN_UID,
+    )
     .option("--world-size <n>", "world size of the resumed run", positiveInt("--world-size"))
     .option("--allow-reshard", "allow a DCP checkpoint of another world size (DCP reshards on load)")
+    .option(
+      "--expect-step <n>",
+      "step the operator replicated for this attempt (default $SPILLWAY_RESUME_STEP); an older restore is reported",
+    )
     .option("--json", "print the result as JSON on stdout")
     .option("--result-file <file>", "also write the JSON result here (e.g. /dev/termination-log)")
     .action(
@@ -127,6 +145,7 @@ export function register(program: Command): void {
           runUid?: string;
           worldSize?: number;
           allowReshard?: boolean;
+          expectStep?: string;
           json?: boolean;
           resultFile?: string;
         }) => {
@@ -135,6 +154,7 @@ export function register(program: Command): void {
             ...(o.runUid ? { runUid: o.runUid } : {}),
             ...(o.worldSize ? { worldSize: o.worldSize } : {}),
             allowReshard: o.allowReshard ?? false,
+            ...expectStepOf(o.expectStep ?? process.env.SPILLWAY_RESUME_STEP),
             log,
           });
           const json = JSON.stringify(result);

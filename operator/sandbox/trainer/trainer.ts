@@ -38,6 +38,10 @@ export interface TrainerOptions {
   stepDelayMs?: number;
   /** Also write `.spillway-complete` after each checkpoint (default false: rely on DCP's `.metadata`). */
   writeReadyMarker?: boolean;
+  /** Local checkpoint directories kept (older ones removed after each checkpoint; default 3). */
+  keepLocal?: number;
+  /** Called after each checkpoint directory is complete on disk. */
+  onCheckpoint?: (step: number) => void | Promise<void>;
   log?: (line: string) => void;
   signal?: AbortSignal;
 }
@@ -120,6 +124,16 @@ export async function findResumePoint(dir: string): Promise<{ step: number; name
   return undefined;
 }
 
+/** Keeps the `keep` newest local `step-*` directories, as a framework's own rotation does. */
+async function pruneLocal(dir: string, keep: number): Promise<void> {
+  const steps = (await readdir(dir, { withFileTypes: true }))
+    .filter((e) => e.isDirectory() && /^step-\d+$/.test(e.name))
+    .map((e) => e.name)
+    .sort((a, b) => Number(b.slice(5)) - Number(a.slice(5)));
+  for (const name of steps.slice(Math.max(1, keep)))
+    await rm(join(dir, name), { recursive: true, force: true });
+}
+
 async function writeCheckpoint(dir: string, step: number, opts: TrainerOptions): Promise<void> {
   const worldSize = opts.worldSize ?? 2;
   const final = join(dir, checkpointName(step));
@@ -166,6 +180,8 @@ export async function runTrainer(opts: TrainerOptions): Promise<TrainerResult> {
     if (step % opts.every === 0 || step === opts.steps) {
       await writeCheckpoint(opts.dir, step, opts);
       checkpoints.push(step);
+      await pruneLocal(opts.dir, opts.keepLocal ?? 3);
+      await opts.onCheckpoint?.(step);
       log(
         `step ${step}/${opts.steps} loss=${(2 / Math.sqrt(step)).toFixed(4)} checkpoint ${checkpointName(step)}`,
       );
