@@ -6,4 +6,5 @@
 export * from "./errors.ts";
 export * from "./provisioner.ts";
 export * from "./responder.ts";
+export * from "./staging.ts";
 export * from "./types.ts";

@@ -1,0 +1,796 @@
+/**
+ * The TrainingRun controller: the placement flow of the spec (steps 1–4, 6, 7, 9).
+ *
+ * One reconcile looks at the run and the world through the caches and takes the next step:
+ *
+ *   validate → finalizer → attempt → (offer to the primary → decision) → placement locked in
+ *   status → cluster (existing, shared or provisioned) → data staged → dispatch → mirror →
+ *   finish (remote objects deleted) — or a new attempt when the cluster is lost.
+ *
+ * Crash safety comes from ordering and determinism, not from memory: the attempt number is
+ * written before its offer is created, the offer's name is derived from the run and the
+ * attempt (a retried create is AlreadyExists), the placement is written before any cluster
+ * is provisioned or any Job created, and the remote Job is named after the run and labelled
+ * with its uid and attempt, so a restarted operator finds everything it already did.
+ */
+
+import { formatFieldError } from "../../api/schema/types.ts";
+import {
+  type CapacityOffer,
+  type CloudProvider,
+  conflictingPrimaries,
+  type DataSet,
+  type TrainingRun,
+  type TrainingRunStatus,
+  validateObject,
+} from "../../api/v1alpha1/index.ts";
+import type { CheckpointPlanner, DataStager } from "../../ports/index.ts";
+import {
+  buildOffer,
+  collectQuotes,
+  consecutiveDeclines,
+  decidePlacement,
+  evaluateEligibility,
+  ineligibleSummary,
+  noEligibleProviderMessage,
+  offerName,
+  type Placement,
+  placeWithoutPrimary,
+  runPolicy,
+  withdrawnStatus,
+} from "../../rofr/index.ts";
+import { isAlreadyExists, isConflict, isNotFound } from "../../runtime/client.ts";
+import { setStatusCondition, timestamp } from "../../runtime/conditions.ts";
+import { Controller, type ReconcileContext, type ReconcileResult } from "../../runtime/controller.ts";
+import { type KubeObject, SpillwayResources, splitKey } from "../../runtime/resources.ts";
+import type { OperatorContext } from "../context.ts";
+import { clusterId } from "../remote/clusters.ts";
+import { remoteJobName, remoteNamespace } from "../remote/manifests.ts";
+import { deleteRemote, dispatch, jobAttempt, jobState, type RemoteCluster, remoteJobOf } from "./remote.ts";
+import {
+  chooseCluster,
+  clusterKubeconfig,
+  createProvisionedCluster,
+  EXISTING_CLUSTER,
+  isFinished,
+  runGpus,
+} from "./targets.ts";
+
+export const RUN_FINALIZER = "spillway.dev/remote-cleanup";
+/** Index of the run cache: runs by `provider/cluster` of their placement. */
+export const RUNS_BY_CLUSTER = "placement-cluster";
+const MAX_OFFERS_LISTED = 64;
+
+type Run = TrainingRun & KubeObject;
+type Status = TrainingRunStatus;
+
+export interface TrainingRunControllerOptions {
+  concurrency?: number;
+  stager?: DataStager;
+  checkpoints?: CheckpointPlanner;
+}
+
+export function trainingRunController(
+  ctx: OperatorContext,
+  opts: TrainingRunControllerOptions = {},
+): Controller {
+  const r = new RunReconciler(ctx, opts);
+  const controller = new Controller({
+    name: "trainingrun",
+    reconcile: (key, rc) => r.reconcile(key, rc),
+    concurrency: opts.concurrency ?? 8,
+    logContext: (key) => ({ run: key }),
+    logger: ctx.log,
+    metrics: ctx.metrics,
+  });
+  const runs = ctx.caches.runs;
+  runs.addIndex(RUNS_BY_CLUSTER, (run) => {
+    const p = run.status?.placement;
+    return p?.cluster ? [clusterId(p.provider, p.cluster)] : [];
+  });
+  controller.watch(runs);
+  // An offer's answer moves its run on.
+  controller.watch(ctx.caches.offers, (o) =>
+    o.metadata.namespace ? [`${o.metadata.namespace}/${o.spec.run.name}`] : [],
+  );
+  // A cluster becoming ready (or failing) moves the runs placed on it.
+  controller.watch(ctx.caches.clusters, (pc) =>
+    runs.byIndex(RUNS_BY_CLUSTER, clusterId(pc.spec.provider, pc.metadata.name ?? "")).map(keyOf),
+  );
+  // A provider appearing or changing can unblock runs that found no eligible provider.
+  controller.watch(ctx.caches.providers, () =>
+    runs
+      .list()
+      .filter((run) => !run.status?.placement && !isFinished(run))
+      .map(keyOf),
+  );
+  // Secrets (kubeconfigs, credentials) arriving unblock runs waiting for them.
+  controller.watch(ctx.caches.secrets, () =>
+    runs
+      .list()
+      .filter((run) => !isFinished(run) && run.status?.phase !== "Running")
+      .map(keyOf),
+  );
+  return controller;
+}
+
+const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
+
+class RunReconciler {
+  constructor(
+    private readonly ctx: OperatorContext,
+    private readonly opts: TrainingRunControllerOptions,
+  ) {}
+
+  async reconcile(key: string, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
+    const run = this.ctx.caches.runs.get(key);
+    if (!run) return undefined;
+    if (run.metadata.deletionTimestamp) return this.finalize(run, rc);
+
+    const errors = validateObject(run);
+    if (errors.length > 0) {
+      await this.writeStatus(run, (s, obj) => {
+        s.phase ??= "Pending";
+        setStatusCondition(obj, {
+          type: "SpecValid",
+          status: "False",
+          reason: "SpecInvalid",
+          message: errors.map(formatFieldError).join("; "),
+        });
+      });
+      this.ctx.events.record(run, "Warning", "SpecInvalid", errors.map(formatFieldError).join("; "));
+      return undefined; // Not retried: the next edit of the run enqueues it again.
+    }
+    if (!(run.metadata.finalizers ?? []).includes(RUN_FINALIZER)) {
+      await this.ctx.mgmt.patch(SpillwayResources.TrainingRun, run.metadata.name!, run.metadata.namespace, {
+        metadata: {
+          finalizers: [...(run.metadata.finalizers ?? []), RUN_FINALIZER],
+          resourceVersion: run.metadata.resourceVersion,
+        },
+      });
+      return undefined; // The update event brings the run back.
+    }
+    if (isFinished(run)) return this.cleanupFinished(run, rc);
+    if (run.spec.runPolicy?.suspend) return this.suspend(run);
+
+    let current = run;
+    if (!current.status?.attempt) {
+      current = await this.writeStatus(current, (s, obj) => {
+        s.attempt = 1;
+        s.phase = "Offering";
+        s.gpus = runGpus(current);
+        s.moves ??= 0;
+        setStatusCondition(obj, { type: "SpecValid", status: "True", reason: "Valid", message: "" });
+      });
+    }
+    const attempt = current.status!.attempt!;
+    const placement = current.status?.placement;
+    if (!placement || placement.attempt !== attempt) return this.place(current, attempt, rc);
+    return this.runPlaced(current, placement, rc);
+  }
+
+  // ---- placement (steps 1–4) ------------------------------------------------------------
+
+  private async place(run: Run, attempt: number, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
+    const now = this.ctx.now();
+    const providers = this.ctx.caches.providers.list();
+    const primaries = conflictingPrimaries(providers);
+    if (primaries.length > 1) {
+      await this.setWaiting(
+        run,
+        "Pending",
+        "ConflictingPrimaries",
+        `more than one primary CloudProvider: ${primaries.join(", ")}; mark exactly one as role primary`,
+      );
+      return { requeueAfter: 60_000 };
+    }
+    const failed = new Set(run.status?.failedProviders ?? []);
+    const eligibility = evaluateEligibility(
+      run,
+      providers.filter((p) => !failed.has(p.metadata.name ?? "")),
+    );
+    const quotes = collectQuotes(run, eligibility.alternatives, now);
+    const serving = runPolicy(run).workloadClass === "serving";
+
+    if (!eligibility.primary) {
+      const direct = serving ? undefined : placeWithoutPrimary(quotes, attempt, now);
+      if (!direct) {
+        const message =
+          eligibility.alternatives.length === 0 && failed.size === 0
+            ? noEligibleProviderMessage(eligibility)
+            : `no eligible provider for attempt ${attempt}: ${ineligibleSummary(eligibility) || "every alternative failed"}${failed.size ? `; failed this attempt: ${[...failed].join(", ")}` : ""}`;
+        await this.setWaiting(run, "Pending", "NoEligibleProvider", message);
+        if (failed.size > 0) return this.newAttemptLater(run, attempt, 60_000, "alternatives failed");
+        return { requeueAfter: 60_000 };
+      }
+      return this.lockPlacement(run, direct, rc);
+    }
+
+    const offer = await this.ensureOffer(run, attempt, eligibility.primary, quotes, rc);
+    const offersNewestFirst = this.offersOf(run);
+    const decision = decidePlacement({
+      run,
+      offer,
+      quotes,
+      now,
+      declines: consecutiveDeclines(offersNewestFirst),
+      backoff: { baseMs: this.ctx.settings.reofferBaseMs, maxMs: this.ctx.settings.reofferMaxMs },
+    });
+    if (decision.action !== "await" && decision.offerStatus) {
+      await this.answerOffer(offer, decision.offerStatus);
+    }
+    switch (decision.action) {
+      case "await": {
+        await this.setWaiting(
+          run,
+          "Offering",
+          "AwaitingPrimary",
+          `offered to ${offer.spec.provider} as ${offer.metadata.name}; answer due by ${offer.spec.deadline}`,
+        );
+        return { requeueAfter: Math.max(decision.retryAfterMs, 250) };
+      }
+      case "wait": {
+        const answered = Date.parse(
+          offer.status?.respondedAt ?? decision.offerStatus?.respondedAt ?? offer.spec.deadline,
+        );
+        const due = answered + decision.retryAfterMs - now.getTime();
+        if (due <= 0) return this.newAttempt(run, attempt, "re-offering to the primary");
+        await this.setWaiting(run, "Pending", decision.reason, decision.message);
+        return { requeueAfter: due };
+      }
+      case "place":
+        if (serving && decision.target !== "primary") {
+          // Defence in depth: serving runs never leave the primary, whatever the decision says.
+          await this.setWaiting(
+            run,
+            "Pending",
+            "ServingWaitsForPrimary",
+            "serving runs are primary-exclusive",
+          );
+          return { requeueAfter: this.ctx.settings.reofferBaseMs };
+        }
+        return this.lockPlacement(run, decision.placement, rc);
+    }
+  }
+
+  private offersOf(run: Run): CapacityOffer[] {
+    const names = run.status?.offers ?? [];
+    return names
+      .map((n) => this.ctx.caches.offers.get(`${run.metadata.namespace}/${n}`))
+      .filter((o): o is CapacityOffer & KubeObject => o !== undefined && o.spec.run.uid === run.metadata.uid);
+  }
+
+  /**
+   * The attempt's offer: from the cache, or created. The name is derived from the run and the
+   * attempt, so a create retried after a crash finds the first one (AlreadyExists). Should an
+   * older run of the same name have left an offer under that name (offers outlive runs), the
+   * name is qualified with the run's uid.
+   */
+  private async ensureOffer(
+    run: Run,
+    attempt: number,
+    primary: CloudProvider,
+    quotes: ReturnType<typeof collectQuotes>,
+    rc: ReconcileContext,
+  ): Promise<CapacityOffer> {
+    const ns = run.metadata.namespace!;
+    const uid = run.metadata.uid!;
+    const plain = offerName(run.metadata.name!, attempt);
+    const byPlain = this.ctx.caches.offers.get(`${ns}/${plain}`);
+    const name =
+      byPlain && byPlain.spec.run.uid !== uid
+        ? offerName(`${run.metadata.name}-${uid.slice(0, 8)}`, attempt)
+        : plain;
+    let offer: CapacityOffer | undefined = this.ctx.caches.offers.get(`${ns}/${name}`);
+    if (!offer) {
+      const built = buildOffer({ run, attempt, primary, quotes, now: this.ctx.now() });
+      built.metadata.name = name;
+      try {
+        offer = await this.ctx.mgmt.create(
+          SpillwayResources.CapacityOffer,
+          built as CapacityOffer & KubeObject,
+        );
+        rc.with({ offer: name, provider: primary.metadata.name });
+        rc.log.info("offered to the primary", {
+          competingQuote: built.spec.competingQuote?.pricePerHour,
+          deadline: built.spec.deadline,
+        });
+        this.ctx.events.record(
+          run,
+          "Normal",
+          "Offered",
+          `offered ${runGpus(run)} ${run.spec.resources.gpu.type} GPUs to ${primary.metadata.name} as ${name}${
+            built.spec.competingQuote
+              ? ` with competing quote $${built.spec.competingQuote.pricePerHour}/h from ${built.spec.competingQuote.provider}`
+              : ""
+          }; answer due by ${built.spec.deadline}`,
+        );
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+        offer = await this.ctx.mgmt.get<CapacityOffer & KubeObject>(
+          SpillwayResources.CapacityOffer,
+          name,
+          ns,
+        );
+      }
+    }
+    if (!(run.status?.offers ?? []).includes(name)) {
+      await this.writeStatus(run, (s) => {
+        s.offers = [name, ...(s.offers ?? []).filter((n) => n !== name)].slice(0, MAX_OFFERS_LISTED);
+      });
+    }
+    return offer!;
+  }
+
+  /** Writes an offer's answer (the TimedOut rule). Written once: a conflict means someone answered. */
+  private async answerOffer(
+    offer: CapacityOffer,
+    status: NonNullable<CapacityOffer["status"]>,
+  ): Promise<void> {
+    try {
+      await this.ctx.mgmt.updateStatus(SpillwayResources.CapacityOffer, {
+        ...offer,
+        status,
+      } as CapacityOffer & KubeObject);
+      this.ctx.metrics.recordOffer(offer.spec.provider, status.outcome ?? "", status.reason);
+    } catch (err) {
+      if (!isConflict(err)) throw err;
+    }
+  }
+
+  private async lockPlacement(
+    run: Run,
+    placement: Placement,
+    rc: ReconcileContext,
+  ): Promise<ReconcileResult | undefined> {
+    const provider = this.ctx.caches.providers.get(placement.provider);
+    if (!provider) return { requeueAfter: 1_000 };
+    const attempt = placement.attempt ?? run.status?.attempt ?? 1;
+    const choice = chooseCluster(this.ctx, run, provider, attempt);
+    if (choice.kind === "full") {
+      return this.providerFailed(run, provider.metadata.name ?? "", "NoClusterCapacity", choice.message);
+    }
+    let cluster = EXISTING_CLUSTER;
+    if (choice.kind === "reuse") cluster = choice.cluster.metadata.name ?? "";
+    if (choice.kind === "create") cluster = choice.name;
+    const updated = await this.writeStatus(run, (s, obj) => {
+      s.placement = { ...placement, cluster };
+      s.phase =
+        choice.kind === "create" ? "Provisioning" : s.phase === "Migrating" ? "Migrating" : "Provisioning";
+      s.data = undefined;
+      s.remote = undefined;
+      setStatusCondition(obj, {
+        type: "Placed",
+        status: "True",
+        reason: placement.reason?.split(":")[0] ?? "Placed",
+        message: `placed on ${placement.provider}/${cluster}${placement.pricePerHour !== undefined ? ` at $${placement.pricePerHour}/h` : ""} (${placement.reason ?? "placed"})`,
+      });
+    });
+    rc.with({ provider: placement.provider });
+    rc.log.info("placed", {
+      cluster,
+      reason: placement.reason,
+      pricePerHour: placement.pricePerHour,
+      attempt,
+    });
+    this.ctx.metrics.recordPlacement(
+      placement.provider,
+      run.metadata.creationTimestamp ?? Date.now(),
+      this.ctx.now().getTime(),
+    );
+    this.ctx.events.record(
+      run,
+      "Normal",
+      "Placed",
+      `attempt ${attempt} placed on ${placement.provider}/${cluster}: ${placement.reason ?? ""}`,
+    );
+    if (choice.kind === "create") {
+      await createProvisionedCluster(this.ctx, updated, provider, cluster);
+      this.ctx.events.record(
+        run,
+        "Normal",
+        "Provisioning",
+        `provisioning cluster ${cluster} on ${placement.provider}`,
+      );
+    }
+    return this.runPlaced(updated, updated.status!.placement!, rc);
+  }
+
+  // ---- after placement (steps 5–7) -----------------------------------------------------
+
+  private async runPlaced(
+    run: Run,
+    placement: Placement,
+    rc: ReconcileContext,
+  ): Promise<ReconcileResult | undefined> {
+    rc.with({ provider: placement.provider });
+    const provider = this.ctx.caches.providers.get(placement.provider);
+    if (!provider) {
+      await this.setWaiting(
+        run,
+        run.status?.phase ?? "Provisioning",
+        "ProviderMissing",
+        `CloudProvider ${placement.provider} does not exist`,
+      );
+      return { requeueAfter: 30_000 };
+    }
+    const cluster = placement.cluster ?? EXISTING_CLUSTER;
+    const lookup = clusterKubeconfig(this.ctx, provider, cluster);
+    if ("failed" in lookup)
+      return this.providerFailed(run, placement.provider, "ClusterFailed", lookup.failed);
+    if ("waiting" in lookup) {
+      await this.writeStatus(run, (s, obj) => {
+        if (s.phase !== "Migrating") s.phase = "Provisioning";
+        setStatusCondition(obj, {
+          type: "ClusterReady",
+          status: "False",
+          reason: "Waiting",
+          message: lookup.waiting,
+        });
+      });
+      return { requeueAfter: 15_000 };
+    }
+    const id = clusterId(placement.provider, cluster);
+    const remote = this.ctx.remote.connect(id, lookup.kubeconfig);
+
+    // Cluster lost: it has not answered for longer than the timeout → a new attempt elsewhere.
+    const lostFor = this.ctx.remote.unreachableForMs(id);
+    if (lostFor > this.ctx.settings.clusterLostTimeoutMs) {
+      this.ctx.events.record(
+        run,
+        "Warning",
+        "ClusterLost",
+        `${id} has not answered for ${Math.round(lostFor / 1000)}s; moving the run`,
+      );
+      return this.newAttempt(run, placement.attempt ?? 1, `cluster ${id} lost`, true);
+    }
+    if (!remote.jobs.hasSynced()) return { requeueAfter: 500 };
+
+    const job = remoteJobOf(remote, run);
+    const attempt = placement.attempt ?? 1;
+    if (job && jobAttempt(job) !== attempt) {
+      // A Job of an earlier attempt on this cluster: remove it before dispatching this one.
+      await deleteRemote(remote, run, job);
+      return { requeueAfter: 1_000 };
+    }
+    if (!job) return this.stageAndDispatch(run, provider, placement, remote, rc);
+    return this.mirror(run, remote, job, rc);
+  }
+
+  private async stageAndDispatch(
+    run: Run,
+    provider: CloudProvider,
+    placement: Placement,
+    remote: RemoteCluster,
+    rc: ReconcileContext,
+  ): Promise<ReconcileResult | undefined> {
+    let dataset: { uri: string; version: string } | undefined;
+    if (run.spec.data) {
+      const ds = this.ctx.caches.datasets.get(`${run.metadata.namespace}/${run.spec.data.dataset}`);
+      if (!ds) {
+        await this.setWaiting(
+          run,
+          "Staging",
+          "DataSetMissing",
+          `DataSet ${run.spec.data.dataset} does not exist in ${run.metadata.namespace}`,
+        );
+        return { requeueAfter: 30_000 };
+      }
+      if (!this.opts.stager) {
+        await this.setWaiting(run, "Staging", "NoDataStager", "this operator has no data stager configured");
+        return { requeueAfter: 60_000 };
+      }
+      const staged = await this.opts.stager.stage(run, ds as DataSet, provider, rc.signal);
+      await this.writeStatus(run, (s, obj) => {
+        s.phase = s.phase === "Migrating" ? "Migrating" : "Staging";
+        s.data = {
+          dataset: run.spec.data!.dataset,
+          phase: staged.phase,
+          ...(staged.version ? { version: staged.version } : {}),
+          ...(staged.objectsSynced !== undefined ? { objectsSynced: staged.objectsSynced } : {}),
+          ...(staged.objectsTotal !== undefined ? { objectsTotal: staged.objectsTotal } : {}),
+          ...(staged.bytesSynced !== undefined ? { bytesSynced: staged.bytesSynced } : {}),
+          ...(staged.bytesTotal !== undefined ? { bytesTotal: staged.bytesTotal } : {}),
+        };
+        setStatusCondition(obj, {
+          type: "DataStaged",
+          status: staged.phase === "Ready" ? "True" : "False",
+          reason: staged.phase,
+          message: staged.message,
+        });
+      });
+      if (staged.phase === "Failed")
+        return this.providerFailed(run, placement.provider, "DataStagingFailed", staged.message);
+      if (staged.phase !== "Ready" || !staged.uri || !staged.version) return { requeueAfter: 2_000 };
+      dataset = { uri: staged.uri, version: staged.version };
+    }
+    let checkpoints: { uri: string; resumeStep?: number } | undefined;
+    if (this.opts.checkpoints && run.spec.checkpoints) {
+      const loc = await this.opts.checkpoints.prepare(run, provider, rc.signal);
+      checkpoints = { uri: loc.uri, ...(loc.resumeStep !== undefined ? { resumeStep: loc.resumeStep } : {}) };
+      if (loc.resumeStep !== undefined) {
+        await this.writeStatus(run, (s) => {
+          s.checkpoint = {
+            step: loc.resumeStep!,
+            ...(loc.digest ? { digest: loc.digest } : {}),
+            ...(loc.committedAt ? { committedAt: loc.committedAt } : {}),
+            ...(loc.replicatedTo ? { replicatedTo: loc.replicatedTo } : {}),
+          };
+        });
+      }
+    }
+    const created = await dispatch(remote, {
+      run,
+      attempt: placement.attempt ?? 1,
+      origin: this.ctx.settings.origin,
+      provider: placement.provider,
+      ...(dataset ? { dataset } : {}),
+      ...(checkpoints ? { checkpoints } : {}),
+    });
+    if (created) {
+      rc.log.info("dispatched", { cluster: placement.cluster, job: remoteJobName(run) });
+      this.ctx.events.record(
+        run,
+        "Normal",
+        "Dispatched",
+        `created Job ${remoteNamespace(run)}/${remoteJobName(run)} on ${placement.provider}/${placement.cluster}${checkpoints?.resumeStep !== undefined ? `, resuming from step ${checkpoints.resumeStep}` : ""}`,
+      );
+    }
+    await this.writeStatus(run, (s, obj) => {
+      if (s.phase !== "Migrating") s.phase = "Staging";
+      s.remote = {
+        namespace: remoteNamespace(run),
+        job: remoteJobName(run),
+        lastSeen: timestamp(this.ctx.now().getTime()),
+      };
+      setStatusCondition(obj, {
+        type: "ClusterReady",
+        status: "True",
+        reason: "Ready",
+        message: `${placement.provider}/${placement.cluster}`,
+      });
+      setStatusCondition(obj, {
+        type: "Dispatched",
+        status: "True",
+        reason: "JobCreated",
+        message: `Job ${remoteNamespace(run)}/${remoteJobName(run)} on ${placement.provider}/${placement.cluster}`,
+      });
+    });
+    return { requeueAfter: this.ctx.settings.remotePollMs };
+  }
+
+  /** Mirrors the remote Job into the run's status and finishes the run when the Job does. */
+  private async mirror(
+    run: Run,
+    remote: RemoteCluster,
+    job: NonNullable<ReturnType<typeof remoteJobOf>>,
+    rc: ReconcileContext,
+  ): Promise<ReconcileResult | undefined> {
+    const { state, message } = jobState(job);
+    const now = timestamp(this.ctx.now().getTime());
+    const wasRunning = run.status?.phase === "Running";
+    await this.writeStatus(run, (s, obj) => {
+      s.remote = {
+        namespace: remoteNamespace(run),
+        job: remoteJobName(run),
+        active: job.status?.active ?? 0,
+        succeeded: job.status?.succeeded ?? 0,
+        failed: job.status?.failed ?? 0,
+        lastSeen:
+          s.remote?.lastSeen && s.remote.active === (job.status?.active ?? 0) ? s.remote.lastSeen : now,
+      };
+      if (state === "Running" || state === "Succeeded") {
+        s.startTime ??= job.status?.startTime ?? now;
+        setStatusCondition(obj, {
+          type: "Running",
+          status: state === "Running" ? "True" : "False",
+          reason: state,
+          message: "",
+        });
+      }
+      if (state === "Running") s.phase = "Running";
+      if (state === "Succeeded") {
+        s.phase = "Succeeded";
+        s.completionTime = job.status?.completionTime ?? now;
+        setStatusCondition(obj, {
+          type: "Succeeded",
+          status: "True",
+          reason: "JobComplete",
+          message: `all ${run.spec.resources.nodes ?? 1} workers completed`,
+        });
+      }
+      if (state === "Failed") {
+        s.phase = "Failed";
+        s.completionTime = now;
+        setStatusCondition(obj, {
+          type: "Failed",
+          status: "True",
+          reason: "JobFailed",
+          message: message ?? "the Job failed",
+        });
+        setStatusCondition(obj, {
+          type: "Running",
+          status: "False",
+          reason: "Failed",
+          message: message ?? "",
+        });
+      }
+    });
+    if (state === "Running" && !wasRunning) {
+      this.ctx.events.record(
+        run,
+        "Normal",
+        "Running",
+        `${job.status?.active ?? 0} workers running on ${run.status?.placement?.provider}`,
+      );
+    }
+    if (state === "Succeeded" || state === "Failed") {
+      rc.log.info("finished", { state });
+      this.ctx.events.record(
+        run,
+        state === "Succeeded" ? "Normal" : "Warning",
+        state,
+        message ?? `the run ${state.toLowerCase()}`,
+      );
+      await deleteRemote(remote, run, job);
+      return undefined;
+    }
+    return { requeueAfter: this.ctx.settings.remotePollMs };
+  }
+
+  // ---- attempts, failures, finishing ---------------------------------------------------
+
+  /** The placed provider cannot take the run this attempt: skip it and decide again. */
+  private async providerFailed(
+    run: Run,
+    provider: string,
+    reason: string,
+    message: string,
+  ): Promise<ReconcileResult> {
+    this.ctx.events.record(run, "Warning", reason, message);
+    const isPrimary = this.ctx.caches.providers.get(provider)?.spec.role === "primary";
+    await this.writeStatus(run, (s, obj) => {
+      s.placement = undefined;
+      s.failedProviders = [...new Set([...(s.failedProviders ?? []), provider])];
+      setStatusCondition(obj, {
+        type: "Placed",
+        status: "False",
+        reason,
+        message: `${provider}: ${message}`,
+      });
+      // The primary failing after accepting: its acceptance is spent, the next attempt offers again.
+      if (isPrimary) s.phase = "Pending";
+    });
+    return { requeueAfter: 1_000 };
+  }
+
+  private async newAttempt(run: Run, attempt: number, why: string, moved = false): Promise<ReconcileResult> {
+    await this.writeStatus(run, (s, obj) => {
+      s.attempt = attempt + 1;
+      s.placement = undefined;
+      s.failedProviders = undefined;
+      s.data = undefined;
+      s.remote = undefined;
+      s.phase = moved ? "Migrating" : "Offering";
+      if (moved) s.moves = (s.moves ?? 0) + 1;
+      setStatusCondition(obj, {
+        type: "Placed",
+        status: "False",
+        reason: moved ? "Moving" : "Reoffering",
+        message: `attempt ${attempt + 1}: ${why}`,
+      });
+    });
+    return { requeueAfter: 10 };
+  }
+
+  private async newAttemptLater(
+    run: Run,
+    attempt: number,
+    afterMs: number,
+    why: string,
+  ): Promise<ReconcileResult> {
+    const since = Date.parse(
+      run.status?.conditions?.find((c) => c.type === "Placed")?.lastTransitionTime ?? "",
+    );
+    if (Number.isFinite(since) && this.ctx.now().getTime() - since >= afterMs)
+      return this.newAttempt(run, attempt, why);
+    return { requeueAfter: afterMs };
+  }
+
+  private async suspend(run: Run): Promise<ReconcileResult | undefined> {
+    for (const offer of this.offersOf(run)) {
+      const st = withdrawnStatus(offer, this.ctx.now(), "the run was suspended");
+      if (st) await this.answerOffer(offer, st);
+    }
+    await this.setWaiting(run, run.status?.phase ?? "Pending", "Suspended", "spec.runPolicy.suspend is true");
+    return undefined;
+  }
+
+  /** A finished run keeps no remote objects. */
+  private async cleanupFinished(run: Run, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
+    const p = run.status?.placement;
+    if (!p?.cluster) return undefined;
+    const provider = this.ctx.caches.providers.get(p.provider);
+    if (!provider) return undefined;
+    const lookup = clusterKubeconfig(this.ctx, provider, p.cluster);
+    if (!("kubeconfig" in lookup)) return undefined;
+    const remote = this.ctx.remote.connect(clusterId(p.provider, p.cluster), lookup.kubeconfig);
+    if (!remote.jobs.hasSynced()) return { requeueAfter: 500 };
+    const job = remoteJobOf(remote, run);
+    if (job) {
+      await deleteRemote(remote, run, job);
+      rc.log.info("deleted remote objects of a finished run");
+    }
+    return undefined;
+  }
+
+  /** Deletion: remote objects go (uid preconditions), open offers are withdrawn, offers stay. */
+  private async finalize(run: Run, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
+    if (!(run.metadata.finalizers ?? []).includes(RUN_FINALIZER)) return undefined;
+    for (const offer of this.offersOf(run)) {
+      const st = withdrawnStatus(offer, this.ctx.now(), "the run was deleted");
+      if (st) await this.answerOffer(offer, st);
+    }
+    const p = run.status?.placement;
+    if (p?.cluster) {
+      const provider = this.ctx.caches.providers.get(p.provider);
+      const lookup = provider ? clusterKubeconfig(this.ctx, provider, p.cluster) : undefined;
+      if (lookup && "kubeconfig" in lookup) {
+        const id = clusterId(p.provider, p.cluster);
+        const remote = this.ctx.remote.connect(id, lookup.kubeconfig);
+        const lost = this.ctx.remote.unreachableForMs(id) > this.ctx.settings.clusterLostTimeoutMs;
+        if (!lost) {
+          if (!remote.jobs.hasSynced()) return { requeueAfter: 500 };
+          await deleteRemote(remote, run);
+        } else {
+          // The orphan collector removes it once the cluster answers again.
+          rc.log.warn("cluster unreachable; leaving remote objects to the orphan collector", { cluster: id });
+        }
+      }
+    }
+    const finalizers = (run.metadata.finalizers ?? []).filter((f) => f !== RUN_FINALIZER);
+    try {
+      await this.ctx.mgmt.patch(SpillwayResources.TrainingRun, run.metadata.name!, run.metadata.namespace, {
+        metadata: { finalizers, resourceVersion: run.metadata.resourceVersion },
+      });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    rc.log.info("finalized");
+    return undefined;
+  }
+
+  // ---- status ------------------------------------------------------------------------
+
+  private async setWaiting(
+    run: Run,
+    phase: NonNullable<Status["phase"]>,
+    reason: string,
+    message: string,
+  ): Promise<Run> {
+    const before = run.status?.conditions?.find((c) => c.type === "Placed");
+    const updated = await this.writeStatus(run, (s, obj) => {
+      s.phase = phase;
+      setStatusCondition(obj, { type: "Placed", status: "False", reason, message });
+    });
+    if (before?.reason !== reason)
+      this.ctx.events.record(run, reason === "AwaitingPrimary" ? "Normal" : "Warning", reason, message);
+    return updated;
+  }
+
+  /**
+   * Applies `mutate` to a copy of the run's status and writes it when it changed, with the
+   * run's resourceVersion as precondition (a stale cache yields 409 and a retry, never a
+   * lost update). Returns the stored run.
+   */
+  private async writeStatus(run: Run, mutate: (s: Status, obj: Run) => void): Promise<Run> {
+    const next = structuredClone(run);
+    next.status ??= {};
+    mutate(next.status, next);
+    next.status.observedGeneration = run.metadata.generation;
+    if (JSON.stringify(next.status) === JSON.stringify(run.status ?? {})) return run;
+    return this.ctx.mgmt.updateStatus(SpillwayResources.TrainingRun, next);
+  }
+}
+
+export { splitKey };
