@@ -1,0 +1,17 @@
+/** `spillway status`: runs with their placement, and the providers and provisioned clusters. */
+import type { Command } from "commander";
+import { cliClient } from "../lib/kube.ts";
+import { statusReport } from "../lib/reports.ts";
+
+export function register(program: Command): void {
+  program
+    .command("status")
+    .description(
+      "Print the TrainingRuns with their placement, and the CloudProviders and ProvisionedClusters.",
+    )
+    .option("-n, --namespace <ns>", "only runs of this namespace (default: all)")
+    .option("--kubeconfig <path>", "kubeconfig of the management cluster")
+    .action(async (o: { namespace?: string; kubeconfig?: string }) => {
+      console.log(await statusReport(cliClient(o.kubeconfig), o.namespace));
+    });
+}
