@@ -1,0 +1,336 @@
+/**
+ * The HTTP surface: routes requests to discovery, OpenAPI, health, and the resource verbs of
+ * `Cluster`, and writes responses the way the real server does (Status bodies for errors,
+ * `Warning` headers, 201 on create, 202 for a deletion that waits on finalizers, Tables and
+ * PartialObjectMetadata on request, watch streams).
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { parse as parseYaml } from "yaml";
+import { type Cluster, type OpContext, parseJson } from "./cluster.ts";
+import { apiGroup, apiGroupList, apiResourceList, apiVersions } from "./discovery.ts";
+import { ApiError, errors } from "./errors.ts";
+import { type OpenApiCache, openApiRoot, openApiV3Document } from "./openapi.ts";
+import { includeObjectOf, toTable } from "./table.ts";
+import { type JsonObject, type KubeObject, type ResourceType, resourceKey } from "./types.ts";
+import { serveWatch, type WatchHub } from "./watch.ts";
+
+/** The real server's limit on request bodies (3 MiB). */
+const MAX_BODY_BYTES = 3 * 1024 * 1024;
+
+export const SERVER_VERSION = {
+  major: "1",
+  minor: "32",
+  gitVersion: "v1.32.0-spillway-sandbox",
+  gitCommit: "0000000000000000000000000000000000000000",
+  gitTreeState: "clean",
+  buildDate: "2026-01-01T00:00:00Z",
+  goVersion: "go1.23.0",
+  compiler: "gc",
+  platform: "linux/amd64",
+};
+
+export interface HttpContext {
+  cluster: Cluster;
+  watches: WatchHub;
+  openapi: OpenApiCache;
+  /** `host:port` as clients reach this server. */
+  address(): string;
+  /** When set, requests must carry `Authorization: Bearer <token>` (health and version excepted). */
+  token?: string;
+  bookmarkIntervalMs: number;
+}
+
+type Responder = (res: ServerResponse) => void;
+
+function json(code: number, body: unknown, warnings: string[] = []): Responder {
+  return (res) => {
+    const text = JSON.stringify(body);
+    const headers: Record<string, string | string[]> = {
+      "Content-Type": "application/json",
+      "Content-Length": String(Buffer.byteLength(text)),
+      "Cache-Control": "no-cache, private",
+    };
+    if (warnings.length > 0) headers.Warning = warnings.map((w) => `299 - ${JSON.stringify(w)}`);
+    res.writeHead(code, headers);
+    res.end(text);
+  };
+}
+
+function text(code: number, body: string): Responder {
+  return (res) => {
+    res.writeHead(code, {
+      "Content-Type": "text/plain; charset=utf-8",
+      "Content-Length": Buffer.byteLength(body),
+    });
+    res.end(body);
+  };
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(errors.tooLarge(MAX_BODY_BYTES));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.on("error", reject);
+  });
+}
+
+function decodeBody(body: string, contentType: string): unknown {
+  if (body.trim() === "") return undefined;
+  if (/yaml/i.test(contentType)) {
+    try {
+      return parseYaml(body);
+    } catch (e) {
+      throw errors.badRequest(`error decoding YAML: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
+  return parseJson(body);
+}
+
+/** `kubectl/v1.32.4 (linux/amd64) …` → `kubectl`, the real server's default field manager. */
+function managerFromUserAgent(ua: string | undefined): string {
+  return (ua ?? "unknown").split("/")[0]!.slice(0, 128) || "unknown";
+}
+
+interface ResourcePath {
+  rt: ResourceType;
+  namespace?: string;
+  name?: string;
+  subresource?: string;
+}
+
+/** `…/namespaces/{ns}/{plural}[/{name}[/{sub}]]` or `…/{plural}[/{name}[/{sub}]]`. */
+function resolveResource(
+  cluster: Cluster,
+  group: string,
+  version: string,
+  rest: string[],
+): ResourcePath | undefined {
+  const reg = cluster.registry;
+  if (rest[0] === "namespaces" && rest.length >= 3) {
+    const rt = reg.lookup(group, version, rest[2]!);
+    if (rt?.namespaced && rest.length <= 5)
+      return { rt, namespace: rest[1], name: rest[3], subresource: rest[4] };
+  }
+  const rt = reg.lookup(group, version, rest[0]!);
+  if (!rt || rest.length > 3) return undefined;
+  return { rt, name: rest[1], subresource: rest[2] };
+}
+
+export async function handleRequest(
+  hc: HttpContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<void> {
+  try {
+    const responder = await route(hc, req, res);
+    if (responder) responder(res);
+  } catch (e) {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const err = e instanceof ApiError ? e : errors.internal(e instanceof Error ? e.message : String(e));
+    json(err.code, err.toStatus())(res);
+  }
+}
+
+/** Returns how to respond, or nothing when the handler took the response over (watches). */
+async function route(
+  hc: HttpContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<Responder | undefined> {
+  const url = new URL(req.url ?? "/", "http://sandbox");
+  const segs = url.pathname
+    .split("/")
+    .filter((s) => s !== "")
+    .map(decodeURIComponent);
+  const method = req.method ?? "GET";
+  const head = segs[0] ?? "";
+
+  if (["healthz", "livez", "readyz"].includes(head)) return text(200, "ok");
+  if (head === "version") return json(200, SERVER_VERSION);
+  if (hc.token && req.headers.authorization !== `Bearer ${hc.token}`) throw errors.unauthorized();
+  if (segs.length === 0)
+    return json(200, { paths: ["/api", "/api/v1", "/apis", "/healthz", "/openapi/v3", "/version"] });
+  const reg = hc.cluster.registry;
+
+  if (head === "openapi") {
+    if (segs[1] !== "v3") throw errors.pathNotFound();
+    if (segs.length === 2) return json(200, openApiRoot(hc.openapi, reg));
+    const doc = openApiV3Document(hc.openapi, reg, segs.slice(2).join("/"));
+    if (!doc) throw errors.pathNotFound();
+    return json(200, doc);
+  }
+
+  let group: string;
+  let version: string;
+  let rest: string[];
+  if (head === "api") {
+    if (segs.length === 1) return json(200, apiVersions(hc.address()));
+    group = "";
+    version = segs[1]!;
+    rest = segs.slice(2);
+  } else if (head === "apis") {
+    if (segs.length === 1) return json(200, apiGroupList(reg));
+    if (segs.length === 2) {
+      const g = apiGroup(reg, segs[1]!);
+      if (!g) throw errors.pathNotFound();
+      return json(200, g);
+    }
+    group = segs[1]!;
+    version = segs[2]!;
+    rest = segs.slice(3);
+  } else throw errors.pathNotFound();
+
+  if (rest.length === 0) {
+    const list = apiResourceList(reg, group, version);
+    if (!list) throw errors.pathNotFound();
+    return json(200, list);
+  }
+  const where = resolveResource(hc.cluster, group, version, rest);
+  if (!where) throw errors.pathNotFound();
+  return serveResource(hc, req, res, url.searchParams, version, where, method);
+}
+
+async function serveResource(
+  hc: HttpContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  query: URLSearchParams,
+  version: string,
+  where: ResourcePath,
+  method: string,
+): Promise<Responder | undefined> {
+  const { rt, namespace, name, subresource } = where;
+  if (subresource !== undefined && !(subresource === "status" && rt.statusSubresource))
+    throw errors.pathNotFound();
+  const ctx: OpContext = {
+    rt,
+    version,
+    namespace,
+    name,
+    subresource,
+    query,
+    userAgentManager: managerFromUserAgent(req.headers["user-agent"]),
+    warnings: [],
+  };
+  const cluster = hc.cluster;
+  const accept = String(req.headers.accept ?? "");
+  const contentType = String(req.headers["content-type"] ?? "");
+
+  if (method === "GET") {
+    if (name !== undefined) return present(ctx, accept, cluster.get(ctx), 200);
+    if (query.get("watch") === "true" || query.get("watch") === "1") {
+      const asTable = /as=Table/.test(accept);
+      const metadataOnly = /as=PartialObjectMetadata/.test(accept);
+      serveWatch(
+        cluster,
+        hc.watches,
+        ctx,
+        res,
+        (obj, first) =>
+          asTable
+            ? toTable(rt, version, [obj], { includeObject: includeObjectOf(query), withColumns: first })
+            : metadataOnly
+              ? { kind: "PartialObjectMetadata", apiVersion: "meta.k8s.io/v1", metadata: obj.metadata }
+              : obj,
+        { bookmarkIntervalMs: hc.bookmarkIntervalMs, maxBufferedBytes: 256 * 1024 * 1024 },
+      );
+      return undefined;
+    }
+    const list = cluster.list(ctx);
+    if (/as=Table/.test(accept))
+      return json(
+        200,
+        toTable(rt, version, list.items, {
+          includeObject: includeObjectOf(query),
+          withColumns: true,
+          listMeta: list.metadata,
+        }),
+      );
+    if (/as=PartialObjectMetadataList/.test(accept))
+      return json(200, {
+        kind: "PartialObjectMetadataList",
+        apiVersion: "meta.k8s.io/v1",
+        metadata: list.metadata,
+        items: list.items.map((o) => ({
+          kind: "PartialObjectMetadata",
+          apiVersion: "meta.k8s.io/v1",
+          metadata: o.metadata,
+        })),
+      });
+    return json(200, list);
+  }
+
+  const body = await readBody(req);
+  switch (method) {
+    case "POST": {
+      if (name !== undefined || (rt.namespaced && namespace === undefined)) throw errors.methodNotAllowed();
+      const created = cluster.create(ctx, decodeBody(body, contentType));
+      return present(ctx, accept, created, 201);
+    }
+    case "PUT":
+      if (name === undefined) throw errors.methodNotAllowed();
+      return present(ctx, accept, cluster.update(ctx, decodeBody(body, contentType)), 200);
+    case "PATCH":
+      if (name === undefined) throw errors.methodNotAllowed();
+      return present(ctx, accept, cluster.patch(ctx, body, contentType), 200);
+    case "DELETE": {
+      if (subresource !== undefined) throw errors.methodNotAllowed();
+      const options = decodeBody(body, contentType);
+      if (name === undefined) return json(200, cluster.deleteCollection(ctx, options), ctx.warnings);
+      const result = cluster.delete(ctx, options);
+      const stillThere = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;
+      if (stillThere) return json(202, result, ctx.warnings);
+      // Gone at once: custom resources return the object, built-in kinds a Success Status.
+      if (rt.custom) return json(200, result, ctx.warnings);
+      return json(
+        200,
+        {
+          kind: "Status",
+          apiVersion: "v1",
+          metadata: {},
+          status: "Success",
+          details: { name, group: rt.group, kind: rt.plural, uid: result.metadata.uid },
+        },
+        ctx.warnings,
+      );
+    }
+    default:
+      throw errors.methodNotAllowed();
+  }
+}
+
+function present(ctx: OpContext, accept: string, obj: KubeObject, code: number): Responder {
+  if (/as=Table/.test(accept)) {
+    return json(
+      code,
+      toTable(ctx.rt, ctx.version, [obj], {
+        includeObject: includeObjectOf(ctx.query),
+        withColumns: true,
+        listMeta: { resourceVersion: obj.metadata.resourceVersion },
+      }),
+      ctx.warnings,
+    );
+  }
+  if (/as=PartialObjectMetadata/.test(accept)) {
+    const meta: JsonObject = {
+      kind: "PartialObjectMetadata",
+      apiVersion: "meta.k8s.io/v1",
+      metadata: obj.metadata,
+    };
+    return json(code, meta, ctx.warnings);
+  }
+  return json(code, obj, ctx.warnings);
+}
