@@ -1,0 +1,135 @@
+/**
+ * A simulated Kubernetes cluster: one sandbox API server plus the kubelet stand-in that plays
+ * its nodes (scheduler, Job controller, pod lifecycle), sized as a GPU node pool. It is what
+ * the sandbox runs for the AKS cluster and what the sandbox provisioner stands up where Pulumi
+ * would create an OKE cluster. The operator reaches it only through its kubeconfig, exactly
+ * as it reaches a real cluster.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import type { KubeConfig } from "@kubernetes/client-node";
+import { type ApiServer, startApiServer } from "../apiserver/index.ts";
+import { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
+import { Kubelet } from "./kubelet.ts";
+import { ensureNodes, type NodePoolShape } from "./nodes.ts";
+
+export interface ClusterSize {
+  nodes: number;
+  gpusPerNode: number;
+  gpuType: string;
+}
+
+/** One node pool of a cluster: its name (node-name prefix `<cluster>-<pool>`) and size. */
+export interface NodePool extends ClusterSize {
+  name: string;
+  /** Instance type / shape label of the nodes. */
+  instanceType?: string;
+}
+
+export interface SimulatedClusterOptions {
+  /** Cluster name: the kubeconfig's context and cluster name, and the node-name prefix. */
+  name: string;
+  /** The node pools (at least one; a pool may have zero nodes). */
+  pools: NodePool[];
+  region?: string;
+  /** Time a bound pod stays Pending before Running. */
+  podStartupMs: number;
+  /** Time a pod runs before it succeeds (per pod overridable, see kubelet.ts). */
+  jobDurationMs: number;
+  /** Port of the API server; a free one when absent. */
+  port?: number;
+  /** Where the API server persists its objects; in memory only when absent. */
+  stateDir?: string;
+  /** Errors of kubelet passes (they are retried); default: ignored. */
+  onError?: (e: unknown) => void;
+}
+
+export interface GpuUsage {
+  total: number;
+  free: number;
+}
+
+export class SimulatedCluster {
+  private stopped = false;
+
+  private constructor(
+    readonly name: string,
+    private readonly server: ApiServer,
+    private readonly kubelet: Kubelet,
+    /** Names of the simulated nodes. */
+    readonly nodes: string[],
+  ) {}
+
+  static async start(opts: SimulatedClusterOptions): Promise<SimulatedCluster> {
+    if (opts.stateDir) mkdirSync(opts.stateDir, { recursive: true });
+    const server = await startApiServer({ name: opts.name, port: opts.port, stateDir: opts.stateDir });
+    try {
+      const kc = kubeConfigFromYaml(server.kubeconfig());
+      const shapes = opts.pools.map(
+        (p): NodePoolShape => ({
+          prefix: `${opts.name}-${p.name}`,
+          nodes: p.nodes,
+          gpusPerNode: p.gpusPerNode,
+          gpuType: p.gpuType,
+          instanceType: p.instanceType,
+          region: opts.region,
+        }),
+      );
+      const nodes = await ensureNodes(kc, shapes);
+      const kubelet = new Kubelet({
+        kubeConfig: kc,
+        nodes,
+        podStartupMs: opts.podStartupMs,
+        jobDurationMs: opts.jobDurationMs,
+        onError: opts.onError,
+      });
+      await kubelet.start();
+      return new SimulatedCluster(opts.name, server, kubelet, nodes);
+    } catch (e) {
+      await server.close();
+      throw e;
+    }
+  }
+
+  /** Base URL of the cluster's API server (`http://127.0.0.1:PORT`). */
+  get url(): string {
+    return this.server.url;
+  }
+
+  get port(): number {
+    return Number(new URL(this.server.url).port);
+  }
+
+  /** The kubeconfig (YAML) a client uses to reach this cluster. */
+  kubeconfig(): string {
+    return clientKubeconfig(this.server.kubeconfig());
+  }
+
+  writeKubeconfig(path: string): void {
+    mkdirSync(dirname(path), { recursive: true });
+    writeFileSync(path, this.kubeconfig(), { mode: 0o600 });
+  }
+
+  kubeConfig(): KubeConfig {
+    return kubeConfigFromYaml(this.kubeconfig());
+  }
+
+  /** GPUs of the nodes and those not requested by bound, unfinished pods, after a fresh pass. */
+  async gpus(): Promise<GpuUsage> {
+    await this.kubelet.pass();
+    return { total: this.kubelet.totalGpus(), free: this.kubelet.freeGpus() };
+  }
+
+  /** Runs one kubelet pass now (tests use it to move the cluster along without waiting for resync). */
+  settle(): Promise<void> {
+    return this.kubelet.pass();
+  }
+
+  /** Stops the kubelet, then the API server (its port is free when this resolves). Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await this.kubelet.stop();
+    await this.server.close();
+  }
+}
