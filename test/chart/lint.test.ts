@@ -1,3 +1,5 @@
+import { join } from "node:path";
+import { ROOT } from "../helpers/examples.ts";
 import { CHART, FULL_VALUES, helm } from "./helm.ts";
 
 const AZURE_PRIMARY = {
@@ -43,6 +45,12 @@ describe("helm lint --strict", () => {
 
   test("passes with the full example values file", () => {
     const r = lint([], [FULL_VALUES]);
+    expect(r.out).toContain("1 chart(s) linted, 0 chart(s) failed");
+    expect(r.code).toBe(0);
+  });
+
+  test.each(["values-production.yaml", "values-sandbox.yaml"])("passes with examples/helm/%s", (file) => {
+    const r = lint([], [join(ROOT, "examples", "helm", file)]);
     expect(r.out).toContain("1 chart(s) linted, 0 chart(s) failed");
     expect(r.code).toBe(0);
   });

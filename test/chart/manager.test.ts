@@ -152,3 +152,41 @@ describe("with the full example values", () => {
     expect(cps[0]!.metadata.namespace).toBeUndefined(); // cluster-scoped
   });
 });
+
+describe("NOTES.txt", () => {
+  const notes = (setJson: string[]) => {
+    const args = ["install", "spillway", CHART, "--dry-run=client", "--namespace", NS];
+    for (const s of setJson) args.push("--set-json", s);
+    const r = helm(args);
+    expect(r.code).toBe(0);
+    return r.stdout.slice(r.stdout.indexOf("NOTES:"));
+  };
+  const ociProvisioned = (provision: Record<string, unknown>) =>
+    `providers=${JSON.stringify([
+      {
+        name: "oci-ashburn",
+        spec: {
+          type: "oci",
+          region: "us-ashburn-1",
+          jurisdiction: "US",
+          capacity: { gpus: [{ type: "H100", sku: "BM.GPU.H100.8", gpusPerNode: 8 }] },
+          cluster: { provision: { program: "oci", ...provision } },
+        },
+      },
+    ])}`;
+
+  test("tells the next steps: rollout status, the providers, and how CRDs are upgraded", () => {
+    const text = notes([]);
+    expect(text).toContain(`kubectl -n ${NS} rollout status deployment/spillway`);
+    expect(text).toContain("No provider was declared with the release");
+    expect(text).toContain("kubectl apply --server-side -f -");
+  });
+
+  test("warns when a provider would keep Pulumi state in the pod's emptyDir", () => {
+    expect(notes([ociProvisioned({})])).toContain(
+      "WARNING: oci-ashburn provision clusters with Pulumi state",
+    );
+    expect(notes([ociProvisioned({ backendUrl: "azblob://state" })])).not.toContain("WARNING");
+    expect(notes([ociProvisioned({}), 'operator.pulumi.existingClaim="pulumi"'])).not.toContain("WARNING");
+  });
+});
