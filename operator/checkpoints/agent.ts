@@ -65,6 +65,7 @@ export class CheckpointAgent {
    * restart they would be pruned again at once (the trainer keeps old directories around).
    */
   private newestInStore = -1;
+  private initialised = false;
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -84,15 +85,36 @@ export class CheckpointAgent {
   /** Learns what the store holds, uploads what is ready, and starts watching. */
   async start(): Promise<void> {
     await mkdir(this.path, { recursive: true });
-    const { marked } = await listSteps(this.opts.store);
-    for (const step of marked) this.done.set(step, "in-store");
-    this.newestInStore = marked[0] ?? -1;
-    await this.seedKnownBlobs();
+    await this.init();
     await this.scan();
     this.watcher = watch(this.path, { recursive: true }, () => this.trigger());
     this.watcher.on("error", (e) => this.log(`watch error: ${e.message}; polling continues`));
     const poll = Math.max(50, Math.min(1000, (this.opts.quietPeriodMs ?? 5000) / 4));
     this.timer = setInterval(() => this.trigger(), poll);
+  }
+
+  /** Learns which steps the store holds committed (once; `start` and `scanOnce` call it). */
+  private async init(): Promise<void> {
+    if (this.initialised) return;
+    const { marked } = await listSteps(this.opts.store);
+    for (const step of marked) this.done.set(step, "in-store");
+    this.newestInStore = marked[0] ?? -1;
+    await this.seedKnownBlobs();
+    this.initialised = true;
+  }
+
+  /**
+   * Resolves once `step` (or a newer one) is committed in the store. The sandbox trainer uses
+   * it as DCP's async save does: the next checkpoint waits until the previous one is persisted,
+   * so the trainer's own rotation never deletes a directory before it was uploaded.
+   */
+  async waitForCommitted(step: number, signal?: AbortSignal): Promise<void> {
+    while (this.newestInStore < step) {
+      signal?.throwIfAborted();
+      if (this.stopped) throw new Error(`agent stopped before step ${step} was committed`);
+      this.trigger();
+      await new Promise((r) => setTimeout(r, 25));
+    }
   }
 
   /** Stops watching; with `drain` (default), uploads every checkpoint complete by now. */
@@ -133,6 +155,7 @@ export class CheckpointAgent {
    * `final` treats a quiet-period checkpoint as ready at once (the trainer has exited).
    */
   async scanOnce(final: boolean): Promise<UploadResult[]> {
+    await this.init();
     const out: UploadResult[] = [];
     let entries: string[];
     try {
@@ -155,8 +178,8 @@ export class CheckpointAgent {
       if (this.failed.get(name) === signature) continue;
       const prev = this.seen.get(name);
       if (!prev || prev.signature !== signature) this.seen.set(name, { signature, changedAt: this.now() });
-      if (!(await this.ready(dir, name, final))) continue;
       try {
+        if (!(await this.ready(dir, name, final))) continue;
         const result = await uploadCheckpoint(this.opts.store, dir, name, {
           runUid: this.opts.runUid,
           step,
@@ -200,7 +223,11 @@ export class CheckpointAgent {
   }
 
   private async ready(dir: string, name: string, final: boolean): Promise<boolean> {
-    const files = await listCheckpointFiles(dir, this.root).catch(() => undefined);
+    // A refused entry (symlink out of the root) propagates: it is reported, not waited on.
+    const files = await listCheckpointFiles(dir, this.root).catch((e: unknown) => {
+      if (e instanceof PathRefusedError) throw e;
+      return undefined;
+    });
     if (!files || files.length === 0) return false;
     for (const m of READY_MARKERS) {
       if (

@@ -82,9 +82,9 @@ export function workloadFromEnv(env: NodeJS.ProcessEnv = process.env): WorkloadO
 }
 
 /**
- * Restore → agent → train → drain. Each committed checkpoint is uploaded by the agent as soon
- * as the trainer finishes writing it (the trainer writes DCP's `.metadata` last), so the store
- * trails the trainer by at most one checkpoint.
+ * Restore → agent → train → drain. Each checkpoint is uploaded by the agent as soon as the
+ * trainer finishes writing it (the trainer writes DCP's `.metadata` last); the store trails
+ * the trainer by at most one checkpoint.
  */
 export async function runWorkload(
   opts: WorkloadOptions,
@@ -131,6 +131,7 @@ export async function runWorkload(
       }),
   });
   await agent.start();
+  let previous: number | undefined;
   let trainer: TrainerResult;
   try {
     trainer = await runTrainer({
@@ -141,7 +142,13 @@ export async function runWorkload(
       stepDelayMs: opts.stepDelayMs,
       ...(opts.tensors !== undefined ? { tensors: opts.tensors } : {}),
       ...(opts.tensorBytes !== undefined ? { tensorBytes: opts.tensorBytes } : {}),
-      onCheckpoint: (step) => emit({ event: "checkpoint", step }),
+      onCheckpoint: async (step) => {
+        emit({ event: "checkpoint", step });
+        // At most one checkpoint in flight, as DCP's async save: training goes on while this
+        // one uploads, but the next waits until it is committed.
+        if (previous !== undefined) await agent.waitForCommitted(previous, signal);
+        previous = step;
+      },
       log,
       ...(signal ? { signal } : {}),
     });
