@@ -8,6 +8,7 @@
  * retried (the next change to the object enqueues it again).
  */
 import type { BackoffOptions } from "./backoff.ts";
+import { isConflict } from "./client.ts";
 import { type Clock, realClock } from "./clock.ts";
 import type { EventHandler, Informer } from "./informer.ts";
 import { type LogContext, type Logger, silentLogger, withContext } from "./logging.ts";
@@ -222,7 +223,14 @@ export class Controller {
         queue.addAfter(key, result.requeueAfter);
       }
     } catch (err) {
-      if (isTerminal(err)) {
+      if (isConflict(err)) {
+        // A write raced a newer version the cache has not seen yet: the watch event that
+        // brings it will enqueue the key anyway; look again shortly without backing off.
+        outcome = "requeue";
+        queue.forget(key);
+        queue.addAfter(key, 50);
+        ctx.log.debug("conflict on write; re-reading from the cache", { err });
+      } else if (isTerminal(err)) {
         outcome = "terminal";
         queue.forget(key);
         this.opts.metrics?.reconcileErrors.inc({ controller: this.name, kind: "terminal" });

@@ -206,7 +206,9 @@ class RunReconciler {
       return this.lockPlacement(run, direct, rc);
     }
 
-    const offer = await this.ensureOffer(run, attempt, eligibility.primary, quotes, rc);
+    const ensured = await this.ensureOffer(run, attempt, eligibility.primary, quotes, rc);
+    const offer = ensured.offer;
+    run = ensured.run;
     const offersNewestFirst = this.offersOf(run);
     const decision = decidePlacement({
       run,
@@ -272,7 +274,7 @@ class RunReconciler {
     primary: CloudProvider,
     quotes: ReturnType<typeof collectQuotes>,
     rc: ReconcileContext,
-  ): Promise<CapacityOffer> {
+  ): Promise<{ offer: CapacityOffer; run: Run }> {
     const ns = run.metadata.namespace!;
     const uid = run.metadata.uid!;
     const plain = offerName(run.metadata.name!, attempt);
@@ -315,11 +317,11 @@ class RunReconciler {
       }
     }
     if (!(run.status?.offers ?? []).includes(name)) {
-      await this.writeStatus(run, (s) => {
+      run = await this.writeStatus(run, (s) => {
         s.offers = [name, ...(s.offers ?? []).filter((n) => n !== name)].slice(0, MAX_OFFERS_LISTED);
       });
     }
-    return offer!;
+    return { offer: offer!, run };
   }
 
   /** Writes an offer's answer (the TimedOut rule). Written once: a conflict means someone answered. */
