@@ -38,6 +38,7 @@ describe("with the default values", () => {
       "remote-qps": "50",
       "remote-burst": "100",
       "max-concurrent-reconciles": "8",
+      "cluster-lost-timeout": "60s",
       "pulumi-state-dir": "/var/lib/spillway/pulumi",
     });
   });
