@@ -85,6 +85,7 @@ function readBody(req: IncomingMessage): Promise<string> {
 }
 
 function decodeBody(body: string, contentType: string): unknown {
+  if (/protobuf|cbor/i.test(contentType)) throw errors.unsupportedMediaType(contentType.split(";")[0]!);
   if (body.trim() === "") return undefined;
   if (/yaml/i.test(contentType)) {
     try {
