@@ -81,11 +81,10 @@ describe.each(setups)("rendered RBAC with $name", ({ docs }) => {
     expect(offers).not.toContain("patch");
   });
 
-  test("the namespaced Role grants Secrets, leader-election Leases and data-sync Jobs only", () => {
+  test("the namespaced Role grants Secrets and leader-election Leases only", () => {
     expect(table(rulesOf(docs, "Role"))).toEqual({
       "core/secrets": sorted("get", "list", "watch", "create", "update", "patch", "delete"),
       "coordination.k8s.io/leases": sorted("get", "list", "watch", "create", "update", "patch", "delete"),
-      "batch/jobs": sorted("get", "list", "watch", "create", "delete"),
     });
   });
 
@@ -102,6 +101,14 @@ describe.each(setups)("rendered RBAC with $name", ({ docs }) => {
     const [deploy] = ofKind(docs, "Deployment");
     expect(deploy!.spec.template.spec.serviceAccountName).toBe(sa!.metadata.name);
   });
+});
+
+test("rbac.namespaceJobs (the sandbox) adds Jobs to the namespaced Role, never to the ClusterRole", () => {
+  const docs = render({ namespace: NS, setJson: ["rbac.namespaceJobs=true"] });
+  expect(table(rulesOf(docs, "Role"))["batch/jobs"]).toEqual(
+    sorted("get", "list", "watch", "create", "delete"),
+  );
+  expect(table(rulesOf(docs, "ClusterRole"))["batch/jobs"]).toBeUndefined();
 });
 
 test("rbac.create=false renders no RBAC objects", () => {
