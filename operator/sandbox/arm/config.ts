@@ -85,6 +85,14 @@ export const ArmInjectedError = Type.Object(
     retryAfterSeconds: Type.Optional(
       Type.Integer({ minimum: 0, description: "Retry-After header (429/503)." }),
     ),
+    details: Type.Optional(
+      Type.Array(
+        Type.Object({ code: Type.String({ minLength: 1 }), message: Type.Optional(Type.String()) }),
+        {
+          description: "Nested errors, as wrapper codes (InvalidTemplateDeployment) carry them.",
+        },
+      ),
+    ),
   },
   { additionalProperties: false },
 );

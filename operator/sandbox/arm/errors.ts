@@ -58,8 +58,20 @@ export const armMessages = {
     `The Resource '${type}/${name}' under resource group '${rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix`,
 };
 
-export function armErrorBody(code: string, message: string): string {
-  return JSON.stringify({ error: { code, message } });
+export function armErrorBody(
+  code: string,
+  message: string,
+  details?: ReadonlyArray<{ code: string; message?: string }>,
+): string {
+  return JSON.stringify({
+    error: {
+      code,
+      message,
+      ...(details?.length
+        ? { details: details.map((d) => ({ code: d.code, message: d.message ?? d.code })) }
+        : {}),
+    },
+  });
 }
 
 export function defaultStatus(code: string): number {

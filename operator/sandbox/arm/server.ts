@@ -169,6 +169,7 @@ class HttpError extends Error {
     readonly code: string,
     message: string,
     readonly headers: Record<string, string> = {},
+    readonly details?: ReadonlyArray<{ code: string; message?: string }>,
   ) {
     super(message);
   }
@@ -680,13 +681,14 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
             injected.code,
             injected.message ?? (status === 429 ? armMessages.throttled() : `${injected.code} (injected)`),
             retryAfter !== undefined ? { "retry-after": String(retryAfter) } : {},
+            injected.details,
           );
         }
         await handle(r, req, res, url);
       } catch (e) {
         if (res.headersSent) return;
         if (e instanceof HttpError) {
-          send(res, e.status, armErrorBody(e.code, e.message), e.headers);
+          send(res, e.status, armErrorBody(e.code, e.message, e.details), e.headers);
         } else if (e instanceof SyntaxError) {
           send(
             res,

@@ -1,0 +1,24 @@
+/** The Azure primary's responder (real ARM calls through the Azure SDK for JS). */
+export {
+  AzureClientCache,
+  type AzureClientSettings,
+  CredentialsConfigError,
+  PUBLIC_ARM_ENDPOINT,
+  PUBLIC_AUTHORITY_HOST,
+} from "./clients.ts";
+export {
+  ARM_ERROR_REASONS,
+  type ArmErrorClass,
+  type ArmErrorVerdict,
+  armErrorFacts,
+  classifyArmError,
+  parseRetryAfter,
+  safeMessage,
+} from "./errors.ts";
+export {
+  AzureResponder,
+  type AzureResponderOptions,
+  RESERVATION_TAGS,
+  type ResponderLogger,
+  reservationName,
+} from "./responder.ts";
