@@ -284,9 +284,12 @@ async function serveResource(
     case "PUT":
       if (name === undefined) throw errors.methodNotAllowed();
       return present(ctx, accept, cluster.update(ctx, decodeBody(body, contentType)), 200);
-    case "PATCH":
+    case "PATCH": {
       if (name === undefined) throw errors.methodNotAllowed();
-      return present(ctx, accept, cluster.patch(ctx, body, contentType), 200);
+      // An apply that creates the object answers 201, like a create.
+      const existed = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;
+      return present(ctx, accept, cluster.patch(ctx, body, contentType), existed ? 200 : 201);
+    }
     case "DELETE": {
       if (subresource !== undefined) throw errors.methodNotAllowed();
       const options = decodeBody(body, contentType);

@@ -248,7 +248,12 @@ export function serverSideApply(
   const appliedFields = fieldsOf(applied);
   const base: KubeObject = live
     ? structuredClone(live)
-    : { apiVersion: applied.apiVersion, kind: applied.kind, metadata: {} };
+    : {
+        apiVersion: applied.apiVersion,
+        kind: applied.kind,
+        // An apply that creates names the object: identity comes from the configuration.
+        metadata: { name: applied.metadata.name, namespace: applied.metadata.namespace },
+      };
   const all = entrySets(base);
   const isMine = (e: ManagedFieldsEntry) =>
     e.manager === manager && e.operation === "Apply" && e.subresource === subresource;

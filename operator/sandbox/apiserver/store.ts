@@ -153,10 +153,15 @@ export class ObjectStore {
     return all.length;
   }
 
-  /** Forgets the history up to now: any watch from a version issued so far gets 410. */
+  /**
+   * Forgets the history up to now: any watch from a version issued so far gets 410. The
+   * compaction takes a version of its own, so a list made after it returns a version that can
+   * be watched again (and an up-to-date watcher's version expires too, which forces a relist).
+   */
   compact(): void {
     this.history = [];
-    this.compactedRv = this.rv + 1;
+    this.rv += 1;
+    this.compactedRv = this.rv;
   }
 
   private record(ev: ChangeEvent): void {
