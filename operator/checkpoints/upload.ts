@@ -29,6 +29,7 @@ import {
   hasBlob,
   putBlob,
 } from "./repository.ts";
+import { readSafetensorsHeader } from "./safetensors.ts";
 
 /** Files a trainer may write to say "this checkpoint is complete"; never uploaded. */
 export const READY_MARKERS = [".spillway-complete", "SPILLWAY_COMPLETE"];
@@ -97,6 +98,44 @@ export async function listCheckpointFiles(dir: string, root: string = dir): Prom
   return out.sort();
 }
 
+/**
+ * Chunk sizes for a safetensors file, cut at tensor boundaries: consecutive tensors share a
+ * chunk while they fit in `chunkSize`; a tensor that does not fit starts a new chunk, and one
+ * larger than `chunkSize` is split in `chunkSize` pieces from its own start. When training
+ * changes some tensors, only the chunks of those tensors change — fixed-size chunks would
+ * straddle tensors (the header shifts every offset) and resend their neighbours too. Empty
+ * (fixed-size chunks) when the header cannot be read; the layout check reports why.
+ */
+export async function tensorAlignedPlan(file: string, chunkSize: number): Promise<number[]> {
+  let header: Awaited<ReturnType<typeof readSafetensorsHeader>>;
+  let fileSize: number;
+  try {
+    header = await readSafetensorsHeader(file);
+    fileSize = (await stat(file)).size;
+  } catch {
+    return [];
+  }
+  const segments: Array<[number, number]> = [[0, header.dataStart]];
+  for (const t of [...header.tensors].sort((a, b) => a.begin - b.begin)) {
+    if (t.end > t.begin) segments.push([header.dataStart + t.begin, header.dataStart + t.end]);
+  }
+  const sizes: number[] = [];
+  let start = 0;
+  for (const [a, b] of segments) {
+    if (b - start <= chunkSize) continue;
+    if (a > start) {
+      sizes.push(a - start);
+      start = a;
+    }
+    while (b - start > chunkSize) {
+      sizes.push(chunkSize);
+      start += chunkSize;
+    }
+  }
+  if (fileSize > start) sizes.push(fileSize - start);
+  return sizes;
+}
+
 /** Runs `fn` over items with at most `limit` at once; rejects on the first failure. */
 async function pool<T>(
   items: AsyncIterable<T>,
@@ -150,13 +189,15 @@ export async function uploadCheckpoint(
     const chunks: ChunkRef[] = [];
     const fileHash = createHash("sha256");
     let size = 0;
+    const plan = path.endsWith(".safetensors") ? await tensorAlignedPlan(join(dir, path), chunkSize) : [];
     const fh = await open(join(dir, path), "r");
     async function* readChunks(): AsyncGenerator<{ index: number; data: Buffer }> {
       for (let index = 0; ; index++) {
-        const buf = Buffer.allocUnsafe(chunkSize);
+        const want = plan[index] ?? chunkSize;
+        const buf = Buffer.allocUnsafe(want);
         let filled = 0;
-        while (filled < chunkSize) {
-          const { bytesRead } = await fh.read(buf, filled, chunkSize - filled, null);
+        while (filled < want) {
+          const { bytesRead } = await fh.read(buf, filled, want - filled, null);
           if (bytesRead === 0) break;
           filled += bytesRead;
         }
@@ -165,7 +206,7 @@ export async function uploadCheckpoint(
         fileHash.update(data);
         size += filled;
         yield { index, data };
-        if (filled < chunkSize) return;
+        if (filled < want) return;
       }
     }
     try {

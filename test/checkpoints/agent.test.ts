@@ -185,7 +185,7 @@ describe("moving a run between clouds", () => {
       SPILLWAY_CHECKPOINT_STORE: runCheckpointUri(storeBase, prefix(uid)),
       SPILLWAY_RUN_UID: uid,
       SPILLWAY_NNODES: "2",
-      SPILLWAY_TRAINER_STEPS: "60",
+      SPILLWAY_TRAINER_STEPS: "40",
       SPILLWAY_TRAINER_EVERY: "5",
       AZURE_STORAGE_CONNECTION_STRING: stores.azurite.connectionString,
       AWS_ACCESS_KEY_ID: stores.s3rver.accessKeyId,
@@ -209,7 +209,7 @@ describe("moving a run between clouds", () => {
     // The operator: newest committed step on the lost cloud's store, replicated to the target.
     const latest = await catalog.latestCommitted(oci, prefix(uid));
     expect(latest?.step).toBeGreaterThanOrEqual(20);
-    expect(latest?.step).toBeLessThan(60);
+    expect(latest?.step).toBeLessThan(40);
     const rep = await catalog.replicate(oci, azure, prefix(uid), latest!.step);
     expect(rep?.manifestDigest).toBe(latest?.manifestDigest);
 
@@ -226,14 +226,14 @@ describe("moving a run between clouds", () => {
         rejected: [],
       },
     ]);
-    expect(onAzure.of("finished")).toEqual([{ event: "finished", step: 60, resumedFrom: latest!.step }]);
+    expect(onAzure.of("finished")).toEqual([{ event: "finished", step: 40, resumedFrom: latest!.step }]);
     // The step counter continues: the first checkpoint on Azure is the next one after the resume point.
     const steps = onAzure.of("checkpoint").map((e) => e.step);
     expect(steps[0]).toBe(latest!.step + 5);
-    expect(steps.at(-1)).toBe(60);
+    expect(steps.at(-1)).toBe(40);
     // The restored checkpoint is not uploaded again; every later one is committed on Azure.
     expect(onAzure.of("committed").map((e) => e.step)).toEqual(steps);
-    expect((await catalog.latestCommitted(azure, prefix(uid)))?.step).toBe(60);
+    expect((await catalog.latestCommitted(azure, prefix(uid)))?.step).toBe(40);
   });
 
   it("failback: stopped at a checkpoint boundary on OCI, the run moves to Azure losing no committed step", async () => {
@@ -261,7 +261,7 @@ describe("moving a run between clouds", () => {
     });
     expect(await onAzure.exited).toBe(0);
     expect(onAzure.of("restored")[0]?.step).toBe(latest?.step);
-    expect(onAzure.of("finished")).toEqual([{ event: "finished", step: 60, resumedFrom: latest!.step }]);
+    expect(onAzure.of("finished")).toEqual([{ event: "finished", step: 40, resumedFrom: latest!.step }]);
   });
 
   it("a bad environment is refused with the variable's name", async () => {
