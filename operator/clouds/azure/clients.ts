@@ -17,6 +17,7 @@ import { ComputeManagementClient } from "@azure/arm-compute";
 import { ContainerServiceClient } from "@azure/arm-containerservice";
 import type { TokenCredential } from "@azure/core-auth";
 import { ClientSecretCredential } from "@azure/identity";
+import { errorBodyPolicy } from "./errors.ts";
 
 export const PUBLIC_ARM_ENDPOINT = "https://management.azure.com";
 export const PUBLIC_AUTHORITY_HOST = "https://login.microsoftonline.com";
@@ -111,10 +112,14 @@ export class AzureClientCache {
           })
         : settings.fallbackCredential!;
     const options = { endpoint: settings.armEndpoint, retryOptions, ...tls };
+    const compute = new ComputeManagementClient(credential, settings.subscriptionId, options);
+    const containers = new ContainerServiceClient(credential, settings.subscriptionId, options);
+    compute.pipeline.addPolicy(errorBodyPolicy);
+    containers.pipeline.addPolicy(errorBodyPolicy);
     const clients: AzureClients = {
       key: createHash("sha256").update(key).digest("hex").slice(0, 16),
-      compute: new ComputeManagementClient(credential, settings.subscriptionId, options),
-      containers: new ContainerServiceClient(credential, settings.subscriptionId, options),
+      compute,
+      containers,
       secrets: clientSecret ? [clientSecret] : [],
     };
     this.cache.set(key, clients);

@@ -13,7 +13,11 @@
  * 5. No HTTP answer at all (connection refused, reset, DNS): transient.
  * Anything else is `ProviderError`.
  */
-import { AuthenticationError, CredentialUnavailableError } from "@azure/identity";
+import {
+  AuthenticationError,
+  AuthenticationRequiredError,
+  CredentialUnavailableError,
+} from "@azure/identity";
 import type { DeclineReason } from "../../api/v1alpha1/index.ts";
 
 export type ArmErrorVerdict = DeclineReason | "Retry";
@@ -107,6 +111,32 @@ function collectDetailCodes(node: unknown, out: string[], depth = 0): void {
   }
 }
 
+/**
+ * Error bodies by request. Pollers of long-running operations throw a RestError without the
+ * body's `details` (only code and message), yet wrapper codes keep their cause there; a
+ * pipeline policy (`errorBodyPolicy`) keeps each failed response's parsed body here, keyed
+ * by the request object the RestError carries.
+ */
+const errorBodies = new WeakMap<object, unknown>();
+
+export const errorBodyPolicy = {
+  name: "spillwayArmErrorBody",
+  async sendRequest<Req extends object, Res extends { status: number; bodyAsText?: string | null }>(
+    request: Req,
+    next: (r: Req) => Promise<Res>,
+  ): Promise<Res> {
+    const response = await next(request);
+    if (response.status >= 400 && response.bodyAsText) {
+      try {
+        errorBodies.set(request, JSON.parse(response.bodyAsText));
+      } catch {
+        // Not JSON (a proxy's HTML page): nothing to keep.
+      }
+    }
+    return response;
+  },
+};
+
 /** Retry-After in seconds or as an HTTP date, in milliseconds. */
 export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
   if (!value) return undefined;
@@ -125,6 +155,8 @@ export function armErrorFacts(e: unknown): ArmErrorFacts {
   const detailCodes: string[] = [];
   // RestError from @azure-rest/core-client: `details` is the deserialized CloudError body.
   collectDetailCodes(o.details, detailCodes);
+  const request = obj(o.request);
+  if (detailCodes.length === 0 && request) collectDetailCodes(errorBodies.get(request), detailCodes);
   // Pollers may surface the failed operation's error object instead.
   const body = obj(o.details)?.error ?? obj(o.error);
   const bodyObj = obj(body);
@@ -147,6 +179,8 @@ export function armErrorFacts(e: unknown): ArmErrorFacts {
 }
 
 const QUOTA_WORDS = /\bquota\b/i;
+const TRANSIENT_AUTH =
+  /temporarily_unavailable|service_unavailable|server_error|too_many_requests|network_error/i;
 const UNREACHABLE_AUTHORITY =
   /endpoints_resolution_error|network_error|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN/;
 
@@ -175,6 +209,12 @@ export function classifyArmError(e: unknown): ArmErrorClass {
     return UNREACHABLE_AUTHORITY.test(e.message)
       ? { kind: "retry", code: "AuthorityUnreachable", message: e.message }
       : { kind: "decline", reason: "ProviderError", code: "CredentialUnavailable", message: e.message };
+  }
+  if (e instanceof AuthenticationRequiredError) {
+    // MSAL's server errors on the client-credentials flow arrive as this class.
+    return TRANSIENT_AUTH.test(e.message)
+      ? { kind: "retry", code: "AuthorityUnavailable", message: e.message }
+      : { kind: "decline", reason: "ProviderError", code: "AuthenticationRequired", message: e.message };
   }
   if (e instanceof AuthenticationError) {
     const code = e.errorResponse?.error ?? "AuthenticationError";

@@ -15,6 +15,7 @@ export const ARM_ERROR_STATUS: Readonly<Record<string, number>> = {
   OverconstrainedZonalAllocationRequest: 409,
   // quota
   QuotaExceeded: 409,
+  InsufficientVCPUQuota: 409,
   OperationNotAllowed: 409,
   // SKU
   SkuNotAvailable: 409,
@@ -25,6 +26,7 @@ export const ARM_ERROR_STATUS: Readonly<Record<string, number>> = {
   // auth and subscription
   AuthorizationFailed: 403,
   InvalidAuthenticationToken: 401,
+  InvalidAuthenticationTokenTenant: 401,
   AuthenticationFailed: 401,
   ExpiredAuthenticationToken: 401,
   SubscriptionNotFound: 404,
