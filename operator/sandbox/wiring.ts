@@ -159,7 +159,15 @@ export async function installSandboxClouds(
     Resources.Secret,
     secret(`${azure.name}-kubeconfig`, { kubeconfig: sandbox.aks.kubeconfig() }),
   );
-  await ensure(client, Resources.Secret, secret(`${azure.name}-credentials`, { ...SANDBOX_SP }));
+  // The emulator is also the Entra ID authority: the Secret says so, as it would for a sovereign cloud.
+  await ensure(
+    client,
+    Resources.Secret,
+    secret(`${azure.name}-credentials`, {
+      ...SANDBOX_SP,
+      ...(sandbox.armUrl ? { authorityHost: sandbox.armUrl } : {}),
+    }),
+  );
   await ensure(
     client,
     Resources.Secret,

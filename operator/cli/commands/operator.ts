@@ -38,6 +38,7 @@ interface OperatorFlags {
   maxConcurrentReconciles: number;
   clusterLostTimeout: number;
   pulumiStateDir: string;
+  azureCaFile?: string;
 }
 
 export function register(program: Command): void {
@@ -82,7 +83,11 @@ export function register(program: Command): void {
     )
     .action(async (flags: OperatorFlags) => {
       const log = createLogger({ level: flags.logLevel });
-      const adapters = await buildAdapters({ pulumiStateDir: flags.pulumiStateDir, log });
+      const adapters = await buildAdapters({
+        pulumiStateDir: flags.pulumiStateDir,
+        log,
+        ...(flags.azureCaFile ? { azureCaFile: flags.azureCaFile } : {}),
+      });
       const manager = new Manager({
         ...(flags.kubeconfig ? { kubeconfig: readFileSync(flags.kubeconfig, "utf8") } : {}),
         namespace: flags.namespace,
