@@ -81,23 +81,44 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, attempts 
   }
 }
 
-/** Reads a whole object into memory (manifests, markers, chunks: all bounded in size). */
-export async function readAll(store: ObjectStore, key: string, limit: number): Promise<Buffer> {
+/**
+ * Reads a whole object into memory (manifests, markers, chunks: all bounded in size). With
+ * `exact`, the buffer is allocated once at `limit` bytes and filled in place (a chunk is held
+ * once, not once per network packet plus a concatenated copy).
+ */
+export async function readAll(
+  store: ObjectStore,
+  key: string,
+  limit: number,
+  exact = false,
+): Promise<Buffer> {
   return withRetry(`read ${key}`, async () => {
     const stream = await store.read(key);
+    const tooLarge = () => {
+      stream.destroy();
+      return new CheckpointRejectedError(
+        -1,
+        "Corrupt",
+        `object ${key} is larger than expected (${limit} bytes)`,
+      );
+    };
+    if (exact) {
+      const out = Buffer.allocUnsafe(limit);
+      let n = 0;
+      for await (const c of stream) {
+        const b = c as Uint8Array;
+        if (n + b.length > limit) throw tooLarge();
+        out.set(b, n);
+        n += b.length;
+      }
+      return out.subarray(0, n);
+    }
     const parts: Buffer[] = [];
     let n = 0;
     for await (const c of stream) {
       const b = Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
       n += b.length;
-      if (n > limit) {
-        stream.destroy();
-        throw new CheckpointRejectedError(
-          -1,
-          "Corrupt",
-          `object ${key} is larger than expected (${limit} bytes)`,
-        );
-      }
+      if (n > limit) throw tooLarge();
       parts.push(b);
     }
     return Buffer.concat(parts, n);
@@ -112,7 +133,7 @@ export async function readVerifiedChunk(
 ): Promise<Buffer> {
   let data: Buffer;
   try {
-    data = await readAll(store, blobKey(chunk.sha256), chunk.size);
+    data = await readAll(store, blobKey(chunk.sha256), chunk.size, true);
   } catch (e) {
     if (e instanceof StoreError && e.code === "NotFound") {
       throw new CheckpointRejectedError(

@@ -99,12 +99,13 @@ export async function listCheckpointFiles(dir: string, root: string = dir): Prom
 }
 
 /**
- * Chunk sizes for a safetensors file, cut at tensor boundaries: consecutive tensors share a
- * chunk while they fit in `chunkSize`; a tensor that does not fit starts a new chunk, and one
- * larger than `chunkSize` is split in `chunkSize` pieces from its own start. When training
- * changes some tensors, only the chunks of those tensors change — fixed-size chunks would
- * straddle tensors (the header shifts every offset) and resend their neighbours too. Empty
- * (fixed-size chunks) when the header cannot be read; the layout check reports why.
+ * Chunk sizes for a safetensors file, cut at tensor boundaries. A tensor of at least an eighth
+ * of `chunkSize` gets chunks of its own (split in `chunkSize` pieces from its start when
+ * larger); smaller tensors (biases, norms) share chunks with their neighbours, up to
+ * `chunkSize`, rather than becoming thousands of tiny blobs. When training changes some
+ * tensors, only those tensors' chunks change: fixed-size chunks would straddle tensors (the
+ * header shifts every offset) and resend their neighbours too. Empty (fixed-size chunks) when
+ * the header cannot be read; the layout check reports why.
  */
 export async function tensorAlignedPlan(file: string, chunkSize: number): Promise<number[]> {
   let header: Awaited<ReturnType<typeof readSafetensorsHeader>>;
@@ -115,24 +116,27 @@ export async function tensorAlignedPlan(file: string, chunkSize: number): Promis
   } catch {
     return [];
   }
-  const segments: Array<[number, number]> = [[0, header.dataStart]];
-  for (const t of [...header.tensors].sort((a, b) => a.begin - b.begin)) {
-    if (t.end > t.begin) segments.push([header.dataStart + t.begin, header.dataStart + t.end]);
-  }
+  const large = Math.max(1, Math.floor(chunkSize / 8));
   const sizes: number[] = [];
   let start = 0;
-  for (const [a, b] of segments) {
-    if (b - start <= chunkSize) continue;
-    if (a > start) {
-      sizes.push(a - start);
-      start = a;
-    }
-    while (b - start > chunkSize) {
-      sizes.push(chunkSize);
-      start += chunkSize;
+  const cutAt = (at: number) => {
+    if (at > start) sizes.push(at - start);
+    start = at;
+  };
+  for (const t of [...header.tensors].sort((a, b) => a.begin - b.begin)) {
+    const a = header.dataStart + t.begin;
+    const b = header.dataStart + t.end;
+    if (b - a >= large) {
+      cutAt(a);
+      while (b - start > chunkSize) cutAt(start + chunkSize);
+      cutAt(b);
+    } else if (b - start > chunkSize) {
+      cutAt(a);
     }
   }
-  if (fileSize > start) sizes.push(fileSize - start);
+  // The header stays with the first small tensors; the tail (if any) is one last chunk.
+  while (fileSize - start > chunkSize) cutAt(start + chunkSize);
+  cutAt(fileSize);
   return sizes;
 }
 
