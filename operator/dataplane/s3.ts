@@ -11,7 +11,6 @@ import { Readable } from "node:stream";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
-  CopyObjectCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
@@ -23,6 +22,7 @@ import {
   S3Client,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
+import type { MiddlewareStack } from "@smithy/types";
 import { displayLocation } from "./open.ts";
 import {
   type CommitOptions,
@@ -45,8 +45,32 @@ import {
 
 type S3Location = Extract<StoreLocation, { kind: "s3" }>;
 
-const md5b64 = (data: Uint8Array) => createHash("md5").update(data).digest("base64");
-const md5hex = (data: Uint8Array) => createHash("md5").update(data).digest("hex");
+/** One MD5 pass gives both forms: Content-MD5 (base64) and the single-part ETag (hex). */
+const md5 = (data: Uint8Array) => {
+  const d = createHash("md5").update(data).digest();
+  return { b64: d.toString("base64"), hex: d.toString("hex") };
+};
+
+/**
+ * The SigV4 payload hash, given instead of letting the SDK hash every body once more (hashing
+ * dominates the client's CPU on small objects): for a put, Spillway's own sha256 of the body,
+ * which S3 checks against the payload (a second end-to-end check); for a part, whose sha256
+ * nobody computes, `UNSIGNED-PAYLOAD` — the part's Content-MD5 still guards its bytes.
+ */
+function withPayloadHash<C extends { middlewareStack: { add: (...a: never[]) => unknown } }>(
+  command: C,
+  hash: string,
+): C {
+  (command.middlewareStack as unknown as MiddlewareStack<object, object>).add(
+    (next) => (args) => {
+      const req = args.request as { headers?: Record<string, string> };
+      if (req.headers) req.headers["x-amz-content-sha256"] = hash;
+      return next(args);
+    },
+    { step: "build", name: "spillwayPayloadHash" },
+  );
+  return command;
+}
 const unquote = (etag: string | undefined) => (etag ?? "").replace(/^W\//, "").replace(/"/g, "");
 
 /** Maps an SDK error to a StoreError: the engine retries on `retryable` only. */
@@ -233,23 +257,24 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const Key = this.full(key);
     try {
-      const r = await this.client.send(
-        new PutObjectCommand({
-          Bucket: this.bucket,
-          Key,
-          Body: body,
-          ContentLength: body.length,
-          ContentMD5: md5b64(body),
-          Metadata: this.metadataOf(options),
-          ...(options.contentType ? { ContentType: options.contentType } : {}),
-          ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
-          ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-        }),
-        { abortSignal: options.signal },
-      );
+      const digest = md5(body);
+      const command = new PutObjectCommand({
+        Bucket: this.bucket,
+        Key,
+        Body: body,
+        ContentLength: body.length,
+        ContentMD5: digest.b64,
+        Metadata: this.metadataOf(options),
+        ...(options.contentType ? { ContentType: options.contentType } : {}),
+        ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+        ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+      });
+      const r = await this.client.send(options.sha256 ? withPayloadHash(command, options.sha256) : command, {
+        abortSignal: options.signal,
+      });
       const etag = unquote(r.ETag);
       // A single-part S3 ETag is the content MD5: an end-to-end check of what the store holds.
-      if (/^[0-9a-f]{32}$/.test(etag) && etag !== md5hex(body))
+      if (/^[0-9a-f]{32}$/.test(etag) && etag !== digest.hex)
         throw new StoreError("Integrity", `put ${key}: stored MD5 ${etag} differs from the data sent`);
       return { etag };
     } catch (e) {
@@ -275,25 +300,28 @@ export class S3Store implements ObjectStore {
     } catch (e) {
       throw classifyS3Error(e, `start upload ${key}`);
     }
-    const store = this;
     return {
       key,
       async uploadPart(partNumber: number, data: Uint8Array, signal?: AbortSignal): Promise<PartReceipt> {
         try {
+          const digest = md5(data);
           const r = await client.send(
-            new UploadPartCommand({
-              Bucket: bucket,
-              Key,
-              UploadId: uploadId,
-              PartNumber: partNumber,
-              Body: data,
-              ContentLength: data.length,
-              ContentMD5: md5b64(data),
-            }),
+            withPayloadHash(
+              new UploadPartCommand({
+                Bucket: bucket,
+                Key,
+                UploadId: uploadId,
+                PartNumber: partNumber,
+                Body: data,
+                ContentLength: data.length,
+                ContentMD5: digest.b64,
+              }),
+              "UNSIGNED-PAYLOAD",
+            ),
             { abortSignal: signal },
           );
           const etag = unquote(r.ETag);
-          if (/^[0-9a-f]{32}$/.test(etag) && etag !== md5hex(data))
+          if (/^[0-9a-f]{32}$/.test(etag) && etag !== digest.hex)
             throw new StoreError(
               "Integrity",
               `${key} part ${partNumber}: stored MD5 differs from the data sent`,
@@ -322,32 +350,10 @@ export class S3Store implements ObjectStore {
         } catch (e) {
           throw classifyS3Error(e, `complete upload ${key}`);
         }
-        // S3 fixes metadata when the upload starts; a hash known only now is set by an in-place
-        // server-side copy, guarded so it cannot overwrite a newer object.
-        const sha = commitOptions.sha256;
-        if (
-          sha &&
-          sha !== options.sha256 &&
-          sorted.reduce((n, p) => n + p.size, 0) <= store.capabilities.maxPutSize
-        ) {
-          try {
-            const r = await client.send(
-              new CopyObjectCommand({
-                Bucket: bucket,
-                Key,
-                CopySource: `${bucket}/${encodeURIComponent(Key).replace(/%2F/g, "/")}`,
-                CopySourceIfMatch: `"${etag}"`,
-                MetadataDirective: "REPLACE",
-                Metadata: store.metadataOf(options, sha),
-                ...(options.contentType ? { ContentType: options.contentType } : {}),
-              }),
-              { abortSignal: commitOptions.signal },
-            );
-            etag = unquote(r.CopyObjectResult?.ETag) || etag;
-          } catch (e) {
-            throw classifyS3Error(e, `set metadata of ${key}`);
-          }
-        }
+        // S3 fixes metadata when the upload starts. A hash known only now is NOT set by an
+        // in-place server-side copy: that would make the store rewrite the whole object once
+        // more (and above 5 GiB it needs a multipart copy). The sync manifest records it; the
+        // metadata carries it whenever the source did (then it was given at start).
         return { etag };
       },
       async abort(): Promise<void> {

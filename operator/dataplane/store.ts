@@ -15,7 +15,8 @@
  *   temp file + fsync + rename), `startUpload` stages parts that become visible only at
  *   `commit`; `abort` discards them.
  * - `sha256` (hex) is Spillway's content hash, carried as server-side metadata by S3 and Azure
- *   under their own metadata name (`SHA256_METADATA`), returned by `head` and — where the
+ *   under their own metadata name (`SHA256_METADATA`) — on S3 multipart uploads only when it
+ *   was known at `startUpload` (S3 fixes metadata then; the sync manifest always records it) — returned by `head` and — where the
  *   store's listing includes metadata (Azure) — by `list`. The file store keeps no metadata
  *   (plain files); the sync manifest carries the hash for it.
  * - `list` returns keys as stored, relative to the prefix; a foreign store may hold keys that
@@ -63,7 +64,10 @@ export interface ReadOptions {
 }
 
 export interface WriteOptions {
-  /** Spillway's content sha256 (hex) to store as metadata. */
+  /**
+   * Spillway's content sha256 (hex) of the whole object, stored as metadata. For `put` it must
+   * be the body's: S3 receives it as the SigV4 payload hash and rejects a body that differs.
+   */
   sha256?: string;
   /** Extra user metadata; names lowercase `[a-z0-9]+` so every store accepts them. */
   metadata?: Record<string, string>;

@@ -1,0 +1,299 @@
+/**
+ * `npm run bench -- sync`: Spillway's sync engine against rclone (the peer users reach for) on
+ * the same emulators in one run, Azurite (Azure Blob) → s3rver (S3-compatible, OCI's route):
+ *
+ *   (a) cold copy of 200 × 1 MiB + 2 × 100 MiB
+ *   (b) cold copy of 5,000 × 4 KiB
+ *   (c) no-op resync of (b)
+ *   (d) resync of (b) after 50 objects changed at the source
+ *
+ * Both tools run as separate processes, timed the same way (wall clock of the process, peak
+ * RSS from /usr/bin/time). Spillway runs with `--concurrency 16`, rclone with
+ * `--transfers 16` (and `--checkers 16`); (c) is shown for rclone's default (size + modtime,
+ * which needs a HEAD per S3 object) and `--checksum` (MD5 from both listings). Both emulators
+ * are single-threaded Node servers: on 2 cores they, not the clients, set the ceiling, so only
+ * the comparison within this run means anything. Never fails on a time.
+ *
+ * `SYNC_BENCH_SMALL=N` changes the object count of (b) (default 5000).
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  ContainerSASPermissions,
+  generateBlobSASQueryParameters,
+  SASProtocol,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, "..");
+
+interface Run {
+  seconds: number;
+  peakRssMiB?: number;
+  ok: boolean;
+  detail: string;
+}
+
+const MiB = 1024 * 1024;
+
+function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Run {
+  const useTime = existsSync("/usr/bin/time");
+  const t0 = process.hrtime.bigint();
+  const r = useTime
+    ? spawnSync("/usr/bin/time", ["-f", "__RSS_KB__ %M", cmd, ...args], { env, encoding: "utf8" })
+    : spawnSync(cmd, args, { env, encoding: "utf8" });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const rss = /__RSS_KB__ (\d+)/.exec(r.stderr ?? "");
+  const detail = `${r.stdout ?? ""}${(r.stderr ?? "").replace(/__RSS_KB__ \d+\s*/, "")}`.trim();
+  return {
+    seconds,
+    ...(rss ? { peakRssMiB: Number(rss[1]) / 1024 } : {}),
+    ok: r.status === 0,
+    detail: detail.slice(-600),
+  };
+}
+
+/**
+ * The `spillway sync` command as the container image runs it: compiled JavaScript (one esbuild
+ * bundle of our code, packages loaded from node_modules), not TypeScript through tsx, whose
+ * per-start transpiling would be measured otherwise. Falls back to tsx without esbuild.
+ */
+async function bundleWorker(tmp: string): Promise<string[]> {
+  const self = fileURLToPath(import.meta.url);
+  try {
+    const { build } = (await import("esbuild")) as typeof import("esbuild");
+    const outfile = join(root, ".spillway", "bench", "sync-worker.mjs");
+    const entry = join(tmp, "sync-worker.ts");
+    writeFileSync(
+      entry,
+      [
+        `import { Command } from "commander";`,
+        `import { register } from ${JSON.stringify(join(root, "operator", "cli", "commands", "sync.ts"))};`,
+        `const program = new Command().name("spillway").exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2));`,
+        `register(program);`,
+        `await program.parseAsync(process.argv);`,
+      ].join("\n"),
+    );
+    await build({
+      entryPoints: [entry],
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node22",
+      packages: "external",
+      outfile,
+      logLevel: "error",
+      absWorkingDir: root,
+    });
+    return [outfile];
+  } catch (e) {
+    console.log(`(esbuild unavailable, running through tsx: ${(e as Error).message.split("\n")[0]})`);
+    return [join(root, "bin", "run-ts.mjs"), self, "--worker"];
+  }
+}
+
+async function main(): Promise<void> {
+  const { AzuriteEmulator, S3rverEmulator } = await import("../operator/sandbox/emulators/index.ts");
+  const dir = mkdtempSync(join(tmpdir(), "spillway-bench-sync-"));
+  const smallCount = Number(process.env.SYNC_BENCH_SMALL ?? 5000);
+  const [az, s3] = await Promise.all([
+    AzuriteEmulator.start({ dir: join(dir, "azurite"), containers: ["large", "small"] }),
+    S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["ours", "rclone"] }),
+  ]);
+  try {
+    const rcloneAvailable = spawnSync("rclone", ["version"], { encoding: "utf8" }).status === 0;
+    console.log(
+      `node ${process.version}; Azurite ${az.blobEndpoint}; s3rver ${s3.endpoint}; rclone: ${rcloneAvailable ? spawnSync("rclone", ["version"], { encoding: "utf8" }).stdout.split("\n")[0] : "not installed (apt-get install rclone)"}`,
+    );
+
+    // ── populate the source ─────────────────────────────────────────────────────────────
+    const svc = az.client();
+    const put = async (container: string, entries: [string, Buffer][], concurrency = 16) => {
+      const c = svc.getContainerClient(container);
+      let i = 0;
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (i < entries.length) {
+            const [k, v] = entries[i++]!;
+            await c.getBlockBlobClient(k).uploadData(v, { blockSize: 8 * MiB, concurrency: 4 });
+          }
+        }),
+      );
+    };
+    const t0 = Date.now();
+    const fill = (n: number, size: number, seed: number) => {
+      const b = Buffer.allocUnsafe(size);
+      for (let i = 0; i < size; i += 4)
+        b.writeUInt32LE((Math.imul(i + 1, 2654435761) ^ (n * 7919 + seed)) >>> 0, i);
+      return b;
+    };
+    await put("large", [
+      ...Array.from({ length: 200 }, (_, n): [string, Buffer] => [
+        `mid/${String(n).padStart(4, "0")}.bin`,
+        fill(n, MiB, 1),
+      ]),
+      ["big/0.bin", fill(1, 100 * MiB, 2)],
+      ["big/1.bin", fill(2, 100 * MiB, 3)],
+    ]);
+    await put(
+      "small",
+      Array.from({ length: smallCount }, (_, n): [string, Buffer] => [
+        `s/${String(n).padStart(5, "0")}.dat`,
+        fill(n, 4096, 4),
+      ]),
+      32,
+    );
+    console.log(`source populated in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+    // ── the two tools ───────────────────────────────────────────────────────────────────
+    const worker = await bundleWorker(dir);
+    const enc = encodeURIComponent;
+    const ours = (container: string, prefix: string, extra: string[] = []): Run => {
+      const src = `azblob://${az.accountName}/${container}/?endpoint=${enc(az.blobEndpoint)}`;
+      const dst = `s3://ours/${prefix}?endpoint=${enc(s3.endpoint)}&region=${s3.region}`;
+      const r = timed(
+        process.execPath,
+        [...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra],
+        {
+          ...process.env,
+          AZURE_STORAGE_KEY: az.accountKey,
+          AWS_ACCESS_KEY_ID: s3.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+        },
+      );
+      const json = r.detail.split("\n").find((l) => l.startsWith("{"));
+      if (json) {
+        const s = JSON.parse(json) as {
+          copied: { objects: number; bytes: number };
+          skipped: { objects: number };
+          durationMs: number;
+        };
+        r.detail = `copied ${s.copied.objects}, unchanged ${s.skipped.objects}; engine ${(s.durationMs / 1000).toFixed(2)} s`;
+      }
+      return r;
+    };
+    const sas = (container: string) =>
+      generateBlobSASQueryParameters(
+        {
+          containerName: container,
+          permissions: ContainerSASPermissions.parse("rl"),
+          expiresOn: new Date(Date.now() + 3600_000),
+          protocol: SASProtocol.HttpsAndHttp,
+        },
+        new StorageSharedKeyCredential(az.accountName, az.accountKey),
+      ).toString();
+    const rcloneConfig = join(dir, "rclone.conf");
+    writeFileSync(rcloneConfig, "");
+    const { AWS_CA_BUNDLE: _drop, ...rcloneEnv } = process.env;
+    const rclone = (container: string, prefix: string, extra: string[] = []): Run => {
+      const src = `:azureblob,sas_url='${az.blobEndpoint}/${container}?${sas(container)}':${container}`;
+      const dst = `:s3,provider=Other,access_key_id=${s3.accessKeyId},secret_access_key=${s3.secretAccessKey},endpoint='${s3.endpoint}',force_path_style=true,no_check_bucket=true:rclone/${prefix}`;
+      return timed("rclone", ["sync", src, dst, "--config", rcloneConfig, "--stats", "0", ...extra], {
+        ...rcloneEnv,
+      });
+    };
+
+    const rows: { scenario: string; tool: string; run: Run; bytes: number; objects: number }[] = [];
+    const record = (scenario: string, tool: string, run: Run, objects: number, bytes: number) => {
+      rows.push({ scenario, tool, run, objects, bytes });
+      if (!run.ok) console.log(`  ! ${tool} ${scenario} failed: ${run.detail}`);
+    };
+    const largeBytes = 200 * MiB + 200 * MiB;
+    const smallBytes = smallCount * 4096;
+    const t16 = ["--transfers", "16", "--checkers", "16"];
+
+    record("(a) cold 200×1MiB+2×100MiB", "spillway", ours("large", "a/"), 202, largeBytes);
+    if (rcloneAvailable)
+      record(
+        "(a) cold 200×1MiB+2×100MiB",
+        "rclone --transfers 16",
+        rclone("large", "a/", t16),
+        202,
+        largeBytes,
+      );
+    record(`(b) cold ${smallCount}×4KiB`, "spillway", ours("small", "b/"), smallCount, smallBytes);
+    if (rcloneAvailable)
+      record(
+        `(b) cold ${smallCount}×4KiB`,
+        "rclone --transfers 16",
+        rclone("small", "b/", t16),
+        smallCount,
+        smallBytes,
+      );
+    record("(c) no-op resync of (b)", "spillway", ours("small", "b/"), smallCount, 0);
+    if (rcloneAvailable) {
+      record("(c) no-op resync of (b)", "rclone (default)", rclone("small", "b/"), smallCount, 0);
+      record(
+        "(c) no-op resync of (b)",
+        "rclone --checksum",
+        rclone("small", "b/", ["--checksum", ...t16]),
+        smallCount,
+        0,
+      );
+    }
+    // 50 objects change (same size, new content).
+    await put(
+      "small",
+      Array.from({ length: 50 }, (_, i): [string, Buffer] => {
+        const n = Math.floor((i * smallCount) / 50);
+        return [`s/${String(n).padStart(5, "0")}.dat`, fill(n, 4096, 99)];
+      }),
+    );
+    record("(d) resync of (b), 50 changed", "spillway", ours("small", "b/"), 50, 50 * 4096);
+    if (rcloneAvailable)
+      record("(d) resync of (b), 50 changed", "rclone (default)", rclone("small", "b/"), 50, 50 * 4096);
+    // Verification of the copies: Spillway's second run compares every object's size and etag.
+    const verifyRun = ours("small", "b/", ["--verify", "list"]);
+    record("(e) resync of (b) with --verify list", "spillway", verifyRun, smallCount, 0);
+
+    // ── table ──────────────────────────────────────────────────────────────────────────
+    const pad = (s: string, n: number) => s.padEnd(n);
+    console.log(
+      `\n${pad("scenario", 36)}${pad("tool", 24)}${pad("seconds", 10)}${pad("MB/s", 9)}${pad("objects/s", 11)}${pad("peak RSS", 10)}detail`,
+    );
+    for (const r of rows) {
+      const s = r.run.seconds;
+      console.log(
+        pad(r.scenario, 36) +
+          pad(r.tool, 24) +
+          pad(s.toFixed(2), 10) +
+          pad(r.bytes ? (r.bytes / 1e6 / s).toFixed(1) : "-", 9) +
+          pad((r.objects / s).toFixed(0), 11) +
+          pad(r.run.peakRssMiB ? `${r.run.peakRssMiB.toFixed(0)} MiB` : "?", 10) +
+          (r.run.ok ? (r.tool === "spillway" ? r.run.detail : "") : "FAILED"),
+      );
+    }
+    const find = (sc: string, tool: string) =>
+      rows.find((r) => r.scenario.startsWith(sc) && r.tool === tool)?.run;
+    const ratio = (sc: string, peer: string) => {
+      const a = find(sc, "spillway");
+      const b = find(sc, peer);
+      return a && b && a.ok && b.ok ? `${(a.seconds / b.seconds).toFixed(2)}× ${peer}'s time` : "n/a";
+    };
+    console.log(`\n(a) spillway: ${ratio("(a)", "rclone --transfers 16")} (target ≤ 1)`);
+    console.log(`(b) spillway: ${ratio("(b)", "rclone --transfers 16")} (target ≤ 1)`);
+    console.log(
+      `(c) spillway: ${ratio("(c)", "rclone (default)")} (target ≤ 0.2); ${ratio("(c)", "rclone --checksum")} (target ≤ 1)`,
+    );
+    console.log(`(d) spillway: ${ratio("(d)", "rclone (default)")} (target ≤ 0.5)`);
+  } finally {
+    await Promise.all([az.stop(), s3.stop()]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Worker mode: this file re-run as `… sync.bench.ts --worker sync SRC DST …` is the
+// `spillway sync` command alone (the CLI's other commands are not loaded, as in a sync Job).
+if (process.argv[2] === "--worker") {
+  const { Command } = await import("commander");
+  const { register } = await import("../operator/cli/commands/sync.ts");
+  const program = new Command().name("spillway").exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2));
+  register(program);
+  await program.parseAsync([process.argv[0]!, process.argv[1]!, ...process.argv.slice(3)]);
+} else {
+  await main();
+}
