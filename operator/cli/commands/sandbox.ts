@@ -4,11 +4,8 @@
  * `kubeconfig: <path>` once everything is ready, so scripts and tests wait for that line.
  * `--demo` then tells the spec's story (operator/sandbox/demo.ts) against it.
  */
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import type { Command } from "commander";
-import { type DemoOptions, type Sandbox, startSandbox } from "../../sandbox/sandbox.ts";
+import { type Sandbox, startSandbox } from "../../sandbox/sandbox.ts";
 import { loadScenario, ScenarioError } from "../../sandbox/scenario.ts";
 
 interface SandboxCommandOptions {
@@ -16,8 +13,6 @@ interface SandboxCommandOptions {
   scenario?: string;
   demo?: boolean;
 }
-
-type RunDemo = (sandbox: Sandbox, opts: DemoOptions) => Promise<void>;
 
 const STOP_SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
@@ -68,10 +63,15 @@ async function runSandbox(opts: SandboxCommandOptions): Promise<number> {
 
   let sandbox: Sandbox;
   try {
+    // Imported here, not at the top: every `spillway` command loads this module, and the
+    // wiring pulls in the Azure SDKs.
+    const { startSandboxArm } = await import("../../sandbox/wiring.ts");
     sandbox = await startSandbox({
       stateDir: opts.stateDir,
       scenario,
+      startArm: startSandboxArm,
       log: (line) => console.error(`sandbox: ${line}`),
+      onClusterError: clusterErrorLogger(),
     });
   } catch (e) {
     console.error(`spillway sandbox: ${(e as Error).message}`);
@@ -93,7 +93,8 @@ async function runSandbox(opts: SandboxCommandOptions): Promise<number> {
   let code = 0;
   if (opts.demo && !stop.signal.aborted) {
     try {
-      const runDemo = await loadDemo();
+      // Lazily, like the wiring: the demo runs the whole operator in-process.
+      const { runDemo } = await import("../../sandbox/demo.ts");
       await runDemo(sandbox, { signal: stop.signal, out: (line) => console.log(line) });
     } catch (e) {
       if (!stop.signal.aborted) {
@@ -119,15 +120,15 @@ async function runSandbox(opts: SandboxCommandOptions): Promise<number> {
 }
 
 /**
- * The demo lives in operator/sandbox/demo.ts. Imported by computed path so this command
- * type-checks and runs (without `--demo`) whether or not that file is there.
+ * Kubelet passes retry on their own; a failing one would repeat its error every second, so
+ * only a change of message is printed.
  */
-async function loadDemo(): Promise<RunDemo> {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const ext = import.meta.url.endsWith(".ts") ? "ts" : "js";
-  const file = join(here, "..", "..", "sandbox", `demo.${ext}`);
-  if (!existsSync(file)) throw new Error(`the demo is not available (${file} is missing)`);
-  const mod = (await import(pathToFileURL(file).href)) as { runDemo?: RunDemo };
-  if (typeof mod.runDemo !== "function") throw new Error(`${file} does not export runDemo`);
-  return mod.runDemo;
+function clusterErrorLogger(): (cluster: string, e: unknown) => void {
+  const last = new Map<string, string>();
+  return (cluster, e) => {
+    const message = e instanceof Error ? e.message.split("\n")[0]! : String(e);
+    if (last.get(cluster) === message) return;
+    last.set(cluster, message);
+    console.error(`sandbox: cluster ${cluster}: ${message} (retrying)`);
+  };
 }
