@@ -12,7 +12,7 @@ import { ApiError, errors } from "./errors.ts";
 import { type OpenApiCache, openApiRoot, openApiV3Document } from "./openapi.ts";
 import { includeObjectOf, toTable } from "./table.ts";
 import { type JsonObject, type KubeObject, type ResourceType, resourceKey } from "./types.ts";
-import { serveWatch, type WatchHub } from "./watch.ts";
+import { type EventRenderer, serveWatch, type WatchHub } from "./watch.ts";
 
 /** The real server's limit on request bodies (3 MiB). */
 const MAX_BODY_BYTES = 3 * 1024 * 1024;
@@ -235,19 +235,16 @@ async function serveResource(
     if (query.get("watch") === "true" || query.get("watch") === "1") {
       const asTable = /as=Table/.test(accept);
       const metadataOnly = /as=PartialObjectMetadata/.test(accept);
-      serveWatch(
-        cluster,
-        hc.watches,
-        ctx,
-        res,
-        (obj, first) =>
-          asTable
-            ? toTable(rt, version, [obj], { includeObject: includeObjectOf(query), withColumns: first })
-            : metadataOnly
-              ? { kind: "PartialObjectMetadata", apiVersion: "meta.k8s.io/v1", metadata: obj.metadata }
-              : obj,
-        { bookmarkIntervalMs: hc.bookmarkIntervalMs, maxBufferedBytes: 256 * 1024 * 1024 },
-      );
+      const includeObject = includeObjectOf(query);
+      const render: EventRenderer | undefined = asTable
+        ? (obj, first) => toTable(rt, version, [obj], { includeObject, withColumns: first })
+        : metadataOnly
+          ? (obj) => ({ kind: "PartialObjectMetadata", apiVersion: "meta.k8s.io/v1", metadata: obj.metadata })
+          : undefined;
+      serveWatch(cluster, hc.watches, ctx, res, render, {
+        bookmarkIntervalMs: hc.bookmarkIntervalMs,
+        maxBufferedBytes: 256 * 1024 * 1024,
+      });
       return undefined;
     }
     const list = cluster.list(ctx);

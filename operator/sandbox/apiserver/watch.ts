@@ -14,8 +14,11 @@ import { both, parseFieldSelector, parseLabelSelector } from "./selectors.ts";
 import type { ChangeEvent, Watcher, WatchFilter } from "./store.ts";
 import { apiVersionOf, type KubeObject, resourceKey } from "./types.ts";
 
-/** Renders an object for the stream (as itself, as a Table row, as metadata only). */
+/** Renders an object for the stream (as a Table row, as metadata only); none: the object itself. */
 export type EventRenderer = (obj: KubeObject, first: boolean) => unknown;
+
+/** Serialized events of plain watches, shared by every watcher of the same version. */
+const lineCache = new WeakMap<ChangeEvent, Map<string, string>>();
 
 export interface WatchOptions {
   bookmarkIntervalMs: number;
@@ -49,9 +52,10 @@ export function serveWatch(
   hub: WatchHub,
   ctx: OpContext,
   res: ServerResponse,
-  render: EventRenderer,
+  render: EventRenderer | undefined,
   opts: WatchOptions,
 ): void {
+  const plain = render === undefined;
   const q = ctx.query;
   const filter: WatchFilter = {
     resource: resourceKey(ctx.rt),
@@ -78,13 +82,15 @@ export function serveWatch(
 
   let first = true;
   let closed = false;
-  const write = (type: string, object: unknown): void => {
+  const writeLine = (line: string): void => {
     if (closed) return;
-    res.write(`${JSON.stringify({ type, object })}\n`);
+    res.write(line);
     if (res.writableLength > opts.maxBufferedBytes) watcher.close();
   };
+  const write = (type: string, object: unknown): void => writeLine(`${JSON.stringify({ type, object })}\n`);
   const present = (obj: KubeObject) => {
-    const out = render(cluster.present(ctx.rt, ctx.version, obj), first);
+    const presented = cluster.present(ctx.rt, ctx.version, obj);
+    const out = render ? render(presented, first) : presented;
     first = false;
     return out;
   };
@@ -102,7 +108,22 @@ export function serveWatch(
   const watcher: Watcher = {
     filter,
     deliver(ev: ChangeEvent) {
-      write(ev.type, present(ev.object));
+      if (!plain) {
+        write(ev.type, present(ev.object));
+        return;
+      }
+      // Plain watches of one version share the serialized event: n watchers, one stringify.
+      let byVersion = lineCache.get(ev);
+      if (!byVersion) {
+        byVersion = new Map();
+        lineCache.set(ev, byVersion);
+      }
+      let line = byVersion.get(ctx.version);
+      if (line === undefined) {
+        line = `${JSON.stringify({ type: ev.type, object: cluster.present(ctx.rt, ctx.version, ev.object) })}\n`;
+        byVersion.set(ctx.version, line);
+      }
+      writeLine(line);
     },
     close() {
       if (closed) return;
