@@ -432,22 +432,33 @@ function writePrivate(path: string, text: string): void {
   writeFileSync(path, text, { mode: 0o600 });
 }
 
+/** State directories claimed by sandboxes of this process (the pid file cannot tell them apart). */
+const claimedHere = new Set<string>();
+
 /**
  * One sandbox per state directory: two would write the same files and fight over the
  * persisted objects. A pid file left by a killed sandbox is taken over.
  */
 function claimStateDir(stateDir: string): () => void {
   const pidFile = join(stateDir, "sandbox.pid");
+  if (claimedHere.has(stateDir)) {
+    throw new SandboxError(`another sandbox (pid ${process.pid}) is using ${stateDir}`);
+  }
+  let other = 0;
   try {
-    const other = Number(readFileSync(pidFile, "utf8").trim());
-    if (other > 0 && other !== process.pid && pidAlive(other)) {
-      throw new SandboxError(`another sandbox (pid ${other}) is using ${stateDir}`);
-    }
-  } catch (e) {
-    if (e instanceof SandboxError) throw e;
+    other = Number(readFileSync(pidFile, "utf8").trim());
+  } catch {
+    // no pid file: nobody has it
+  }
+  if (other > 0 && other !== process.pid && pidAlive(other)) {
+    throw new SandboxError(`another sandbox (pid ${other}) is using ${stateDir}`);
   }
   writeFileSync(pidFile, `${process.pid}\n`);
-  return () => rmSync(pidFile, { force: true });
+  claimedHere.add(stateDir);
+  return () => {
+    claimedHere.delete(stateDir);
+    rmSync(pidFile, { force: true });
+  };
 }
 
 function pidAlive(pid: number): boolean {

@@ -1,8 +1,8 @@
 /**
  * `spillway sandbox` as a user runs it: the real command line in its own process, the real
  * `kubectl` against the kubeconfig it prints, then SIGTERM. Three runs in a row on one state
- * directory: each leaves no process and no port behind, and each finds what the previous
- * one stored.
+ * directory: each leaves no process and no port behind, each finds what the previous one
+ * stored, on the same endpoints.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -74,6 +74,7 @@ function kubectlWithInput(kubeconfig: string, input: string, ...args: string[]):
 describe("spillway sandbox", () => {
   it("serves kubectl, and started and stopped 3 times in a row leaves no process and no port held", async () => {
     const stateDir = join(dir, "state");
+    let firstEndpoints: string[] | undefined;
     for (let run = 1; run <= 3; run++) {
       const sandbox = await startCli(stateDir);
       try {
@@ -98,6 +99,12 @@ describe("spillway sandbox", () => {
           expect(kubectl(kubeconfig, "get", "namespace", "ml-team", "-o", "name").trim()).toBe(
             "namespace/ml-team",
           );
+
+        // Endpoints stay the same across restarts (ports reused while free), so objects that
+        // recorded them (CloudProvider storage endpoints) stay right.
+        const endpoints = ["management api", "aks api", "azure blob", "s3"].map((k) => sandbox.lines.get(k)!);
+        firstEndpoints ??= endpoints;
+        expect(endpoints).toEqual(firstEndpoints);
 
         const pids = [sandbox.child.pid!, ...descendants(sandbox.child.pid!)];
         const ports = listeningPorts(pids);
