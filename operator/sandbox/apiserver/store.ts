@@ -14,6 +14,14 @@ export interface ChangeEvent {
   type: WatchEventType;
   resource: string;
   object: KubeObject;
+  /** For MODIFIED: the object before, so a selector watch sees it enter or leave its set. */
+  previous?: KubeObject;
+}
+
+/** A change as one watch sees it: the type can differ from the change's (see `eventFor`). */
+export interface Delivery {
+  event: ChangeEvent;
+  type: WatchEventType;
 }
 
 export interface WatchFilter {
@@ -24,7 +32,7 @@ export interface WatchFilter {
 
 export interface Watcher {
   filter: WatchFilter;
-  deliver(event: ChangeEvent): void;
+  deliver(event: ChangeEvent, type: WatchEventType): void;
   /** Ends the watch from the server side (the client sees the stream close). */
   close(): void;
 }
@@ -37,6 +45,24 @@ export function matchesFilter(filter: WatchFilter, resource: string, obj: KubeOb
   if (filter.resource !== resource) return false;
   if (filter.namespace && obj.metadata.namespace !== filter.namespace) return false;
   return !filter.matcher || filter.matcher(obj);
+}
+
+/**
+ * What a watch with this filter sees of a change, as the real server's watch cache decides:
+ * an update that brings an object into the selected set is ADDED, one that takes it out is
+ * DELETED (carrying the new state), one outside before and after is not sent.
+ */
+export function eventFor(filter: WatchFilter, ev: ChangeEvent): WatchEventType | undefined {
+  if (filter.resource !== ev.resource) return undefined;
+  if (filter.namespace && ev.object.metadata.namespace !== filter.namespace) return undefined;
+  const m = filter.matcher;
+  if (!m) return ev.type;
+  const now = m(ev.object);
+  if (ev.type !== "MODIFIED" || !ev.previous) return now ? ev.type : undefined;
+  const before = m(ev.previous);
+  if (now && before) return "MODIFIED";
+  if (now) return "ADDED";
+  return before ? "DELETED" : undefined;
 }
 
 export class ObjectStore {
@@ -93,8 +119,10 @@ export class ObjectStore {
       bucket = new Map();
       this.buckets.set(resource, bucket);
     }
-    bucket.set(objectKey(obj.metadata.namespace, obj.metadata.name!), obj);
-    this.record({ rv, type, resource, object: obj });
+    const key = objectKey(obj.metadata.namespace, obj.metadata.name!);
+    const previous = type === "MODIFIED" ? bucket.get(key) : undefined;
+    bucket.set(key, obj);
+    this.record({ rv, type, resource, object: obj, ...(previous ? { previous } : {}) });
     return obj;
   }
 
@@ -118,13 +146,14 @@ export class ObjectStore {
   }
 
   /** Changes after `rv` for a watch, or `undefined` when that version is no longer retained. */
-  changesSince(rv: number, filter: WatchFilter): ChangeEvent[] | undefined {
+  changesSince(rv: number, filter: WatchFilter): Delivery[] | undefined {
     if (rv < this.compactedRv) return undefined;
     const start = lowerBound(this.history, rv);
-    const out: ChangeEvent[] = [];
+    const out: Delivery[] = [];
     for (let i = start; i < this.history.length; i++) {
-      const ev = this.history[i]!;
-      if (matchesFilter(filter, ev.resource, ev.object)) out.push(ev);
+      const event = this.history[i]!;
+      const type = eventFor(filter, event);
+      if (type) out.push({ event, type });
     }
     return out;
   }
@@ -172,7 +201,8 @@ export class ObjectStore {
     }
     for (const l of this.listeners) l(ev);
     for (const w of this.watchers) {
-      if (matchesFilter(w.filter, ev.resource, ev.object)) w.deliver(ev);
+      const type = eventFor(w.filter, ev);
+      if (type) w.deliver(ev, type);
     }
   }
 }

@@ -11,13 +11,13 @@ import type { ServerResponse } from "node:http";
 import type { Cluster, OpContext } from "./cluster.ts";
 import { errors } from "./errors.ts";
 import { both, parseFieldSelector, parseLabelSelector } from "./selectors.ts";
-import type { ChangeEvent, Watcher, WatchFilter } from "./store.ts";
+import type { ChangeEvent, WatchEventType, Watcher, WatchFilter } from "./store.ts";
 import { apiVersionOf, type KubeObject, resourceKey } from "./types.ts";
 
 /** Renders an object for the stream (as a Table row, as metadata only); none: the object itself. */
 export type EventRenderer = (obj: KubeObject, first: boolean) => unknown;
 
-/** Serialized events of plain watches, shared by every watcher of the same version. */
+/** Serialized events of plain watches, by event type and version, shared by their watchers. */
 const lineCache = new WeakMap<ChangeEvent, Map<string, string>>();
 
 export interface WatchOptions {
@@ -107,21 +107,22 @@ export function serveWatch(
   const timers: NodeJS.Timeout[] = [];
   const watcher: Watcher = {
     filter,
-    deliver(ev: ChangeEvent) {
+    deliver(ev: ChangeEvent, type: WatchEventType) {
       if (!plain) {
-        write(ev.type, present(ev.object));
+        write(type, present(ev.object));
         return;
       }
       // Plain watches of one version share the serialized event: n watchers, one stringify.
-      let byVersion = lineCache.get(ev);
-      if (!byVersion) {
-        byVersion = new Map();
-        lineCache.set(ev, byVersion);
+      let byKey = lineCache.get(ev);
+      if (!byKey) {
+        byKey = new Map();
+        lineCache.set(ev, byKey);
       }
-      let line = byVersion.get(ctx.version);
+      const key = `${type} ${ctx.version}`;
+      let line = byKey.get(key);
       if (line === undefined) {
-        line = `${JSON.stringify({ type: ev.type, object: cluster.present(ctx.rt, ctx.version, ev.object) })}\n`;
-        byVersion.set(ctx.version, line);
+        line = `${JSON.stringify({ type, object: cluster.present(ctx.rt, ctx.version, ev.object) })}\n`;
+        byKey.set(key, line);
       }
       writeLine(line);
     },
@@ -150,7 +151,7 @@ export function serveWatch(
       watcher.close();
       return;
     }
-    for (const ev of changes) write(ev.type, present(ev.object));
+    for (const { event, type } of changes) watcher.deliver(event, type);
   }
   store.addWatcher(watcher);
   hub.add(watcher);

@@ -104,6 +104,26 @@ describe("watch", () => {
     expect([...rvs].sort((a, b) => a - b)).toEqual(rvs);
   });
 
+  it("shows an object entering a label selector as ADDED and leaving it as DELETED", async () => {
+    const start = (await call("GET", CM)).body.metadata.resourceVersion;
+    await call("POST", CM, cm("mover", { app: "other" }));
+    const relabel = (app: string) =>
+      call("PATCH", `${CM}/mover`, { metadata: { labels: { app } } }, "application/merge-patch+json");
+    await relabel("picked");
+    await call("PATCH", `${CM}/mover`, { data: { v: "1" } }, "application/merge-patch+json");
+    await relabel("other");
+    await relabel("elsewhere");
+    const { events } = await watch(
+      `resourceVersion=${start}&labelSelector=app%3Dpicked`,
+      (evs) => evs.length >= 3,
+    );
+    expect(events.map((e) => `${e.type} ${e.object.metadata.labels.app}`)).toEqual([
+      "ADDED picked",
+      "MODIFIED picked",
+      "DELETED other",
+    ]);
+  });
+
   it("sends BOOKMARK events carrying the current resourceVersion when allowed", async () => {
     const rv = (await call("GET", CM)).body.metadata.resourceVersion;
     const { events } = await watch(`resourceVersion=${rv}&allowWatchBookmarks=true`, (evs) =>
