@@ -7,11 +7,12 @@
  */
 import type { ObjectStore } from "../dataplane/store.ts";
 import {
+  assertBlobsPresent,
   CheckpointRejectedError,
   type CommittedCheckpoint,
   commitManifest,
-  hasBlob,
   latestCommitted,
+  listBlobs,
   loadCommitted,
   putBlob,
   readVerifiedChunk,
@@ -64,9 +65,11 @@ export async function replicateCheckpoint(
   let blobsCopied = 0;
   let blobsSkipped = 0;
   const queue = [...unique.values()];
+  // One listing of the destination's blobs instead of a HEAD per blob.
+  const present = await listBlobs(dst);
   const worker = async () => {
     for (let c = queue.shift(); c; c = queue.shift()) {
-      if (await hasBlob(dst, c)) {
+      if (present.get(c.sha256) === c.size) {
         blobsSkipped++;
         continue;
       }
@@ -79,8 +82,12 @@ export async function replicateCheckpoint(
   await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
   // The operator's replication is authoritative for the destination: it replaces a marker
   // another writer left for this step (each marker names a whole manifest, so readers are safe).
+  const skipped = new Set([...unique.keys()].filter((h) => present.get(h) !== undefined));
   const commit = await commitManifest(dst, loaded.manifestBytes, loaded.markerBytes, step, {
     replace: true,
+    // Blobs skipped because the listing showed them: still there now that the manifest protects them?
+    beforeMarker: () =>
+      assertBlobsPresent(dst, loaded.manifest, new Set([...unique.keys()].filter((h) => !skipped.has(h)))),
   });
   return {
     ...loaded.info,

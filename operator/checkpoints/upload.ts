@@ -276,8 +276,9 @@ export async function uploadCheckpoint(
   const markerBytes = Buffer.from(`${JSON.stringify(marker)}\n`);
   // A blob known from an earlier manifest may have been pruned since (by another writer):
   // check those once, so a marker never names a manifest whose data is gone.
-  await assertBlobsPresent(store, manifest, checked);
-  const commit = await commitManifest(store, manifestBytes, markerBytes, opts.step);
+  const commit = await commitManifest(store, manifestBytes, markerBytes, opts.step, {
+    beforeMarker: () => assertBlobsPresent(store, manifest, checked),
+  });
   return {
     alreadyCommitted: commit.outcome === "alreadyCommitted",
     step: opts.step,
