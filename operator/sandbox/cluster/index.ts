@@ -22,6 +22,7 @@ export {
   nodeNames,
   REGION_LABEL,
   SIMULATED_NODE_LABEL,
+  setNodeReadyCondition,
 } from "./nodes.ts";
 export {
   type ClusterSize,

@@ -8,8 +8,10 @@
  *   `JOB_COMPLETION_INDEX` env), retries failed pods until `backoffLimit`, writes the Job's
  *   status (active, ready, succeeded, failed, completedIndexes, Complete/Failed conditions)
  *   and deletes the pods of a deleted Job.
- * - Scheduler: binds Pending pods to nodes with enough free `nvidia.com/gpu`, first come
- *   first served; a pod that does not fit stays Pending (`PodScheduled=False, Unschedulable`).
+ * - Scheduler: binds Pending pods to Ready nodes with enough free `nvidia.com/gpu`, first
+ *   come first served; a pod that does not fit stays Pending (`PodScheduled=False, Unschedulable`).
+ * - Node lifecycle: the unfinished pods of a node that is deleted or not Ready fail with
+ *   reason `NodeLost` (the Job controller then replaces them, capacity permitting).
  * - Kubelet: a bound pod turns Running after `podStartupMs` and Succeeded after `jobDurationMs`
  *   (or Failed with a non-zero exit code). Per pod: the annotations
  *   `sim.spillway.dev/duration` / `sim.spillway.dev/exit-code`, or the env vars
@@ -208,8 +210,29 @@ export class Kubelet {
     for (const pod of pods.filter((p) => p.metadata?.deletionTimestamp)) await this.deletePod(pod);
     pods = pods.filter((p) => !p.metadata?.deletionTimestamp);
 
-    // Scheduler and kubelet.
-    this.gpuCapacity = new Map(nodes.map((n) => [n.metadata!.name!, nodeGpus(n)]));
+    // Node lifecycle: the pods of a node that is gone or not Ready fail (NodeLost), so their
+    // Job replaces them elsewhere (or they wait for capacity), as on a real cluster.
+    const ready = nodes.filter(isNodeReady);
+    const readyNames = new Set(ready.map((n) => n.metadata!.name!));
+    for (const pod of pods) {
+      const node = pod.spec?.nodeName;
+      if (!node || isTerminal(pod) || readyNames.has(node) || !this.opts.nodes.includes(node)) continue;
+      await this.writePodStatus(pod, (s) => {
+        s.phase = "Failed";
+        s.reason = "NodeLost";
+        s.message = `Node ${node} which was running pod ${name(pod)} is unresponsive`;
+        setPodCondition(s, { type: "Ready", status: "False", reason: "NodeLost" }, now);
+        setPodCondition(
+          s,
+          { type: "DisruptionTarget", status: "True", reason: "DeletionByTaintManager" },
+          now,
+        );
+      });
+      pod.status = { ...pod.status, phase: "Failed" };
+    }
+
+    // Scheduler and kubelet (on Ready nodes only).
+    this.gpuCapacity = new Map(ready.map((n) => [n.metadata!.name!, nodeGpus(n)]));
     this.gpuUsed = new Map();
     for (const pod of pods) {
       const node = pod.spec?.nodeName;
@@ -219,7 +242,7 @@ export class Kubelet {
     const pending = pods
       .filter((p) => !p.spec?.nodeName && !isTerminal(p))
       .sort((a, b) => creationMs(a) - creationMs(b) || name(a).localeCompare(name(b)));
-    for (const pod of pending) await this.bindOrMarkUnschedulable(pod, nodes, now);
+    for (const pod of pending) await this.bindOrMarkUnschedulable(pod, ready, now);
     for (const pod of pods) {
       const node = pod.spec?.nodeName;
       if (!node || isTerminal(pod) || !this.gpuCapacity.has(node)) continue;
@@ -535,6 +558,10 @@ export function podGpus(p: V1Pod): number {
     total += quantity(r?.limits?.[GPU_RESOURCE] ?? r?.requests?.[GPU_RESOURCE]);
   }
   return total;
+}
+
+function isNodeReady(n: V1Node): boolean {
+  return n.status?.conditions?.find((c) => c.type === "Ready")?.status === "True";
 }
 
 function nodeGpus(n: V1Node): number {

@@ -125,3 +125,25 @@ export async function ensureNodes(kc: KubeConfig, pools: NodePoolShape[]): Promi
   }
   return all;
 }
+
+/** Sets a node's Ready condition (through the status subresource, as its kubelet would). */
+export async function setNodeReadyCondition(kc: KubeConfig, name: string, ready: boolean): Promise<void> {
+  const core = kc.makeApiClient(CoreV1Api);
+  const node = await core.readNode({ name });
+  const now = new Date();
+  const others = (node.status?.conditions ?? []).filter((c) => c.type !== "Ready");
+  const before = node.status?.conditions?.find((c) => c.type === "Ready");
+  const status = ready ? "True" : "Unknown";
+  const condition = {
+    type: "Ready",
+    status,
+    reason: ready ? "KubeletReady" : "NodeStatusUnknown",
+    message: ready ? "simulated kubelet is posting ready status" : "Kubelet stopped posting node status.",
+    lastHeartbeatTime: now,
+    lastTransitionTime: before?.status === status ? before.lastTransitionTime : now,
+  };
+  await core.replaceNodeStatus({
+    name,
+    body: { ...node, status: { ...node.status, conditions: [...others, condition] } },
+  });
+}

@@ -11,7 +11,7 @@ import type { KubeConfig } from "@kubernetes/client-node";
 import { type ApiServer, startApiServer } from "../apiserver/index.ts";
 import { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
 import { Kubelet } from "./kubelet.ts";
-import { ensureNodes, type NodePoolShape } from "./nodes.ts";
+import { ensureNodes, type NodePoolShape, setNodeReadyCondition } from "./nodes.ts";
 
 export interface ClusterSize {
   nodes: number;
@@ -118,6 +118,15 @@ export class SimulatedCluster {
   async gpus(): Promise<GpuUsage> {
     await this.kubelet.pass();
     return { total: this.kubelet.totalGpus(), free: this.kubelet.freeGpus() };
+  }
+
+  /**
+   * Marks a node NotReady (a lost machine, revoked capacity) or Ready again. Pods running on
+   * a NotReady node fail with reason `NodeLost` and nothing new is scheduled there.
+   */
+  async setNodeReady(node: string, ready: boolean): Promise<void> {
+    await setNodeReadyCondition(this.kubeConfig(), node, ready);
+    await this.kubelet.pass();
   }
 
   /** Runs one kubelet pass now (tests use it to move the cluster along without waiting for resync). */

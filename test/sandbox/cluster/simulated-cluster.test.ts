@@ -193,4 +193,40 @@ describe("SimulatedCluster", () => {
     const [pod] = await podsOf(ns, "crash");
     expect(pod?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode).toBe(3);
   });
+
+  it("fails the pods of a lost node (NodeLost) and reschedules the index on a Ready node", async () => {
+    const ns = await namespace("nodelost");
+    await batch.createNamespacedJob({
+      namespace: ns,
+      body: gpuJob("resilient", { pods: 1, gpus: 8, duration: "1h", backoffLimit: 3 }),
+    });
+    const first = await eventually(async () => {
+      const [p] = await podsOf(ns, "resilient");
+      return p?.status?.phase === "Running" ? p : undefined;
+    }, "the pod to run");
+    const lostNode = first.spec!.nodeName!;
+
+    await cluster.setNodeReady(lostNode, false);
+    const replacement = await eventually(async () => {
+      const pods = await podsOf(ns, "resilient");
+      return pods.find((p) => p.metadata?.uid !== first.metadata?.uid && p.status?.phase === "Running");
+    }, "a replacement pod to run");
+    expect(replacement.spec?.nodeName).not.toBe(lostNode);
+    expect(replacement.metadata?.labels?.["batch.kubernetes.io/job-completion-index"]).toBe("0");
+    const lost = (await podsOf(ns, "resilient")).find((p) => p.metadata?.uid === first.metadata?.uid);
+    expect(lost?.status?.phase).toBe("Failed");
+    expect(lost?.status?.reason).toBe("NodeLost");
+    expect(await cluster.gpus()).toEqual({ total: 8, free: 0 });
+    const job = await batch.readNamespacedJob({ name: "resilient", namespace: ns });
+    expect(job.status?.failed).toBe(1);
+    expect(job.status?.active).toBe(1);
+
+    await cluster.setNodeReady(lostNode, true);
+    expect(await cluster.gpus()).toEqual({ total: 16, free: 8 });
+    await batch.deleteNamespacedJob({ name: "resilient", namespace: ns, propagationPolicy: "Background" });
+    await eventually(
+      async () => ((await podsOf(ns, "resilient")).length === 0 ? true : undefined),
+      "the pods to go",
+    );
+  });
 });
