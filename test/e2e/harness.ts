@@ -4,8 +4,8 @@
  * controllers and the real Azure responder. Tests drive it the way a user does — objects
  * applied with the real kubectl — and observe it through the API.
  */
-import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CapacityOffer, TrainingRun } from "../../operator/api/v1alpha1/index.ts";
@@ -24,6 +24,7 @@ import {
   sandboxAdapters,
   startSandboxArm,
 } from "../../operator/sandbox/wiring.ts";
+import { ROOT } from "../helpers/examples.ts";
 import { kubectlPath } from "../sandbox/apiserver/kubectl.ts";
 
 export type Run = TrainingRun & KubeObject;
@@ -182,4 +183,69 @@ export const phaseIs =
 
 export function condition(r: Run, type: string) {
   return r.status?.conditions?.find((c) => c.type === type);
+}
+
+/** `spillway operator` as a separate process (the real CLI), for kill and leader-election tests. */
+export class OperatorProcess {
+  readonly lines: string[] = [];
+  private exited: Promise<number | null>;
+  readonly child: import("node:child_process").ChildProcess;
+
+  constructor(e: E2E, args: string[] = []) {
+    const caFile = join(e.sandbox.stateDir, "arm-ca.pem");
+    writeFileSync(caFile, e.arm.ca);
+    this.child = spawn(
+      process.execPath,
+      [
+        join(ROOT, "bin", "spillway.mjs"),
+        "operator",
+        "--kubeconfig",
+        e.sandbox.management.kubeconfigPath,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--origin",
+        "e2e",
+        "--azure-ca-file",
+        caFile,
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--health-probe-bind-address",
+        "127.0.0.1:0",
+        "--log-level",
+        "info",
+        ...args,
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, POD_NAME: "op" } },
+    );
+    const collect = (buf: Buffer) => {
+      for (const l of buf.toString("utf8").split("\n")) if (l.trim()) this.lines.push(l);
+    };
+    this.child.stdout?.on("data", collect);
+    this.child.stderr?.on("data", collect);
+    this.exited = new Promise((resolve) => this.child.once("exit", (code) => resolve(code)));
+  }
+
+  /** Parsed JSON log lines. */
+  logs(): Array<Record<string, unknown>> {
+    return this.lines.flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  }
+
+  has(message: string): boolean {
+    return this.logs().some((l) => l.message === message);
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {
+    this.child.kill(signal);
+    return this.exited;
+  }
+
+  get done(): Promise<number | null> {
+    return this.exited;
+  }
 }

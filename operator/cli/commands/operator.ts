@@ -81,6 +81,10 @@ export function register(program: Command): void {
       "Pulumi file backend for provisioned clusters",
       "/var/lib/spillway/pulumi",
     )
+    .option(
+      "--azure-ca-file <path>",
+      "PEM CAs trusted for Azure Resource Manager and Entra ID (private endpoints)",
+    )
     .action(async (flags: OperatorFlags) => {
       const log = createLogger({ level: flags.logLevel });
       const adapters = await buildAdapters({
