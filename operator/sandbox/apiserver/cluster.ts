@@ -474,7 +474,10 @@ export class Cluster {
   /** What the real server's registry strategies do for a few kinds. */
   private admitKindSpecific(ctx: OpContext, prev: KubeObject | undefined, obj: KubeObject): void {
     const { group, kind } = ctx.rt;
-    if (group === "" && kind === "Secret") foldStringData(obj);
+    if (group === "" && kind === "Secret") {
+      foldStringData(obj);
+      if (!obj.type) obj.type = "Opaque";
+    }
     if (group === "" && kind === "Namespace") {
       obj.spec = { finalizers: ["kubernetes"] };
       obj.status = { phase: obj.metadata.deletionTimestamp ? "Terminating" : "Active" };

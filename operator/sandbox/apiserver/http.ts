@@ -10,6 +10,7 @@ import { type Cluster, type OpContext, parseJson } from "./cluster.ts";
 import { apiGroup, apiGroupList, apiResourceList, apiVersions } from "./discovery.ts";
 import { ApiError, errors } from "./errors.ts";
 import { type OpenApiCache, openApiRoot, openApiV3Document } from "./openapi.ts";
+import { decodeProtobuf, isProtobuf } from "./protobuf.ts";
 import { includeObjectOf, toTable } from "./table.ts";
 import { type JsonObject, type KubeObject, type ResourceType, resourceKey } from "./types.ts";
 import { type EventRenderer, serveWatch, type WatchHub } from "./watch.ts";
@@ -66,7 +67,7 @@ function text(code: number, body: string): Responder {
   };
 }
 
-function readBody(req: IncomingMessage): Promise<string> {
+function readBody(req: IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -79,13 +80,16 @@ function readBody(req: IncomingMessage): Promise<string> {
       }
       chunks.push(c);
     });
-    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.on("end", () => resolve(Buffer.concat(chunks)));
     req.on("error", reject);
   });
 }
 
-function decodeBody(body: string, contentType: string): unknown {
-  if (/protobuf|cbor/i.test(contentType)) throw errors.unsupportedMediaType(contentType.split(";")[0]!);
+function decodeBody(raw: Buffer, contentType: string, rt: ResourceType): unknown {
+  if (raw.length === 0) return undefined;
+  if (isProtobuf(contentType)) return decodeProtobuf(raw, rt);
+  if (/cbor/i.test(contentType)) throw errors.unsupportedMediaType(contentType.split(";")[0]!);
+  const body = raw.toString("utf8");
   if (body.trim() === "") return undefined;
   if (/yaml/i.test(contentType)) {
     try {
@@ -271,25 +275,25 @@ async function serveResource(
     return json(200, list);
   }
 
-  const body = await readBody(req);
+  const raw = await readBody(req);
   switch (method) {
     case "POST": {
       if (name !== undefined || (rt.namespaced && namespace === undefined)) throw errors.methodNotAllowed();
-      const created = cluster.create(ctx, decodeBody(body, contentType));
+      const created = cluster.create(ctx, decodeBody(raw, contentType, rt));
       return present(ctx, accept, created, 201);
     }
     case "PUT":
       if (name === undefined) throw errors.methodNotAllowed();
-      return present(ctx, accept, cluster.update(ctx, decodeBody(body, contentType)), 200);
+      return present(ctx, accept, cluster.update(ctx, decodeBody(raw, contentType, rt)), 200);
     case "PATCH": {
       if (name === undefined) throw errors.methodNotAllowed();
       // An apply that creates the object answers 201, like a create.
       const existed = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;
-      return present(ctx, accept, cluster.patch(ctx, body, contentType), existed ? 200 : 201);
+      return present(ctx, accept, cluster.patch(ctx, raw.toString("utf8"), contentType), existed ? 200 : 201);
     }
     case "DELETE": {
       if (subresource !== undefined) throw errors.methodNotAllowed();
-      const options = decodeBody(body, contentType);
+      const options = decodeBody(raw, contentType, rt);
       if (name === undefined) return json(200, cluster.deleteCollection(ctx, options), ctx.warnings);
       const result = cluster.delete(ctx, options);
       const stillThere = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;

@@ -34,6 +34,8 @@ export interface ApiServerOptions {
   historyLimit?: number;
   /** Period of BOOKMARK events on watches that allow them. Default 15 s. */
   bookmarkIntervalMs?: number;
+  /** Called once per request when it completes: `METHOD path?query status` (an access log). */
+  accessLog?: (line: string) => void;
 }
 
 export interface ApiServer {
@@ -116,6 +118,11 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   };
   const sockets = new Set<Socket>();
   const server: Server = createServer((req, res) => {
+    const log = opts.accessLog;
+    if (log)
+      res.on("finish", () =>
+        log(`${req.method} ${req.url} ${res.statusCode} ${req.headers["content-type"] ?? ""}`),
+      );
     void handleRequest(hc, req, res);
   });
   server.keepAliveTimeout = 30_000;

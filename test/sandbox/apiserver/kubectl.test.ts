@@ -72,6 +72,26 @@ describe("kubectl against the sandbox API server", () => {
     expect(listed[1]!.slice(0, 2)).toEqual(["settings", "2"]);
   });
 
+  it("accepts the protobuf bodies of `kubectl create` for secrets, configmaps, namespaces and service accounts", async () => {
+    expect(await kubectl.ok(["create", "namespace", "imperative"])).toContain("namespace/imperative created");
+    const ns = ["-n", "imperative"];
+    await kubectl.ok(["create", "secret", "generic", "creds", "--from-literal=token=s3cr3t", ...ns]);
+    await kubectl.ok(["create", "configmap", "conf", "--from-literal=mode=fast", ...ns]);
+    await kubectl.ok(["create", "serviceaccount", "runner", ...ns]);
+    const secret = JSON.parse(await kubectl.ok(["get", "secret", "creds", "-o", "json", ...ns]));
+    expect(Buffer.from(secret.data.token, "base64").toString()).toBe("s3cr3t");
+    expect(secret.type).toBe("Opaque");
+    const cm = JSON.parse(await kubectl.ok(["get", "configmap", "conf", "-o", "json", ...ns]));
+    expect(cm.data).toEqual({ mode: "fast" });
+    expect(await kubectl.ok(["get", "serviceaccount", "runner", "-o", "name", ...ns])).toBe(
+      "serviceaccount/runner\n",
+    );
+    expect(await kubectl.ok(["delete", "namespace", "imperative"])).toContain(
+      'namespace "imperative" deleted',
+    );
+    expect((await kubectl.run(["get", "secret", "creds", ...ns])).code).not.toBe(0);
+  });
+
   it("prints the TrainingRun printer columns with `get`, and the priority ones with `-o wide`", async () => {
     const table = rows(await kubectl.ok(["get", "trainingruns", "-n", "ml-team"]));
     expect(table[0]).toEqual(["NAME", "PHASE", "PLACEMENT", "GPUS", "AGE"]);
