@@ -213,12 +213,14 @@ export class SandboxProvisioner implements Provisioner {
         `an operation of process ${existing.lockPid} did not finish; cancel it first`,
       );
     }
-    if (existing?.state === "ready") {
-      // Pulumi `up` of an unchanged stack: no changes, same outputs.
-      return this.outputsOf(existing, await this.ensureRunning(existing));
-    }
     const pools = this.poolsOf(req);
     const latencyMs = parseDuration(cloud.provisioning.latency);
+    if (existing?.state === "ready") {
+      const cluster = await this.ensureRunning(existing);
+      // Pulumi `up` of an unchanged stack: no changes, same outputs.
+      if (JSON.stringify(existing.pools) === JSON.stringify(pools)) return this.outputsOf(existing, cluster);
+      return this.updatePools(existing, cluster, pools, progress, signal, latencyMs);
+    }
 
     const failure = cloud.provisioning.failure;
     if (failure && (failure.times === undefined || this.state.injectedFailures < failure.times)) {
@@ -232,7 +234,10 @@ export class SandboxProvisioner implements Provisioner {
         retryableReason(failure.reason),
       );
     }
-    if (!existing) this.checkLimits(req.stackName, pools);
+    if (!existing) {
+      this.checkClusterLimit(req.stackName);
+      this.checkNodeCapacity(req.stackName, pools);
+    }
 
     const rec: StackRecord = existing ?? {
       stackName: req.stackName,
@@ -264,6 +269,31 @@ export class SandboxProvisioner implements Provisioner {
     } finally {
       // A cancelled or failed up leaves the stack "creating" (partly created resources) and
       // unlocked: the next up carries on, a destroy removes what is there.
+      delete rec.lockPid;
+      this.save();
+    }
+  }
+
+  /** `up` of a ready stack whose node pools changed: the pools are scaled in place. */
+  private async updatePools(
+    rec: StackRecord,
+    cluster: SimulatedCluster,
+    pools: NodePool[],
+    progress: (p: ProvisionProgress) => void,
+    signal: AbortSignal,
+    latencyMs: number,
+  ): Promise<ProvisionOutputs> {
+    this.checkNodeCapacity(rec.stackName, pools);
+    rec.lockPid = process.pid;
+    this.save();
+    try {
+      progress({ message: "updating node pools", resourcesDone: 0, resourcesTotal: pools.length });
+      await delay(latencyMs / 3, signal, rec.stackName);
+      await cluster.resize(pools);
+      rec.pools = pools;
+      progress({ message: "cluster ready", resourcesDone: pools.length, resourcesTotal: pools.length });
+      return this.outputsOf(rec, cluster);
+    } finally {
       delete rec.lockPid;
       this.save();
     }
@@ -324,8 +354,8 @@ export class SandboxProvisioner implements Provisioner {
     });
   }
 
-  /** The cloud's cluster limit and GPU node capacity, over every stack recorded. */
-  private checkLimits(stackName: string, pools: NodePool[]): void {
+  /** The cloud's cluster limit, over every stack recorded. */
+  private checkClusterLimit(stackName: string): void {
     const cloud = this.opts.cloud;
     const others = Object.values(this.state.stacks).filter((r) => r.stackName !== stackName);
     if (others.length >= cloud.maxClusters) {
@@ -335,6 +365,12 @@ export class SandboxProvisioner implements Provisioner {
         true,
       );
     }
+  }
+
+  /** The cloud's GPU nodes per SKU (`maxNodes`), over every stack recorded. */
+  private checkNodeCapacity(stackName: string, pools: NodePool[]): void {
+    const cloud = this.opts.cloud;
+    const others = Object.values(this.state.stacks).filter((r) => r.stackName !== stackName);
     for (const sku of cloud.capacity) {
       if (sku.maxNodes === undefined) continue;
       const nodesOf = (ps: NodePool[]) =>

@@ -78,7 +78,10 @@ export class Kubelet {
   private gpuCapacity = new Map<string, number>();
   private gpuUsed = new Map<string, number>();
 
+  private nodeNames: string[];
+
   constructor(private readonly opts: KubeletOptions) {
+    this.nodeNames = [...opts.nodes];
     this.core = opts.kubeConfig.makeApiClient(CoreV1Api);
     this.batch = opts.kubeConfig.makeApiClient(BatchV1Api);
   }
@@ -97,6 +100,12 @@ export class Kubelet {
     clearTimeout(this.wakeTimer);
     for (const w of this.watches.splice(0)) w.abort();
     await this.passing;
+  }
+
+  /** Changes the nodes this kubelet runs (a resized node pool); takes effect with the next pass. */
+  setNodes(nodes: string[]): Promise<void> {
+    this.nodeNames = [...nodes];
+    return this.kick();
   }
 
   /** Free GPUs as of the last pass (allocatable minus what bound, unfinished pods request). */
@@ -186,7 +195,7 @@ export class Kubelet {
       this.batch.listJobForAllNamespaces(),
       this.core.listPodForAllNamespaces(),
     ]);
-    const nodes = nodeList.items.filter((n) => this.opts.nodes.includes(n.metadata?.name ?? ""));
+    const nodes = nodeList.items.filter((n) => this.nodeNames.includes(n.metadata?.name ?? ""));
     const jobs = jobList.items;
     let pods = podList.items;
     const now = Date.now();
@@ -216,7 +225,7 @@ export class Kubelet {
     const readyNames = new Set(ready.map((n) => n.metadata!.name!));
     for (const pod of pods) {
       const node = pod.spec?.nodeName;
-      if (!node || isTerminal(pod) || readyNames.has(node) || !this.opts.nodes.includes(node)) continue;
+      if (!node || isTerminal(pod) || readyNames.has(node)) continue;
       await this.writePodStatus(pod, (s) => {
         s.phase = "Failed";
         s.reason = "NodeLost";

@@ -56,26 +56,21 @@ export class SimulatedCluster {
     readonly name: string,
     private readonly server: ApiServer,
     private readonly kubelet: Kubelet,
-    /** Names of the simulated nodes. */
-    readonly nodes: string[],
+    private nodeList: string[],
+    private readonly region: string | undefined,
   ) {}
+
+  /** Names of the simulated nodes. */
+  get nodes(): string[] {
+    return [...this.nodeList];
+  }
 
   static async start(opts: SimulatedClusterOptions): Promise<SimulatedCluster> {
     if (opts.stateDir) mkdirSync(opts.stateDir, { recursive: true });
     const server = await startApiServer({ name: opts.name, port: opts.port, stateDir: opts.stateDir });
     try {
       const kc = kubeConfigFromYaml(server.kubeconfig());
-      const shapes = opts.pools.map(
-        (p): NodePoolShape => ({
-          prefix: `${opts.name}-${p.name}`,
-          nodes: p.nodes,
-          gpusPerNode: p.gpusPerNode,
-          gpuType: p.gpuType,
-          instanceType: p.instanceType,
-          region: opts.region,
-        }),
-      );
-      const nodes = await ensureNodes(kc, shapes);
+      const nodes = await ensureNodes(kc, shapesOf(opts.name, opts.pools, opts.region));
       const kubelet = new Kubelet({
         kubeConfig: kc,
         nodes,
@@ -84,7 +79,7 @@ export class SimulatedCluster {
         onError: opts.onError,
       });
       await kubelet.start();
-      return new SimulatedCluster(opts.name, server, kubelet, nodes);
+      return new SimulatedCluster(opts.name, server, kubelet, nodes, opts.region);
     } catch (e) {
       await server.close();
       throw e;
@@ -121,6 +116,15 @@ export class SimulatedCluster {
   }
 
   /**
+   * Makes the nodes those of `pools` (a node pool scaled or added). Pods on removed nodes
+   * fail `NodeLost`, as when a real pool scales down under them.
+   */
+  async resize(pools: NodePool[]): Promise<void> {
+    this.nodeList = await ensureNodes(this.kubeConfig(), shapesOf(this.name, pools, this.region));
+    await this.kubelet.setNodes(this.nodeList);
+  }
+
+  /**
    * Marks a node NotReady (a lost machine, revoked capacity) or Ready again. Pods running on
    * a NotReady node fail with reason `NodeLost` and nothing new is scheduled there.
    */
@@ -141,4 +145,15 @@ export class SimulatedCluster {
     await this.kubelet.stop();
     await this.server.close();
   }
+}
+
+function shapesOf(cluster: string, pools: NodePool[], region: string | undefined): NodePoolShape[] {
+  return pools.map((p) => ({
+    prefix: `${cluster}-${p.name}`,
+    nodes: p.nodes,
+    gpusPerNode: p.gpusPerNode,
+    gpuType: p.gpuType,
+    instanceType: p.instanceType,
+    region,
+  }));
 }

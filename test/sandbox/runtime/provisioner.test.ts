@@ -108,6 +108,20 @@ describe("SandboxProvisioner", () => {
     expect(readFileSync(join(dir, "prov", "stacks.json"), "utf8")).not.toContain("not-a-real-key");
   });
 
+  it("scales the node pools of a ready stack in place when an up asks for other pools", async () => {
+    const p = await provisioner(cloud());
+    const first = await p.up(request("oke-a", 1));
+    expect(await nodesOf(first.kubeconfig)).toHaveLength(1);
+    const scaled = await p.up(request("oke-a", 3));
+    expect(scaled).toEqual(first);
+    expect((await nodesOf(scaled.kubeconfig)).map((n) => n.name)).toEqual([
+      "oke-a-gpu-0",
+      "oke-a-gpu-1",
+      "oke-a-gpu-2",
+    ]);
+    expect(await p.cluster("oke-a")!.gpus()).toEqual({ total: 24, free: 24 });
+  });
+
   it("fails the first up as the scenario injects, then succeeds", async () => {
     const p = await provisioner(
       cloud({}, { failure: { reason: "QuotaExceeded", message: "GPU shape limit reached", times: 1 } }),
