@@ -63,6 +63,11 @@ export interface AzureResponderOptions {
    * backoff, and an SDK sleeping inside `respond` would eat the offer's deadline unseen.
    */
   sdkMaxRetries?: number;
+  /**
+   * Offers (and releases) worked on at once; the rest wait their turn. Default 16. ARM
+   * throttles a subscription's writes, and a thousand simultaneous TLS connections help no one.
+   */
+  concurrency?: number;
   /** How long a region's SKU catalogue is reused. Default 5 minutes. */
   skuCacheTtlMs?: number;
   logger?: ResponderLogger;
@@ -120,12 +125,32 @@ function isNotFound(e: unknown): boolean {
   return status === 404;
 }
 
-/** One sizing at a time per pool; callers arriving meanwhile share the next one. */
-class Coalescer {
-  private running?: Promise<number>;
-  private next?: Promise<number>;
+/** At most `limit` tasks at once, first come first served. */
+class Semaphore {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
 
-  run(fn: () => Promise<number>): Promise<number> {
+  constructor(private readonly limit: number) {}
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
+    else this.active++;
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+}
+
+/** One run at a time; callers arriving during a run share the next one (which starts after them). */
+class Coalescer<T> {
+  private running?: Promise<T>;
+  private next?: Promise<T>;
+
+  run(fn: () => Promise<T>): Promise<T> {
     if (!this.running) {
       const p = fn().finally(() => {
         if (this.running === p) this.running = undefined;
@@ -147,22 +172,107 @@ class Coalescer {
   }
 }
 
+/**
+ * Nodes of one SKU reserved in one group — as last listed from ARM, plus what this process is
+ * reserving right now — for the provider's `maxNodes`. `admit` checks and records in one
+ * synchronous step, so concurrent offers cannot all pass a check made before any of them
+ * reserved; the ARM listing is refreshed when older than the TTL (others may reserve too).
+ */
+class NodeLedger {
+  private listed = new Map<string, number>();
+  private readonly inflight = new Map<string, number>();
+  private listedAt = Number.NEGATIVE_INFINITY;
+  private readonly refresher = new Coalescer<void>();
+  /** Local changes by sequence number, so a listing begun before them does not undo them. */
+  private seq = 0;
+  private readonly changedAt = new Map<string, { seq: number; nodes: number | undefined }>();
+
+  isFresh(now: number, ttlMs: number): boolean {
+    return now - this.listedAt < ttlMs;
+  }
+
+  /** Call before listing; hand the result to `replace` with this mark. */
+  mark(): number {
+    return this.seq;
+  }
+
+  refresh(list: () => Promise<Map<string, number>>, now: () => number): Promise<void> {
+    return this.refresher.run(async () => {
+      const mark = this.mark();
+      this.replace(await list(), mark, now());
+    });
+  }
+
+  replace(listed: Map<string, number>, mark: number, at: number): void {
+    for (const [name, change] of this.changedAt) {
+      if (change.seq <= mark) this.changedAt.delete(name);
+      else if (change.nodes === undefined) listed.delete(name);
+      else listed.set(name, change.nodes);
+    }
+    this.listed = listed;
+    this.listedAt = at;
+  }
+
+  /** Nodes reserved (settled, not in flight), leaving out `except`. */
+  total(except?: ReadonlySet<string>): number {
+    let sum = 0;
+    for (const [n, c] of this.listed) if (!except?.has(n)) sum += c;
+    return sum;
+  }
+
+  /** Records `nodes` for `name` if the total stays within `max`; else says how many others hold. */
+  admit(name: string, nodes: number, max: number): { ok: true } | { ok: false; others: number } {
+    let others = 0;
+    for (const [n, c] of this.listed) if (n !== name && !this.inflight.has(n)) others += c;
+    for (const [n, c] of this.inflight) if (n !== name) others += c;
+    if (others + nodes > max) return { ok: false, others };
+    this.inflight.set(name, nodes);
+    return { ok: true };
+  }
+
+  /** The reservation call ended: it holds `nodes` now, or (undefined) nothing changed. */
+  settle(name: string, nodes: number | undefined): void {
+    this.inflight.delete(name);
+    if (nodes !== undefined) this.record(name, nodes);
+  }
+
+  forget(name: string): void {
+    this.inflight.delete(name);
+    this.record(name, undefined);
+  }
+
+  private record(name: string, nodes: number | undefined): void {
+    this.seq += 1;
+    this.changedAt.set(name, { seq: this.seq, nodes });
+    if (nodes === undefined) this.listed.delete(name);
+    else this.listed.set(name, nodes);
+  }
+}
+
+const LEDGER_TTL_MS = 30_000;
+
 export class AzureResponder implements PrimaryResponder {
   private readonly clients = new AzureClientCache();
   private readonly skuCache = new Map<string, { at: number; skus: Map<string, SkuFacts> }>();
-  private readonly sizers = new Map<string, Coalescer>();
+  private readonly sizers = new Map<string, Coalescer<number>>();
+  private readonly ledgers = new Map<string, NodeLedger>();
+  /** Facts that do not change under us: a pool's VM size, a group that exists. */
+  private readonly poolSizes = new Map<string, string>();
+  private readonly knownGroups = new Set<string>();
   /** Reservations being released, per pool: left out of the pool's size before they are deleted. */
   private readonly releasing = new Map<string, Set<string>>();
   private readonly now: () => number;
+  private readonly slots: Semaphore;
 
   constructor(private readonly opts: AzureResponderOptions = {}) {
     this.now = opts.now ?? Date.now;
+    this.slots = new Semaphore(Math.max(1, opts.concurrency ?? 16));
   }
 
   async respond(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<OfferAnswer> {
     const secrets = Object.values(ctx.credentials ?? {});
     try {
-      const answer = await this.answer(offer, provider, ctx);
+      const answer = await this.slots.run(() => this.answer(offer, provider, ctx));
       this.log("info", `offer ${answer.outcome}`, offer, provider, {
         outcome: answer.outcome,
         reason: answer.reason ?? null,
@@ -184,7 +294,15 @@ export class AzureResponder implements PrimaryResponder {
     }
   }
 
-  async release(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<void> {
+  release(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<void> {
+    return this.slots.run(() => this.releaseNow(offer, provider, ctx));
+  }
+
+  private async releaseNow(
+    offer: CapacityOffer,
+    provider: CloudProvider,
+    ctx: ResponderContext,
+  ): Promise<void> {
     const az = provider.spec.azure;
     if (!az) return;
     const secrets = Object.values(ctx.credentials ?? {});
@@ -211,6 +329,7 @@ export class AzureResponder implements PrimaryResponder {
       } finally {
         releasing.delete(lc(name));
       }
+      for (const [key, ledger] of this.ledgers) if (key.startsWith(`${target.key}|`)) ledger.forget(lc(name));
       this.log("info", "reservation released", offer, provider, { reservation: name });
     } catch (e) {
       if (e instanceof Decline) {
@@ -250,18 +369,16 @@ export class AzureResponder implements PrimaryResponder {
     if (!price.accept) throw new Decline("PriceNotMatched", price.message);
 
     const target = this.poolTarget(provider, az, ctx);
-    const { compute, containers } = target.clients;
+    const { compute } = target.clients;
     const signal = ctx.signal;
     const name = reservationName(offer);
     const region = provider.spec.region;
 
-    const pool = await this.call(() =>
-      containers.agentPools.get(az.resourceGroup, az.aksCluster, az.nodePool, { abortSignal: signal }),
-    );
-    if (lc(pool.vmSize) !== lc(sku)) {
+    const poolSize = await this.poolVmSize(target, signal);
+    if (lc(poolSize) !== lc(sku)) {
       throw new Decline(
         "SkuUnavailable",
-        `AKS pool ${az.nodePool} runs ${pool.vmSize ?? "an unknown size"}, not ${sku}`,
+        `AKS pool ${az.nodePool} runs ${poolSize || "an unknown size"}, not ${sku}`,
       );
     }
 
@@ -282,34 +399,28 @@ export class AzureResponder implements PrimaryResponder {
       if (facts.restricted)
         throw new Decline("SkuUnavailable", `${sku} is restricted in ${region} for this subscription`);
       await this.checkQuota(target.clients, region, facts, (req.nodes - held) * facts.vcpus, signal);
+      const ledger = this.ledger(target, sku);
       if (mapping?.maxNodes !== undefined) {
-        const others = await this.reservedNodes(target, sku, signal, name);
-        if (others + req.nodes > mapping.maxNodes) {
+        if (!ledger.isFresh(this.now(), LEDGER_TTL_MS)) {
+          await ledger.refresh(() => this.listReservations(target, sku, signal), this.now);
+        }
+        const admitted = ledger.admit(lc(name), req.nodes, mapping.maxNodes);
+        if (!admitted.ok) {
           throw new Decline(
             "NoCapacity",
-            `${pname} may use at most ${mapping.maxNodes} ${sku} nodes; ${others} are reserved and the run needs ${req.nodes}`,
+            `${pname} may use at most ${mapping.maxNodes} ${sku} nodes; ${admitted.others} are reserved and the run needs ${req.nodes}`,
           );
         }
       }
-      await this.ensureGroup(target, region, signal);
-      const reservation = await this.call(() =>
-        compute.capacityReservations.createOrUpdate(
-          az.resourceGroup,
-          az.capacityReservationGroup,
-          name,
-          {
-            location: region,
-            sku: { name: sku, capacity: req.nodes },
-            tags: {
-              [RESERVATION_TAGS.managedBy]: "spillway",
-              [RESERVATION_TAGS.offer]: `${offer.metadata.namespace ?? "default"}/${offer.metadata.name ?? ""}`,
-              ...(offer.metadata.uid ? { [RESERVATION_TAGS.offerUid]: offer.metadata.uid } : {}),
-              [RESERVATION_TAGS.runUid]: offer.spec.run.uid,
-            },
-          },
-          { abortSignal: signal },
-        ),
-      );
+      let reservation: Awaited<ReturnType<typeof compute.capacityReservations.get>>;
+      try {
+        await this.ensureGroup(target, region, signal);
+        reservation = await this.reserve(offer, target, name, region, sku, req.nodes, signal);
+        ledger.settle(lc(name), req.nodes);
+      } catch (e) {
+        ledger.settle(lc(name), undefined);
+        throw e;
+      }
       created = !existing;
       reservationId = reservation.id;
     }
@@ -326,6 +437,7 @@ export class AzureResponder implements PrimaryResponder {
             }),
           { notFound: undefined },
         ).catch(() => undefined);
+        this.ledger(target, sku).forget(lc(name));
       }
       throw e;
     }
@@ -336,6 +448,61 @@ export class AzureResponder implements PrimaryResponder {
       ...(price.pricePerHour !== undefined ? { acceptedPricePerHour: price.pricePerHour } : {}),
       ...(reservationId ? { reservation: reservationId } : {}),
     };
+  }
+
+  private reserve(
+    offer: CapacityOffer,
+    target: PoolTarget,
+    name: string,
+    region: string,
+    sku: string,
+    nodes: number,
+    signal: AbortSignal | undefined,
+  ) {
+    const { az, clients } = target;
+    return this.call(() =>
+      clients.compute.capacityReservations.createOrUpdate(
+        az.resourceGroup,
+        az.capacityReservationGroup,
+        name,
+        {
+          location: region,
+          sku: { name: sku, capacity: nodes },
+          tags: {
+            [RESERVATION_TAGS.managedBy]: "spillway",
+            [RESERVATION_TAGS.offer]: `${offer.metadata.namespace ?? "default"}/${offer.metadata.name ?? ""}`,
+            ...(offer.metadata.uid ? { [RESERVATION_TAGS.offerUid]: offer.metadata.uid } : {}),
+            [RESERVATION_TAGS.runUid]: offer.spec.run.uid,
+          },
+        },
+        { abortSignal: signal },
+      ),
+    );
+  }
+
+  private ledger(target: PoolTarget, sku: string): NodeLedger {
+    const key = `${target.key}|${lc(sku)}`;
+    let l = this.ledgers.get(key);
+    if (!l) {
+      l = new NodeLedger();
+      this.ledgers.set(key, l);
+    }
+    return l;
+  }
+
+  /** The pool's VM size (immutable in AKS, so read once). Also proves the pool exists. */
+  private async poolVmSize(target: PoolTarget, signal: AbortSignal | undefined): Promise<string> {
+    const hit = this.poolSizes.get(target.key);
+    if (hit !== undefined) return hit;
+    const { az, clients } = target;
+    const pool = await this.call(() =>
+      clients.containers.agentPools.get(az.resourceGroup, az.aksCluster, az.nodePool, {
+        abortSignal: signal,
+      }),
+    );
+    const size = pool.vmSize ?? "";
+    if (size) this.poolSizes.set(target.key, size);
+    return size;
   }
 
   private poolTarget(provider: CloudProvider, az: AzureSettings, ctx: ResponderContext): PoolTarget {
@@ -435,29 +602,25 @@ export class AzureResponder implements PrimaryResponder {
     });
   }
 
-  /** Nodes of `sku` reserved in the group, leaving out `except` and reservations being released. */
-  private async reservedNodes(
+  /** Reservations of `sku` in the group (name → nodes), leaving out failed ones. */
+  private async listReservations(
     target: PoolTarget,
     sku: string,
     signal: AbortSignal | undefined,
-    except?: string,
-  ): Promise<number> {
+  ): Promise<Map<string, number>> {
     const { az, clients } = target;
-    const releasing = this.releasing.get(target.key);
-    let total = 0;
+    const out = new Map<string, number>();
     await this.call(async () => {
       for await (const r of clients.compute.capacityReservations.listByCapacityReservationGroup(
         az.resourceGroup,
         az.capacityReservationGroup,
         { abortSignal: signal },
       )) {
-        const n = lc(r.name);
-        if (n === lc(except) || releasing?.has(n)) continue;
         if (lc(r.sku.name) !== lc(sku) || r.provisioningState === "Failed") continue;
-        total += r.sku.capacity ?? 0;
+        out.set(lc(r.name), r.sku.capacity ?? 0);
       }
     });
-    return total;
+    return out;
   }
 
   private async ensureGroup(
@@ -466,6 +629,8 @@ export class AzureResponder implements PrimaryResponder {
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const { az, clients } = target;
+    const groupKey = `${target.key}|${lc(az.capacityReservationGroup)}`;
+    if (this.knownGroups.has(groupKey)) return;
     const group = await this.call(
       () =>
         clients.compute.capacityReservationGroups.get(az.resourceGroup, az.capacityReservationGroup, {
@@ -473,15 +638,17 @@ export class AzureResponder implements PrimaryResponder {
         }),
       { notFound: undefined },
     );
-    if (group) return;
-    await this.call(() =>
-      clients.compute.capacityReservationGroups.createOrUpdate(
-        az.resourceGroup,
-        az.capacityReservationGroup,
-        { location: region, tags: { [RESERVATION_TAGS.managedBy]: "spillway" } },
-        { abortSignal: signal },
-      ),
-    );
+    if (!group) {
+      await this.call(() =>
+        clients.compute.capacityReservationGroups.createOrUpdate(
+          az.resourceGroup,
+          az.capacityReservationGroup,
+          { location: region, tags: { [RESERVATION_TAGS.managedBy]: "spillway" } },
+          { abortSignal: signal },
+        ),
+      );
+    }
+    this.knownGroups.add(groupKey);
   }
 
   /** Sets the pool's node count to the nodes reserved for its SKU; returns that count. */
@@ -498,7 +665,14 @@ export class AzureResponder implements PrimaryResponder {
           abortSignal: signal,
         }),
       );
-      const desired = await this.reservedNodes(target, pool.vmSize ?? "", signal);
+      const sku = pool.vmSize ?? "";
+      // The ledger holds ARM's listing plus every reservation made or deleted here since, so
+      // it is re-listed only when older than its TTL (someone else may have changed the group).
+      const ledger = this.ledger(target, sku);
+      if (!ledger.isFresh(this.now(), LEDGER_TTL_MS)) {
+        await ledger.refresh(() => this.listReservations(target, sku, signal), this.now);
+      }
+      const desired = ledger.total(this.releasing.get(target.key));
       const autoscale = pool.enableAutoScaling === true;
       if (pool.count === desired && (!autoscale || pool.minCount === desired)) return desired;
       await this.call(() =>

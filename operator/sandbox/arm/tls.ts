@@ -77,7 +77,8 @@ export function selfSignedCertificate(
   const name = seq(set(seq(oid("2.5.4.3"), utf8(commonName))));
   const now = Date.now();
   const serial = randomBytes(16);
-  serial[0] = serial[0]! & 0x7f;
+  // Positive and minimal in DER: top bit clear (not negative), next bit set (no leading zero byte).
+  serial[0] = (serial[0]! & 0x3f) | 0x40;
   const san = seq(
     tlv(0x87, Buffer.from([127, 0, 0, 1])), // iPAddress
     tlv(0x82, Buffer.from("localhost", "ascii")), // dNSName

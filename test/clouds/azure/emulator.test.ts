@@ -9,6 +9,7 @@ import {
   ArmConfigError,
   type ArmEmulator,
   parseArmConfig,
+  selfSignedCertificate,
   startArmEmulator,
 } from "../../../operator/sandbox/arm/index.ts";
 import { DEFAULT_SCENARIO } from "../../../operator/sandbox/scenario.ts";
@@ -104,6 +105,13 @@ describe("the HTTPS endpoints", () => {
     expect(cert.checkIP("127.0.0.1")).toBe("127.0.0.1");
     expect(cert.ca).toBe(true);
     expect(cert.verify(cert.publicKey)).toBe(true);
+  });
+
+  test("every fresh certificate is well-formed DER (random serials included)", () => {
+    for (let i = 0; i < 200; i++) {
+      const { cert } = selfSignedCertificate();
+      expect(new X509Certificate(cert).serialNumber).toMatch(/^[4-7][0-9A-F]{31}$/);
+    }
   });
 
   test("ARM calls need a token it issued and an api-version", async () => {

@@ -137,6 +137,10 @@ describe("declining", () => {
     const answer = await responder(emu, logs).respond(offer(1), provider(emu), { credentials: wrong });
     expect(answer).toMatchObject({ outcome: "Declined", reason: "ProviderError" });
     expect(answer.message).toContain("invalid_client");
+    // winston writes to its stream asynchronously: wait for the line before reading them all.
+    for (let i = 0; i < 200 && !logs.some((l) => l.includes('"reason":"ProviderError"')); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
     for (const text of [answer.message, ...logs]) {
       expect(text).not.toContain(wrong.clientSecret);
       expect(text).not.toContain(AUTH.clientSecret);
