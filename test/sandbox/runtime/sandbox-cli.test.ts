@@ -125,5 +125,5 @@ describe("spillway sandbox", () => {
           sandbox.child.kill("SIGKILL");
       }
     }
-  }, 180000);
+  }, 240000);
 });
