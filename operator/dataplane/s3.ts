@@ -24,6 +24,7 @@ import {
 } from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
 import { displayLocation } from "./open.ts";
+import { withRetry } from "./retry.ts";
 import {
   type CommitOptions,
   type ListOptions,
@@ -175,20 +176,25 @@ export class S3Store implements ObjectStore {
     let token: string | undefined;
     const prefix = this.prefix + (options.prefix ?? "");
     do {
-      let page: ListObjectsV2CommandOutput;
-      try {
-        page = await this.client.send(
-          new ListObjectsV2Command({
-            Bucket: this.bucket,
-            Prefix: prefix,
-            MaxKeys: options.pageSize ?? 1000,
-            ...(token ? { ContinuationToken: token } : {}),
-          }),
-          { abortSignal: options.signal },
-        );
-      } catch (e) {
-        throw classifyS3Error(e, `list ${this.displayUri}`);
-      }
+      // A failed page (throttling, a 500) is fetched again from the same continuation token.
+      const page: ListObjectsV2CommandOutput = await withRetry(
+        async () => {
+          try {
+            return await this.client.send(
+              new ListObjectsV2Command({
+                Bucket: this.bucket,
+                Prefix: prefix,
+                MaxKeys: options.pageSize ?? 1000,
+                ...(token ? { ContinuationToken: token } : {}),
+              }),
+              { abortSignal: options.signal },
+            );
+          } catch (e) {
+            throw classifyS3Error(e, `list ${this.displayUri}`);
+          }
+        },
+        options.signal ? { signal: options.signal } : {},
+      );
       for (const o of page.Contents ?? []) {
         if (!o.Key?.startsWith(this.prefix)) continue;
         yield {
