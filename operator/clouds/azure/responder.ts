@@ -390,46 +390,46 @@ export class AzureResponder implements PrimaryResponder {
       { notFound: undefined },
     );
     const held = existing && lc(existing.sku.name) === lc(sku) ? (existing.sku.capacity ?? 0) : 0;
-    let created = false;
     let reservationId = existing?.id;
-    if (!existing || held !== req.nodes || existing.provisioningState === "Failed") {
-      const facts = await this.skuFacts(target.clients, region, sku, signal);
-      if (!facts)
-        throw new Decline("SkuUnavailable", `${sku} is not offered in ${region} to this subscription`);
-      if (facts.restricted)
-        throw new Decline("SkuUnavailable", `${sku} is restricted in ${region} for this subscription`);
-      await this.checkQuota(target.clients, region, facts, (req.nodes - held) * facts.vcpus, signal);
-      const ledger = this.ledger(target, sku);
-      if (mapping?.maxNodes !== undefined) {
-        if (!ledger.isFresh(this.now(), LEDGER_TTL_MS)) {
-          await ledger.refresh(() => this.listReservations(target, sku, signal), this.now);
-        }
-        const admitted = ledger.admit(lc(name), req.nodes, mapping.maxNodes);
-        if (!admitted.ok) {
-          throw new Decline(
-            "NoCapacity",
-            `${pname} may use at most ${mapping.maxNodes} ${sku} nodes; ${admitted.others} are reserved and the run needs ${req.nodes}`,
-          );
-        }
-      }
-      let reservation: Awaited<ReturnType<typeof compute.capacityReservations.get>>;
-      try {
-        await this.ensureGroup(target, region, signal);
-        reservation = await this.reserve(offer, target, name, region, sku, req.nodes, signal);
-        ledger.settle(lc(name), req.nodes);
-      } catch (e) {
-        ledger.settle(lc(name), undefined);
-        throw e;
-      }
-      created = !existing;
-      reservationId = reservation.id;
-    }
-
+    // Whether the offer holds a reservation now (one from an earlier try counts): a decline
+    // from here on must remove it, since nothing of a declined offer may stay reserved.
+    let reserved = existing !== undefined;
     try {
+      if (!existing || held !== req.nodes || existing.provisioningState === "Failed") {
+        const facts = await this.skuFacts(target.clients, region, sku, signal);
+        if (!facts)
+          throw new Decline("SkuUnavailable", `${sku} is not offered in ${region} to this subscription`);
+        if (facts.restricted)
+          throw new Decline("SkuUnavailable", `${sku} is restricted in ${region} for this subscription`);
+        await this.checkQuota(target.clients, region, facts, (req.nodes - held) * facts.vcpus, signal);
+        const ledger = this.ledger(target, sku);
+        if (mapping?.maxNodes !== undefined) {
+          if (!ledger.isFresh(this.now(), LEDGER_TTL_MS)) {
+            await ledger.refresh(() => this.listReservations(target, sku, signal), this.now);
+          }
+          const admitted = ledger.admit(lc(name), req.nodes, mapping.maxNodes);
+          if (!admitted.ok) {
+            throw new Decline(
+              "NoCapacity",
+              `${pname} may use at most ${mapping.maxNodes} ${sku} nodes; ${admitted.others} are reserved and the run needs ${req.nodes}`,
+            );
+          }
+        }
+        let reservation: Awaited<ReturnType<typeof compute.capacityReservations.get>>;
+        try {
+          await this.ensureGroup(target, region, signal);
+          reservation = await this.reserve(offer, target, name, region, sku, req.nodes, signal);
+          ledger.settle(lc(name), req.nodes);
+        } catch (e) {
+          ledger.settle(lc(name), undefined);
+          throw e;
+        }
+        reserved = true;
+        reservationId = reservation.id;
+      }
       await this.sizePool(target, signal);
     } catch (e) {
-      if (e instanceof Decline && created) {
-        // Nothing of a declined offer may stay reserved.
+      if (e instanceof Decline && reserved) {
         await this.call(
           () =>
             compute.capacityReservations.delete(az.resourceGroup, az.capacityReservationGroup, name, {

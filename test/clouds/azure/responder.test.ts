@@ -190,6 +190,19 @@ describe("transient errors", () => {
     expect(emu.reservations()).toHaveLength(1);
   });
 
+  test("a retry that ends in a decline removes the reservation the first try made", async () => {
+    emu.injectError({ operation: "agentPools.createOrUpdate", code: "ServiceUnavailable", times: 1 });
+    const r = responder(emu);
+    const o = offer(1);
+    await expect(r.respond(o, provider(emu), ctx())).rejects.toBeInstanceOf(RetryableError);
+    expect(emu.reservations()).toHaveLength(1);
+    emu.injectError({ operation: "agentPools.createOrUpdate", code: "ZonalAllocationFailed", times: 1 });
+    const answer = await r.respond(o, provider(emu), ctx());
+    expect(answer).toMatchObject({ outcome: "Declined", reason: "NoCapacity" });
+    expect(emu.reservations()).toHaveLength(0);
+    expect(emu.available("eastus", H100)).toBe(2);
+  });
+
   test("an unreachable ARM endpoint throws RetryableError", async () => {
     const gone = await emulator();
     await gone.close();
