@@ -66,6 +66,8 @@ export class CheckpointAgent {
    */
   private newestInStore = -1;
   private initialised = false;
+  /** Steps whose directory was refused (path or format): never committed, not waited for. */
+  private readonly refusedSteps = new Set<number>();
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -104,12 +106,13 @@ export class CheckpointAgent {
   }
 
   /**
-   * Resolves once `step` (or a newer one) is committed in the store. The sandbox trainer uses
+   * Resolves once `step` (or a newer one) is committed in the store, or its directory was
+   * refused (a refused checkpoint will never commit; the refusal is logged). The sandbox trainer uses
    * it as DCP's async save does: the next checkpoint waits until the previous one is persisted,
    * so the trainer's own rotation never deletes a directory before it was uploaded.
    */
   async waitForCommitted(step: number, signal?: AbortSignal): Promise<void> {
-    while (this.newestInStore < step) {
+    while (this.newestInStore < step && !this.refusedSteps.has(step)) {
       signal?.throwIfAborted();
       if (this.stopped) throw new Error(`agent stopped before step ${step} was committed`);
       this.trigger();
@@ -213,6 +216,7 @@ export class CheckpointAgent {
         }
         if (e instanceof PathRefusedError || (e instanceof Error && e.name === "SafetensorsError")) {
           this.failed.set(name, signature);
+          this.refusedSteps.add(step);
           this.log(`checkpoint ${name} refused: ${e.message}`);
           continue;
         }

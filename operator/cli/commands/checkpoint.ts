@@ -1,12 +1,14 @@
 /**
- * `spillway checkpoint agent|restore|list|trainer`: the checkpoint sidecar, its init step,
- * a listing of a store's checkpoints, and the sandbox's trainer stand-in.
+ * `spillway checkpoint agent|restore|list|replicate|trainer`: the checkpoint sidecar, its init
+ * step, a listing of a store's checkpoints, a verified copy between stores, and the sandbox's
+ * trainer stand-in. See operator/checkpoints/README.md.
  */
 import { writeFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { CheckpointAgent } from "../../checkpoints/agent.ts";
 import { confineCheckpointPath } from "../../checkpoints/paths.ts";
-import { listCheckpoints } from "../../checkpoints/repository.ts";
+import { replicateCheckpoint } from "../../checkpoints/replicate.ts";
+import { latestCommitted, listCheckpoints } from "../../checkpoints/repository.ts";
 import { restoreLatest } from "../../checkpoints/restore.ts";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
 import { type ObjectStore, openStore } from "../../dataplane/store.ts";
@@ -24,6 +26,15 @@ function expectStepOf(raw: string | undefined): { expectStep?: number } {
   const n = Number(raw);
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`expected step must be a step number, got ${raw}`);
   return { expectStep: n };
+}
+
+function nonNegativeInt(what: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new Error(`${what} must be a non-negative integer, got ${v}`);
+    return n;
+  };
 }
 
 function positiveInt(what: string) {
@@ -47,7 +58,9 @@ function guarded<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
 }
 
 export function register(program: Command): void {
-  const cmd = program.command("checkpoint").description("Portable checkpoints: agent, restore, list.");
+  const cmd = program
+    .command("checkpoint")
+    .description("Portable checkpoints: agent, restore, list, replicate.");
 
   cmd
     .command("agent")
@@ -201,6 +214,34 @@ export function register(program: Command): void {
         for (const i of listing.invalid)
           console.log([i.step, "Invalid", "-", "-", "-", "-", i.reason].join("\t"));
         for (const s of listing.uncommitted) console.log([s, "Partial", "-", "-", "-", "-", "-"].join("\t"));
+      }),
+    );
+
+  cmd
+    .command("replicate")
+    .description("Copy a committed checkpoint (default: the newest) from one store to another, verified.")
+    .requiredOption("--from <uri>", "source store URI of the run's checkpoints")
+    .requiredOption("--to <uri>", "destination store URI of the run's checkpoints")
+    .option(
+      "--step <n>",
+      "the step to copy (default: the source's newest committed)",
+      nonNegativeInt("--step"),
+    )
+    .option("--json", "print the result as JSON")
+    .action(
+      guarded(async (o: { from: string; to: string; step?: number; json?: boolean }) => {
+        const src = await open(o.from);
+        const dst = await open(o.to);
+        const step = o.step ?? (await latestCommitted(src))?.step;
+        if (step === undefined) throw new Error(`no committed checkpoint in ${src.displayUri}`);
+        const r = await replicateCheckpoint(src, dst, step);
+        if (o.json) console.log(JSON.stringify(r));
+        else
+          console.log(
+            r.alreadyPresent
+              ? `step ${r.step} already in ${dst.displayUri}`
+              : `replicated step ${r.step} to ${dst.displayUri}: ${r.blobsCopied} blobs (${r.bytesCopied} bytes) copied, ${r.blobsSkipped} already there`,
+          );
       }),
     );
 
