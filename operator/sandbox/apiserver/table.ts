@@ -158,6 +158,12 @@ function servicePorts(o: KubeObject): string {
 
 const age_ = jsonPathColumn(AGE_COLUMN);
 
+/** An Event's LAST SEEN: its last timestamp (or event time, or creation) as an age. */
+function eventAge(o: KubeObject, now: number): unknown {
+  const t = o.lastTimestamp ?? o.eventTime ?? o.metadata.creationTimestamp;
+  return age(t, now);
+}
+
 /** Columns of the built-in kinds that have more than Name and Age. */
 const BUILTIN_COLUMNS: Record<string, Column[]> = {
   "/namespaces": [computed("Status", (o) => field(o, "status", "phase") ?? "Active"), age_],
@@ -209,6 +215,31 @@ const BUILTIN_COLUMNS: Record<string, Column[]> = {
     computed("Available", (o) => field(o, "status", "availableReplicas") ?? 0, { type: "integer" }),
     age_,
   ],
+  "/events": [
+    computed("Last Seen", (o) => eventAge(o, Date.now()), { type: "string" }),
+    computed("Type", (o) => o.type ?? ""),
+    computed("Reason", (o) => o.reason ?? ""),
+    computed("Object", (o) => {
+      const ref = isPlainObject(o.involvedObject) ? o.involvedObject : {};
+      return `${String(ref.kind ?? "").toLowerCase()}/${ref.name ?? ""}`;
+    }),
+    computed("Message", (o) => o.message ?? ""),
+    // As on a real server: events list without their (generated) names unless -o wide.
+    { ...NAME_COLUMN, def: { ...NAME_COLUMN.def, priority: 1 } },
+  ],
+  "events.k8s.io/events": [
+    computed("Last Seen", (o) =>
+      age(o.deprecatedLastTimestamp ?? o.eventTime ?? o.metadata.creationTimestamp, Date.now()),
+    ),
+    computed("Type", (o) => o.type ?? ""),
+    computed("Reason", (o) => o.reason ?? ""),
+    computed("Object", (o) => {
+      const ref = isPlainObject(o.regarding) ? o.regarding : {};
+      return `${String(ref.kind ?? "").toLowerCase()}/${ref.name ?? ""}`;
+    }),
+    computed("Message", (o) => o.note ?? ""),
+    { ...NAME_COLUMN, def: { ...NAME_COLUMN.def, priority: 1 } },
+  ],
   "coordination.k8s.io/leases": [computed("Holder", (o) => field(o, "spec", "holderIdentity") ?? ""), age_],
   "apiextensions.k8s.io/customresourcedefinitions": [
     computed("Created At", (o) => o.metadata.creationTimestamp ?? null, { type: "date" }),
@@ -221,7 +252,8 @@ function columnsFor(rt: ResourceType, version: string): Column[] {
     const cols = custom.columns.length > 0 ? custom.columns : [AGE_COLUMN];
     return [NAME_COLUMN, ...cols.map(jsonPathColumn)];
   }
-  return [NAME_COLUMN, ...(BUILTIN_COLUMNS[`${rt.group}/${rt.plural}`] ?? [age_])];
+  const builtin = BUILTIN_COLUMNS[`${rt.group}/${rt.plural}`] ?? [age_];
+  return builtin.some((c) => c.def.name === "Name") ? builtin : [NAME_COLUMN, ...builtin];
 }
 
 function partialMetadata(obj: KubeObject): JsonObject {

@@ -155,6 +155,14 @@ describe("kubectl against the sandbox API server", () => {
     expect(out).toMatch(
       /Normal\s+OfferedToPrimary\s+\S+\s+spillway-controller\s+offered 16 H100 to azure-eastus/,
     );
+    const events = rows(await kubectl.ok(["get", "events", "-n", "ml-team"]));
+    expect(events[0]).toEqual(["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]);
+    expect(events[1]!.slice(1)).toEqual([
+      "Normal",
+      "OfferedToPrimary",
+      "trainingrun/llama-pretrain",
+      "offered 16 H100 to azure-eastus",
+    ]);
   });
 
   it("waits for a condition that a status write sets", async () => {

@@ -151,6 +151,25 @@ describe("watch", () => {
     expect(again.events[0]).toMatchObject({ type: "ADDED", object: { metadata: { name: "after-expiry" } } });
   });
 
+  it("streams Table rows to `kubectl get -w` style watches, with column definitions first", async () => {
+    const rv = (await call("GET", CM)).body.metadata.resourceVersion;
+    const res = await fetch(`${server.url}${CM}?watch=1&resourceVersion=${rv}`, {
+      headers: { Accept: "application/json;as=Table;g=meta.k8s.io;v=v1" },
+    });
+    await call("POST", CM, cm("t-1", {}, { a: "1", b: "2" }));
+    await call("POST", CM, cm("t-2"));
+    const reader = res.body!.getReader();
+    let text = "";
+    while (text.split("\n").length < 3) text += new TextDecoder().decode((await reader.read()).value);
+    await reader.cancel();
+    const [first, second] = text.split("\n").map((l) => JSON.parse(l || "null"));
+    expect(first.object.kind).toBe("Table");
+    expect(first.object.columnDefinitions.map((c: any) => c.name)).toEqual(["Name", "Data", "Age"]);
+    expect(first.object.rows[0].cells.slice(0, 2)).toEqual(["t-1", 2]);
+    expect(second.object.columnDefinitions).toEqual([]);
+    expect(second.object.rows[0].cells[0]).toBe("t-2");
+  });
+
   it("ends the stream after timeoutSeconds", async () => {
     const rv = (await call("GET", CM)).body.metadata.resourceVersion;
     const { ended } = await watch(`resourceVersion=${rv}&timeoutSeconds=1`, () => false);
