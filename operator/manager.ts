@@ -68,6 +68,9 @@ export interface ManagerOptions {
   checkpoints?: CheckpointPlanner;
   /** Further controllers (ProvisionedCluster, DataSet) built on the same context. */
   extraControllers?: (ctx: OperatorContext) => Controller[];
+  /** Client-side rate limit towards the management cluster. Default 200 QPS, burst 400. */
+  kubeApiQps?: number;
+  kubeApiBurst?: number;
   /** How often the orphan collector runs. Default 60 s. */
   collectIntervalMs?: number;
 }
@@ -100,6 +103,7 @@ export class Manager {
     this.identity = `${opts.identity ?? "spillway-operator"}-${randomBytes(3).toString("hex")}`;
     const clientOpts = {
       cluster: "management",
+      rateLimit: { qps: opts.kubeApiQps ?? 200, burst: opts.kubeApiBurst ?? 400 },
       onRequest: (cluster: string, verb: string, code: number) =>
         this.metrics.apiRequests.inc({ cluster, verb, code: String(code) }),
     };

@@ -39,6 +39,8 @@ interface OperatorFlags {
   clusterLostTimeout: number;
   pulumiStateDir: string;
   azureCaFile?: string;
+  kubeApiQps: number;
+  kubeApiBurst: number;
 }
 
 export function register(program: Command): void {
@@ -85,6 +87,8 @@ export function register(program: Command): void {
       "--azure-ca-file <path>",
       "PEM CAs trusted for Azure Resource Manager and Entra ID (private endpoints)",
     )
+    .option("--kube-api-qps <n>", "requests per second to the management cluster", positiveInt, 200)
+    .option("--kube-api-burst <n>", "request burst to the management cluster", positiveInt, 400)
     .action(async (flags: OperatorFlags) => {
       const log = createLogger({ level: flags.logLevel });
       const adapters = await buildAdapters({
@@ -106,6 +110,8 @@ export function register(program: Command): void {
         healthAddress: flags.healthProbeBindAddress,
         logger: log,
         maxConcurrentReconciles: flags.maxConcurrentReconciles,
+        kubeApiQps: flags.kubeApiQps,
+        kubeApiBurst: flags.kubeApiBurst,
         settings: {
           offerRetentionMs: flags.offerRetention,
           remoteQps: flags.remoteQps,

@@ -117,6 +117,7 @@ async function reconcileDataSet(
   if (!ds || ds.metadata.deletionTimestamp) {
     // Replicas are data the user owns: deleting the DataSet stops syncing, it deletes nothing.
     await syncs.cancel(key);
+    reported.delete(key);
     return undefined;
   }
   const now = ctx.now().getTime();
@@ -157,8 +158,7 @@ async function reconcileDataSet(
     }
     states.push(s);
     if (s.running) soonest(opts.progressIntervalMs ?? 2_000);
-    else if (s.phase === "Failed" && !s.terminal)
-      soonest(Math.max(1_000, (s.finishedAt ?? now) + syncs.retryDelay(s.failures) - now));
+    else if (s.phase === "Failed") soonest(Math.max(1_000, syncs.nextRetryIn(s)));
     else if (s.phase === "Synced" && continuous)
       soonest(Math.max(1_000, (s.finishedAt ?? now) + intervalMs - now));
   }
@@ -220,14 +220,12 @@ async function reconcileDataSet(
     else set("Stalled", "False", "Healthy", "");
   });
 
-  // Events for finished syncs, once each (the finish time identifies the sync).
+  // Events for finished syncs, once each (a replica's finish time identifies its last sync).
+  const seen = reported.get(key) ?? new Map<string, number>();
+  reported.set(key, seen);
   for (const s of states) {
-    if (s.running || s.finishedAt === undefined) continue;
-    const mark = `${s.provider}:${s.finishedAt}`;
-    if (reported.get(key)?.has(mark)) continue;
-    const seen = reported.get(key) ?? new Set<string>();
-    reported.set(key, seen);
-    seen.add(mark);
+    if (s.running || s.finishedAt === undefined || seen.get(s.provider) === s.finishedAt) continue;
+    seen.set(s.provider, s.finishedAt);
     if (s.phase === "Synced")
       ctx.events.record(
         updated,
@@ -242,8 +240,8 @@ async function reconcileDataSet(
   return nextLookMs === undefined ? undefined : { requeueAfter: nextLookMs };
 }
 
-/** Finished syncs already announced by an Event, per DataSet key (this process only). */
-const reported = new Map<string, Set<string>>();
+/** Per DataSet key and replica: the finish time of the last sync announced by an Event. */
+const reported = new Map<string, Map<string, number>>();
 
 function replicaStatus(s: ReplicaSync, previous: ReplicaStatus | undefined): ReplicaStatus {
   const p = s.progress;

@@ -153,16 +153,18 @@ class RunReconciler {
     if (isFinished(run)) return this.cleanupFinished(run, rc);
     if (run.spec.runPolicy?.suspend) return this.suspend(run);
 
-    let current = run;
-    if (!current.status?.attempt) {
-      current = await this.writeStatus(current, (s, obj) => {
-        s.attempt = 1;
-        s.phase = "Offering";
-        s.gpus = runGpus(current);
-        s.moves ??= 0;
-        setStatusCondition(obj, { type: "SpecValid", status: "True", reason: "Valid", message: "" });
-      });
-    }
+    // The first attempt's status is not written on its own: it goes out with the first real
+    // change (the offer, or the placement). Attempt 1 is implied by an absent attempt, so a
+    // crash before that write loses nothing (the offer's name is derived from the attempt).
+    const current = run.status?.attempt
+      ? run
+      : this.derive(run, (s, obj) => {
+          s.attempt = 1;
+          s.phase = "Offering";
+          s.gpus = runGpus(run);
+          s.moves ??= 0;
+          setStatusCondition(obj, { type: "SpecValid", status: "True", reason: "Valid", message: "" });
+        });
     const attempt = current.status!.attempt!;
     const placement = current.status?.placement;
     if (!placement || placement.attempt !== attempt) return this.place(current, attempt, rc);
@@ -317,7 +319,8 @@ class RunReconciler {
       }
     }
     if (!(run.status?.offers ?? []).includes(name)) {
-      run = await this.writeStatus(run, (s) => {
+      // Recorded with the next status write (the decision's), not on its own.
+      run = this.derive(run, (s) => {
         s.offers = [name, ...(s.offers ?? []).filter((n) => n !== name)].slice(0, MAX_OFFERS_LISTED);
       });
     }
@@ -775,8 +778,10 @@ class RunReconciler {
       s.phase = phase;
       setStatusCondition(obj, { type: "Placed", status: "False", reason, message });
     });
-    if (before?.reason !== reason)
-      this.ctx.events.record(run, reason === "AwaitingPrimary" ? "Normal" : "Warning", reason, message);
+    // AwaitingPrimary needs no Event of its own: the Offered Event says the same.
+    if (before?.reason !== reason && reason !== "AwaitingPrimary") {
+      this.ctx.events.record(run, "Warning", reason, message);
+    }
     return updated;
   }
 
@@ -790,8 +795,24 @@ class RunReconciler {
     next.status ??= {};
     mutate(next.status, next);
     next.status.observedGeneration = run.metadata.generation;
-    if (JSON.stringify(next.status) === JSON.stringify(run.status ?? {})) return run;
+    const stored = this.stored.get(run) ?? JSON.stringify(run.status ?? {});
+    if (JSON.stringify(next.status) === stored) return run;
     return this.ctx.mgmt.updateStatus(SpillwayResources.TrainingRun, next);
+  }
+
+  /** Status as stored, for runs changed in memory only (see `derive`). */
+  private readonly stored = new WeakMap<Run, string>();
+
+  /**
+   * A copy of the run with its status changed in memory only; the change is written by the
+   * next `writeStatus` that has anything to write.
+   */
+  private derive(run: Run, mutate: (s: Status, obj: Run) => void): Run {
+    const next = structuredClone(run);
+    next.status ??= {};
+    mutate(next.status, next);
+    this.stored.set(next, this.stored.get(run) ?? JSON.stringify(run.status ?? {}));
+    return next;
   }
 }
 

@@ -17,6 +17,8 @@ import {
   renderRemoteObjects,
 } from "../remote/manifests.ts";
 
+const namespacesSeen = new WeakMap<KubeClient, Set<string>>();
+
 export interface RemoteCluster {
   client: KubeClient;
   jobs: Informer<RemoteJob>;
@@ -53,7 +55,18 @@ async function createIgnoringExisting(
  */
 export async function dispatch(cluster: RemoteCluster, inputs: DispatchInputs): Promise<boolean> {
   const objs = renderRemoteObjects(inputs);
-  await createIgnoringExisting(cluster.client, Resources.Namespace, objs.namespace);
+  // Namespaces are created once per cluster client (and again after a restart): one request
+  // per run saved. Spillway never deletes the namespaces it creates (teams share them).
+  let known = namespacesSeen.get(cluster.client);
+  if (!known) {
+    known = new Set();
+    namespacesSeen.set(cluster.client, known);
+  }
+  const ns = String((objs.namespace.metadata as { name: string }).name);
+  if (!known.has(ns)) {
+    await createIgnoringExisting(cluster.client, Resources.Namespace, objs.namespace);
+    known.add(ns);
+  }
   await createIgnoringExisting(cluster.client, Resources.Service, objs.service);
   return createIgnoringExisting(cluster.client, Resources.Job, objs.job);
 }
