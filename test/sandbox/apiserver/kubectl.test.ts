@@ -226,6 +226,43 @@ describe("kubectl against the sandbox API server", () => {
     expect(get.stderr).toContain('trainingruns.spillway.dev "bad-run" not found');
   });
 
+  it("enforces the CRD's CEL rules (transition rules with oldSelf included) and refuses unknown fields", async () => {
+    const run = JSON.parse(await kubectl.ok(["get", "tr", "llama-pretrain", "-n", "ml-team", "-o", "json"]));
+    const patch = await kubectl.run([
+      "patch",
+      "tr",
+      "llama-pretrain",
+      "-n",
+      "ml-team",
+      "--type=merge",
+      "-p",
+      JSON.stringify({ spec: { workloadClass: "research" } }),
+    ]);
+    expect(patch.code).not.toBe(0);
+    expect(patch.stderr).toContain("spec.workloadClass");
+    expect(patch.stderr).toContain("workloadClass is immutable");
+
+    const serving = {
+      apiVersion: "spillway.dev/v1alpha1",
+      kind: "TrainingRun",
+      metadata: { name: "serving-with-alternatives", namespace: "ml-team" },
+      spec: { ...run.spec, workloadClass: "serving", placement: { alternatives: ["oci-ashburn"] } },
+    };
+    const cel = await kubectl.run(["apply", "-f", "-"], JSON.stringify(serving));
+    expect(cel.code).not.toBe(0);
+    expect(cel.stderr).toContain("spec.placement.alternatives");
+    expect(cel.stderr).toContain("serving runs are primary-exclusive");
+
+    const unknown = {
+      ...serving,
+      metadata: { name: "with-unknown-field", namespace: "ml-team" },
+      spec: { ...run.spec, colour: "blue" },
+    };
+    const strict = await kubectl.run(["apply", "-f", "-"], JSON.stringify(unknown));
+    expect(strict.code).not.toBe(0);
+    expect(strict.stderr).toContain('unknown field "spec.colour"');
+  });
+
   it("validates but does not store with --dry-run=server", async () => {
     const manifest = JSON.parse(
       await kubectl.ok(["get", "tr", "llama-pretrain", "-n", "ml-team", "-o", "json"]),
