@@ -162,6 +162,13 @@ export function armErrorFacts(e: unknown): ArmErrorFacts {
   const bodyObj = obj(body);
   if (!code && typeof bodyObj?.code === "string") code = bodyObj.code;
   if (typeof bodyObj?.message === "string" && bodyObj.message.length > 0) message = bodyObj.message;
+  // A failed long-running operation: core-lro throws a bare Error whose message carries the
+  // operation's error as "The long-running operation has failed. <code>. <message>".
+  const lro = code === undefined ? LRO_FAILED.exec(message) : null;
+  if (lro) {
+    code = lro[1];
+    message = lro[2] || message;
+  }
   const response = obj(o.response);
   const headers = obj(response?.headers);
   const get =
@@ -178,6 +185,7 @@ export function armErrorFacts(e: unknown): ArmErrorFacts {
   };
 }
 
+const LRO_FAILED = /^The long-running operation has failed\. ([A-Za-z][A-Za-z0-9_]*)\. ?([\s\S]*)$/;
 const QUOTA_WORDS = /\bquota\b/i;
 const TRANSIENT_AUTH =
   /temporarily_unavailable|service_unavailable|server_error|too_many_requests|network_error/i;

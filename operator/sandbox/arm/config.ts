@@ -30,6 +30,7 @@ export const ARM_OPERATIONS = [
   "capacityReservations.list",
   "agentPools.get",
   "agentPools.createOrUpdate",
+  "operations.get",
 ] as const;
 export type ArmOperation = (typeof ARM_OPERATIONS)[number];
 
@@ -85,6 +86,12 @@ export const ArmInjectedError = Type.Object(
     retryAfterSeconds: Type.Optional(
       Type.Integer({ minimum: 0, description: "Retry-After header (429/503)." }),
     ),
+    via: Type.Optional(
+      Type.Union([Type.Literal("response"), Type.Literal("operation")], {
+        description:
+          "response (default): the call itself fails; operation: with asyncOperations, the call is accepted and its async operation ends Failed with this error, as Azure reports allocation failures.",
+      }),
+    ),
     details: Type.Optional(
       Type.Array(
         Type.Object({ code: Type.String({ minLength: 1 }), message: Type.Optional(Type.String()) }),
@@ -124,6 +131,12 @@ export const ArmConfigSchema = Type.Object(
     /** Added to (or overriding) the built-in catalogue of Azure GPU SKUs. */
     skus: Type.Array(ArmSku, { default: [] }),
     latency: Type.String({ default: "0s", description: "Added to every call (Go duration)." }),
+    /**
+     * Long-running operations the Azure way: PUT/DELETE answer 201/202 with an
+     * Azure-AsyncOperation URL that the SDK polls; allocation failures end the operation Failed.
+     * Off: they complete in the response itself (fewer calls, same outcomes).
+     */
+    asyncOperations: Type.Boolean({ default: false }),
     errors: Type.Array(ArmInjectedError, { default: [] }),
     auth: Type.Optional(ArmAuth),
   },

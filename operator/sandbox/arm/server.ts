@@ -83,6 +83,8 @@ export interface ArmEmulator {
   removeSku(region: string, sku: string): void;
   setQuota(region: string, family: string, limit: number, used?: number): void;
   setLatency(latency: string | number): void;
+  /** Switches Azure-style async long-running operations on or off (see the config). */
+  setAsyncOperations(on: boolean): void;
   /** Injects an ARM error; returns a function that removes it. */
   injectError(spec: ArmInjectedErrorSpec): () => void;
   clearErrors(): void;
@@ -117,6 +119,9 @@ function route(method: string, path: string): Route | undefined {
   }
   if (l[0] !== "subscriptions" || l.length < 4) return undefined;
   const sub = s[1]!;
+  if (l[2] === "providers" && l.length === 8 && l[4] === "locations" && l[6] === "operations") {
+    return method === "GET" ? { op: "operations.get", params: { sub, id: s[7]! } } : undefined;
+  }
   if (l[2] === "providers" && l[3] === "microsoft.compute") {
     if (l.length === 5 && l[4] === "skus" && method === "GET")
       return { op: "resourceSkus.list", params: { sub } };
@@ -183,6 +188,11 @@ class ArmState {
   tokens = new Map<string, number>();
   errors: ArmInjectedErrorSpec[] = [];
   latencyMs: number;
+  asyncOperations: boolean;
+  operations = new Map<
+    string,
+    { status: "Succeeded" | "Failed"; error?: { code: string; message: string }; start: string }
+  >();
   callCounts = new Map<ArmOperation, number>();
   readonly location: string;
 
@@ -206,6 +216,7 @@ class ArmState {
     };
     this.errors = config.errors.map((e) => ({ ...e }));
     this.latencyMs = parseDuration(config.latency);
+    this.asyncOperations = config.asyncOperations;
   }
 
   capKey(region: string, sku: string): string {
@@ -298,6 +309,36 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
       platformFaultDomainCount: 1,
     },
   });
+
+  /** Codes Azure reports through the async operation rather than the PUT's response. */
+  const ASYNC_FAILURES = new Set([
+    "AllocationFailed",
+    "ZonalAllocationFailed",
+    "OverconstrainedAllocationRequest",
+    "OverconstrainedZonalAllocationRequest",
+  ]);
+
+  /**
+   * Answers a long-running operation: as is when async operations are off; else with an
+   * Azure-AsyncOperation URL whose status is Succeeded, or Failed with `error`.
+   */
+  const sendLro = (
+    res: ServerResponse,
+    status: number,
+    body: unknown,
+    provider: "Microsoft.Compute" | "Microsoft.ContainerService",
+    error?: { code: string; message: string },
+  ) => {
+    if (!state.asyncOperations) return send(res, status, body);
+    const id = randomUUID();
+    state.operations.set(id, {
+      status: error ? "Failed" : "Succeeded",
+      ...(error ? { error } : {}),
+      start: new Date().toISOString(),
+    });
+    const url = `${base}/subscriptions/${config.subscriptionId}/providers/${provider}/locations/${state.location}/operations/${id}?api-version=2024-01-01`;
+    return send(res, status, body, { "azure-asyncoperation": url, location: url });
+  };
 
   const poolView = () => ({
     id: state.pool.id,
@@ -423,6 +464,16 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
       throw new HttpError(401, "InvalidAuthenticationToken", "The access token is invalid or expired.");
     }
   };
+
+  /** What a PUT that will fail asynchronously answers at first. */
+  const pendingReservation = (p: Record<string, string>, body: Json) => ({
+    id: `${state.groupId(p.group!)}/capacityReservations/${p.name}`,
+    name: p.name,
+    type: "Microsoft.Compute/capacityReservationGroups/capacityReservations",
+    location: body.location,
+    sku: body.sku,
+    properties: { provisioningState: "Creating" },
+  });
 
   const putReservation = (p: Record<string, string>, body: Json): [number, unknown] => {
     const g = group(p.group!);
@@ -597,8 +648,16 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
         return send(res, 200, reservationView(x));
       }
       case "capacityReservations.createOrUpdate": {
-        const [status, view] = putReservation(p, body);
-        return send(res, status, view);
+        try {
+          const [status, view] = putReservation(p, body);
+          return sendLro(res, status, view, "Microsoft.Compute");
+        } catch (e) {
+          if (!(state.asyncOperations && e instanceof HttpError && ASYNC_FAILURES.has(e.code))) throw e;
+          return sendLro(res, 201, pendingReservation(p, body), "Microsoft.Compute", {
+            code: e.code,
+            message: e.message,
+          });
+        }
       }
       case "capacityReservations.delete": {
         const g = group(p.group!);
@@ -609,7 +668,7 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
         const cap = state.capacity.get(state.capKey(x.location, x.sku));
         if (cap) cap.available += x.capacity;
         events.emit("reservation", { action: "deleted", reservation: { ...x } });
-        return send(res, 200);
+        return state.asyncOperations ? sendLro(res, 202, undefined, "Microsoft.Compute") : send(res, 200);
       }
       case "agentPools.get":
       case "agentPools.createOrUpdate": {
@@ -649,7 +708,21 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
             });
           }
         }
-        return send(res, 200, poolView());
+        return r.op === "agentPools.createOrUpdate"
+          ? sendLro(res, 200, poolView(), "Microsoft.ContainerService")
+          : send(res, 200, poolView());
+      }
+      case "operations.get": {
+        const o = state.operations.get(p.id!);
+        if (!o) throw new HttpError(404, "ResourceNotFound", `The operation '${p.id}' was not found.`);
+        return send(res, 200, {
+          id: url.pathname,
+          name: p.id,
+          status: o.status,
+          startTime: o.start,
+          endTime: o.start,
+          ...(o.error ? { error: o.error } : {}),
+        });
       }
       default:
         throw new HttpError(404, "InvalidResourceType", "The resource type could not be found.");
@@ -671,6 +744,23 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
       try {
         if (r.op === "token") {
           await token(r, req, res, injected);
+          return;
+        }
+        const lroOps: Partial<Record<ArmOperation, "Microsoft.Compute" | "Microsoft.ContainerService">> = {
+          "capacityReservations.createOrUpdate": "Microsoft.Compute",
+          "capacityReservations.delete": "Microsoft.Compute",
+          "agentPools.createOrUpdate": "Microsoft.ContainerService",
+        };
+        const lroProvider = lroOps[r.op];
+        if (injected?.via === "operation" && state.asyncOperations && lroProvider) {
+          // Accepted now, failed later: nothing changes, the operation reports the error.
+          const body = req.method === "PUT" ? asObject(JSON.parse((await readBody(req)) || "{}")) : {};
+          const first =
+            r.op === "capacityReservations.createOrUpdate" ? pendingReservation(r.params, body) : undefined;
+          sendLro(res, first ? 201 : 202, first, lroProvider, {
+            code: injected.code,
+            message: injected.message ?? `${injected.code} (injected)`,
+          });
           return;
         }
         if (injected) {
@@ -733,6 +823,9 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
         q.limit = limit;
         if (used !== undefined) q.used = used;
       } else config.quota.push({ region, family, limit, ...(used !== undefined ? { used } : {}) });
+    },
+    setAsyncOperations(on) {
+      state.asyncOperations = on;
     },
     setLatency(latency) {
       state.latencyMs = typeof latency === "number" ? latency : parseDuration(latency);

@@ -60,6 +60,8 @@ const EXPECTED: Record<string, Expected> = {
 
 interface Case {
   name: string;
+  /** HTTP status or details matter, which an async operation's error does not carry. */
+  syncOnly?: boolean;
   error: Omit<ArmInjectedErrorSpec, "operation" | "times"> & {
     operation?: ArmInjectedErrorSpec["operation"];
   };
@@ -91,6 +93,7 @@ const special: Case[] = [
   },
   {
     name: "Compute throttling: OperationNotAllowed with HTTP 429 and a TooManyRequests detail → retry",
+    syncOnly: true,
     error: {
       code: "OperationNotAllowed",
       status: 429,
@@ -102,6 +105,7 @@ const special: Case[] = [
   },
   {
     name: "InvalidTemplateDeployment wrapping SkuNotAvailable → SkuUnavailable",
+    syncOnly: true,
     error: {
       code: "InvalidTemplateDeployment",
       message: "The template deployment failed with error: 'SkuNotAvailable'.",
@@ -113,6 +117,7 @@ const special: Case[] = [
   },
   {
     name: "DeploymentFailed wrapping ZonalAllocationFailed → NoCapacity",
+    syncOnly: true,
     error: {
       code: "DeploymentFailed",
       status: 400,
@@ -128,6 +133,7 @@ const special: Case[] = [
   },
   {
     name: "an unknown code with HTTP 503 → retry",
+    syncOnly: true,
     error: { code: "SomethingAzureInventedTomorrow", status: 503 },
     expected: "Retry",
   },
@@ -172,20 +178,35 @@ test("the table covers every ARM error code the responder maps", () => {
   expect(Object.keys(EXPECTED).sort()).toEqual(Object.keys(ARM_ERROR_REASONS).sort());
 });
 
-describe.each([...byCode, ...special])("ARM error $name", ({ error, expected }) => {
-  test(`→ ${expected}`, async () => {
-    // A fresh responder per case: no cached token or SKU list hides the injected failure.
-    r = responder(emu);
-    const o = offer(1);
-    emu.injectError({ operation: "capacityReservations.createOrUpdate", ...error, times: 1 });
-    const result = await r.respond(o, provider(emu), ctx()).catch((e: unknown) => e);
-    emu.clearErrors();
-    if (expected === "Retry") {
-      expect(result).toBeInstanceOf(RetryableError);
-    } else {
-      expect(result).toMatchObject({ outcome: "Declined", reason: expected });
-      // A declined offer keeps nothing reserved.
-      expect(emu.reservation(reservationName(o))).toBeUndefined();
-    }
+async function expectVerdict(error: Case["error"], expected: Expected, via: "response" | "operation") {
+  // A fresh responder per case: no cached token or SKU list hides the injected failure.
+  r = responder(emu);
+  const o = offer(1);
+  emu.injectError({ operation: "capacityReservations.createOrUpdate", ...error, via, times: 1 });
+  const result = await r.respond(o, provider(emu), ctx()).catch((e: unknown) => e);
+  emu.clearErrors();
+  if (expected === "Retry") {
+    expect(result).toBeInstanceOf(RetryableError);
+  } else {
+    expect(result).toMatchObject({ outcome: "Declined", reason: expected });
+    // A declined offer keeps nothing reserved.
+    expect(emu.reservation(reservationName(o))).toBeUndefined();
+  }
+}
+
+describe("errors in the response", () => {
+  beforeAll(() => emu.setAsyncOperations(false));
+  test.each([...byCode, ...special])("$name → $expected", async ({ error, expected }) => {
+    await expectVerdict(error, expected, "response");
   });
+});
+
+describe("errors reported by the async operation (Azure-AsyncOperation polling)", () => {
+  beforeAll(() => emu.setAsyncOperations(true));
+  test.each([...byCode, ...special].filter((c) => !c.syncOnly))(
+    "$name → $expected",
+    async ({ error, expected }) => {
+      await expectVerdict(error, expected, "operation");
+    },
+  );
 });

@@ -64,7 +64,12 @@ export function responder(emu: ArmEmulator, logs?: string[]): AzureResponder {
         }),
       })
     : undefined;
-  return new AzureResponder({ authorityHost: emu.url, ca: emu.ca, ...(logger ? { logger } : {}) });
+  return new AzureResponder({
+    authorityHost: emu.url,
+    ca: emu.ca,
+    pollIntervalMs: 5,
+    ...(logger ? { logger } : {}),
+  });
 }
 
 export const ctx = () => ({ credentials: { ...AUTH } });

@@ -264,3 +264,27 @@ test("reservation names are valid Azure names and deterministic, also for long o
   expect(reservationName(long)).toBe(name);
   expect(reservationName(offer(1, undefined, "run-a-a2"))).toBe("sw-ml-team-run-a-a2");
 });
+
+describe("with Azure-style async operations (201/202 + Azure-AsyncOperation, polled)", () => {
+  beforeEach(() => emu.setAsyncOperations(true));
+
+  test("accepts and releases through polled operations", async () => {
+    const r = responder(emu);
+    const o = offer(2);
+    expect((await r.respond(o, provider(emu), ctx())).outcome).toBe("Accepted");
+    expect(emu.agentPool().count).toBe(2);
+    await r.release(o, provider(emu), ctx());
+    expect(emu.reservations()).toHaveLength(0);
+    expect(emu.agentPool().count).toBe(0);
+    // Reservation PUT, pool PUT ×2 and DELETE were each followed by a status poll.
+    expect(emu.calls("operations.get")).toBeGreaterThanOrEqual(4);
+  });
+
+  test("an allocation failure reported by the operation is NoCapacity", async () => {
+    const answer = await responder(emu).respond(offer(3), provider(emu), ctx());
+    expect(answer).toMatchObject({ outcome: "Declined", reason: "NoCapacity" });
+    expect(answer.message).toContain("AllocationFailed");
+    expect(emu.calls("operations.get")).toBe(1);
+    expect(emu.reservations()).toHaveLength(0);
+  });
+});
