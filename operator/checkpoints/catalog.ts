@@ -42,8 +42,8 @@ export interface CheckpointCatalog {
   committedSteps(storeUri: string, runPrefix: string): Promise<number[]>;
 }
 
-/** The conventional run prefix: `runs/<uid>`. */
-export const runPrefixFor = (runUid: string): string => `runs/${runUid}`;
+/** The conventional run prefix: `spillway/runs/<uid>` (beside datasets in the same bucket). */
+export const runPrefixFor = (runUid: string): string => `spillway/runs/${runUid}`;
 
 /**
  * Appends a run prefix to a store URI's path, keeping its query (`endpoint`, `region`, …):

@@ -32,6 +32,13 @@ export {
 } from "./manifest.ts";
 export { confineCheckpointPath, PathRefusedError } from "./paths.ts";
 export {
+  type CheckpointMirror,
+  checkpointUri,
+  type PlannedLocation,
+  type PlannerResolver,
+  StoreCheckpointPlanner,
+} from "./planner.ts";
+export {
   type ReplicateOptions,
   type ReplicationResult,
   replicateCheckpoint,

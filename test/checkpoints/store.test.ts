@@ -5,6 +5,7 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { CloudProvider, TrainingRun } from "../../operator/api/v1alpha1/index.ts";
 import {
   CheckpointRejectedError,
   createCheckpointCatalog,
@@ -15,6 +16,7 @@ import {
   replicateLatest,
   restoreLatest,
   runCheckpointUri,
+  StoreCheckpointPlanner,
   uploadCheckpoint,
 } from "../../operator/checkpoints/index.ts";
 import {
@@ -26,6 +28,7 @@ import {
 } from "../../operator/checkpoints/manifest.ts";
 import { loadCommitted } from "../../operator/checkpoints/repository.ts";
 import type { ObjectStore } from "../../operator/dataplane/store.ts";
+import { freePort } from "../../operator/sandbox/emulators/index.ts";
 import { checkpointName } from "../../operator/sandbox/trainer/trainer.ts";
 import { crashingStore, digestTree, trainerCheckpoint } from "./fixtures.ts";
 import { type Stores, startStores, tempDir } from "./helpers.ts";
@@ -42,9 +45,9 @@ const RUN = "run-uid-1";
 /** Small chunks so a changed tensor dirties only its own chunks. */
 const CHUNK = 16 * 1024;
 
-async function commitStep(store: ObjectStore, work: string, step: number, chunkSize = CHUNK) {
+async function commitStep(store: ObjectStore, work: string, step: number, runUid = RUN) {
   const dir = await trainerCheckpoint(work, step);
-  return uploadCheckpoint(store, dir, checkpointName(step), { runUid: RUN, step, chunkSize });
+  return uploadCheckpoint(store, dir, checkpointName(step), { runUid, step, chunkSize: CHUNK });
 }
 
 describe("a checkpoint moves between clouds intact", () => {
@@ -457,4 +460,111 @@ it("the checkpoint directory a trainer wrote is what the manifest describes", as
   expect(refused.rejected[0]).toMatchObject({ reason: "WorldSizeMismatch" });
   const resharded = await restoreLatest(store, out, { worldSize: 2, allowReshard: true });
   expect(resharded.restored?.resume.reason).toContain("resharded");
+});
+
+describe("the CheckpointPlanner port over CloudProviders", () => {
+  const provider = (name: string, role: "primary" | "alternative", storage: Record<string, unknown>) =>
+    ({
+      apiVersion: "spillway.dev/v1alpha1",
+      kind: "CloudProvider",
+      metadata: { name },
+      spec: { type: role === "primary" ? "azure" : "oci", role, storage },
+    }) as unknown as CloudProvider;
+  const run = (uid: string, status: Record<string, unknown> = {}, resume = "Latest") =>
+    ({
+      apiVersion: "spillway.dev/v1alpha1",
+      kind: "TrainingRun",
+      metadata: { name: "r", namespace: "team", uid },
+      spec: { checkpoints: { path: "/checkpoints", keep: 3, resume } },
+      status,
+    }) as unknown as TrainingRun;
+
+  function world(ociEndpoint = stores.s3rver.endpoint) {
+    const azure = provider("azure", "primary", {
+      azureBlob: {
+        account: "devstoreaccount1",
+        container: "checkpoints",
+        endpoint: stores.azurite.blobEndpoint,
+      },
+    });
+    const oci = provider("oci", "alternative", {
+      s3: { bucket: "spillway-checkpoints", endpoint: ociEndpoint },
+    });
+    const byName = new Map([
+      ["azure", azure],
+      ["oci", oci],
+    ]);
+    const planner = new StoreCheckpointPlanner({
+      providers: () => [...byName.values()],
+      provider: (n) => byName.get(n),
+      secret: (p): Record<string, string> =>
+        p.spec.type === "azure"
+          ? { connectionString: stores.azurite.connectionString }
+          : { accessKeyId: stores.s3rver.accessKeyId, secretAccessKey: stores.s3rver.secretAccessKey },
+    });
+    return { azure, oci, planner };
+  }
+
+  it("moves a run's newest committed checkpoint to the target and tells the Job where to resume", async () => {
+    const { azure, oci, planner } = world();
+    const uid = `uid-${Date.now().toString(36)}`;
+    const first = await planner.prepare(run(uid), oci);
+    expect(first.resumeStep).toBeUndefined();
+    expect(first.uri).toBe(
+      `s3://spillway-checkpoints/spillway/runs/${uid}?endpoint=${encodeURIComponent(stores.s3rver.endpoint)}&region=us-east-1`,
+    );
+    // The agent on OCI writes through exactly the URI the Job gets (SPILLWAY_CHECKPOINT_STORE).
+    const onOci = await stores.open(first.uri);
+    const work = tempDir(stores, "work");
+    await commitStep(onOci, work, 10, uid);
+    const c20 = await commitStep(onOci, work, 20, uid);
+
+    const placedOnOci = run(uid, { placement: { provider: "oci" } });
+    const moved = await planner.prepare(placedOnOci, azure);
+    expect(moved).toMatchObject({
+      resumeStep: 20,
+      digest: c20.manifestDigest,
+      replicatedTo: ["azure", "oci"],
+      unreachable: [],
+    });
+    expect(moved.bytesCopied).toBe(c20.totalBytes);
+    const onAzure = await stores.open(moved.uri);
+    const out = tempDir(stores, "restore");
+    expect((await restoreLatest(onAzure, out, { runUid: uid })).restored?.step).toBe(20);
+    expect(await digestTree(join(out, checkpointName(20)))).toEqual(
+      await digestTree(join(work, checkpointName(20))),
+    );
+    expect((await planner.prepare(placedOnOci, azure)).bytesCopied).toBe(0);
+
+    // Mirroring: OCI commits step 30; the primary (Azure) receives it.
+    await commitStep(onOci, work, 30, uid);
+    const mirrored = await planner.mirror(placedOnOci);
+    expect(mirrored).toMatchObject({ step: 30, replicatedTo: ["azure", "oci"] });
+    expect((await latestCommitted(onAzure))?.step).toBe(30);
+
+    // resume: None starts fresh wherever it goes.
+    expect((await planner.prepare(run(uid, {}, "None"), azure)).resumeStep).toBeUndefined();
+  });
+
+  it("a lost cloud's store is skipped and the primary's copy is resumed from", async () => {
+    const closedPort = await freePort();
+    const { azure, oci, planner } = world(`http://127.0.0.1:${closedPort}`);
+    const uid = `uid-lost-${Date.now().toString(36)}`;
+    const onAzure = await stores.open((await planner.prepare(run(uid), azure)).uri);
+    const c = await commitStep(onAzure, tempDir(stores, "work"), 40, uid);
+    const lost = run(uid, {
+      placement: { provider: "oci" },
+      checkpoint: { step: 40, replicatedTo: ["azure", "oci"] },
+    });
+    const plan = await planner.prepare(lost, azure);
+    expect(plan).toMatchObject({
+      resumeStep: 40,
+      digest: c.manifestDigest,
+      replicatedTo: ["azure"],
+      bytesCopied: 0,
+    });
+    expect(plan.unreachable.map((u) => u.provider)).toEqual(["oci"]);
+    expect(plan.unreachable[0]?.message).not.toMatch(/S3RVER|AccountKey/);
+    void oci;
+  });
 });
