@@ -99,6 +99,8 @@ interface Job {
   done?: Promise<void>;
   /** Generation of the DataSet the running/last sync was started for. */
   generation?: number;
+  /** The providers' and Secrets' versions it was started with (see `configFingerprint`). */
+  fingerprint?: string;
 }
 
 export const datasetKeyOf = (ds: DataSet): string =>
@@ -168,18 +170,55 @@ export class DatasetSyncs implements DataStager {
     const s = job.state;
     if (s.running) return s;
     const generationChanged = job.generation !== undefined && job.generation !== ds.metadata?.generation;
-    const due = why.force || generationChanged || s.startedAt === undefined || this.retryDue(s);
+    // A changed provider or Secret may fix what failed (or move the replica): sync again now.
+    const configChanged =
+      job.fingerprint !== undefined && job.fingerprint !== this.configFingerprint(ds, provider);
+    const due =
+      why.force || generationChanged || configChanged || s.startedAt === undefined || this.retryDue(s);
     if (due) this.start(job, ds, provider);
     return job.state;
   }
 
-  /** Whether a failed replica's retry backoff has elapsed. */
+  /**
+   * Whether a failed replica's retry backoff has elapsed. A configuration error is retried
+   * too, at the longest backoff: a fix outside Kubernetes (a bucket created) must be noticed.
+   */
   private retryDue(s: ReplicaSync): boolean {
-    if (s.phase !== "Failed" || s.terminal) return false;
-    return this.now() >= (s.finishedAt ?? 0) + this.retryDelay(s.failures);
+    if (s.phase !== "Failed") return false;
+    const delay = s.terminal ? (this.opts.retryMaxMs ?? 300_000) : this.retryDelay(s.failures);
+    return this.now() >= (s.finishedAt ?? 0) + delay;
   }
 
-  /** Milliseconds until a failed replica is retried (for the controller's requeue). */
+  /**
+   * The inputs of a sync besides the DataSet: both providers' generations (spec changes, not
+   * status updates) and a digest of their Secrets' data (never the data itself).
+   */
+  private configFingerprint(ds: DataSet, provider: string): string {
+    const r = this.resolver;
+    if (!r) return "";
+    return [ds.spec.source.provider, provider]
+      .map((name) => {
+        const p = r.provider(name);
+        if (!p) return `${name}:absent`;
+        const secret = r.secret(p);
+        const digest = secret
+          ? createHash("sha256")
+              .update(JSON.stringify(Object.entries(secret).sort()))
+              .digest("hex")
+              .slice(0, 16)
+          : "none";
+        return `${name}:${p.metadata?.generation ?? ""}:${digest}`;
+      })
+      .join(",");
+  }
+
+  /** Milliseconds from now until a failed replica is retried (for the controller's requeue). */
+  nextRetryIn(s: ReplicaSync): number {
+    const delay = s.terminal ? (this.opts.retryMaxMs ?? 300_000) : this.retryDelay(s.failures);
+    return Math.max(0, (s.finishedAt ?? 0) + delay - this.now());
+  }
+
+  /** Backoff after `failures` failed syncs in a row. */
   retryDelay(failures: number): number {
     const base = this.opts.retryBaseMs ?? 5_000;
     const max = this.opts.retryMaxMs ?? 300_000;
@@ -191,6 +230,7 @@ export class DatasetSyncs implements DataStager {
     const abort = new AbortController();
     job.abort = abort;
     job.generation = ds.metadata?.generation;
+    job.fingerprint = this.configFingerprint(ds, provider);
     s.running = true;
     s.phase = "Syncing";
     s.startedAt = this.now();

@@ -134,6 +134,46 @@ describe("DataSet controller", () => {
     expect(
       h.events.some((e) => e.name === "nobucket" && e.type === "Warning" && e.reason === "SyncFailed"),
     ).toBe(true);
+
+    // Fixing the provider is noticed at once (no waiting out a backoff).
+    const provider = await h.client.get<CloudProvider & KubeObject>(
+      SpillwayResources.CloudProvider,
+      "oci-broken",
+    );
+    (provider.spec.storage!.s3 as { bucket: string }).bucket = "spillway-datasets";
+    await h.client.update(SpillwayResources.CloudProvider, provider);
+    const fixed = await eventually(async () => {
+      const d = await get("nobucket");
+      return d.status?.replicasSynced === 1 && d;
+    });
+    expect(fixed.status?.conditions?.find((c) => c.type === "Stalled")).toMatchObject({ status: "False" });
+    // The broken provider again, for the stager's test.
+    const again = await h.client.get<CloudProvider & KubeObject>(
+      SpillwayResources.CloudProvider,
+      "oci-broken",
+    );
+    (again.spec.storage!.s3 as { bucket: string }).bucket = "no-such-bucket";
+    await h.client.update(SpillwayResources.CloudProvider, again);
+  });
+
+  it("follows a change at the source at the next interval (Continuous)", async () => {
+    const src = await azure();
+    await src.put("corpora/live/v.txt", Buffer.from("one"));
+    await h.client.create(
+      SpillwayResources.DataSet,
+      dataset("live", { syncPolicy: { mode: "Continuous", interval: "1s" } }),
+    );
+    const v1 = await eventually(async () => {
+      const d = await get("live");
+      return d.status?.replicasSynced === 1 && d.status.version?.digest;
+    });
+    await src.put("corpora/live/v.txt", Buffer.from("two"));
+    const v2 = await eventually(async () => {
+      const d = await get("live");
+      return d.status?.replicasSynced === 1 && d.status.version?.digest !== v1 && d.status.version?.digest;
+    });
+    expect(v2).not.toBe(v1);
+    expect((await readAll(await (await oci("replicas/live/")).read("v.txt"))).toString()).toBe("two");
   });
 
   it("adds the provider a run is placed on as a replica and keeps it in sync", async () => {
