@@ -15,6 +15,7 @@ import { AZURE_SKU, type E2E, eventually, getRun, offersOf, startE2E, trainingRu
 import { ROOT } from "../helpers/examples.ts";
 import { CHART, type Doc, helmAsync, kubectlAsync } from "./helm.ts";
 import { type ProtobufShim, startProtobufShim } from "./protobuf-shim.ts";
+import { allowed, describeRequest, requestAttributes } from "./rbac-audit.ts";
 
 const NS = OPERATOR_NAMESPACE;
 const POD_NAME = "spillway-6d8f7c9b5-x2k4q";
@@ -22,6 +23,9 @@ const POD_NAME = "spillway-6d8f7c9b5-x2k4q";
 let e: E2E;
 let dir: string;
 let shim: ProtobufShim;
+/** The operator's own path to the API server, recording its requests for the RBAC audit. */
+let operatorShim: ProtobufShim;
+let operatorKubeconfig: string;
 let helmKubeconfig: string;
 let operator: ChildProcess | undefined;
 const output: string[] = [];
@@ -66,6 +70,12 @@ beforeAll(async () => {
     helmKubeconfig,
     e.sandbox.management.kubeconfig().replace(e.sandbox.management.url, shim.url),
   );
+  operatorShim = await startProtobufShim(e.sandbox.management.url);
+  operatorKubeconfig = join(dir, "operator-kubeconfig");
+  writeFileSync(
+    operatorKubeconfig,
+    e.sandbox.management.kubeconfig().replace(e.sandbox.management.url, operatorShim.url),
+  );
   ports = { metrics: await freePort(), health: await freePort() };
 }, 120_000);
 
@@ -76,6 +86,7 @@ afterAll(async () => {
     await exited;
   }
   await shim?.close();
+  await operatorShim?.close();
   await e?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
@@ -132,7 +143,7 @@ test("`spillway operator` with the Deployment's args and env becomes leader and 
   expect(args).toContain("--leader-elect");
   operator = spawn(
     process.execPath,
-    [join(ROOT, "bin", "spillway.mjs"), ...args, "--kubeconfig", e.sandbox.management.kubeconfigPath],
+    [join(ROOT, "bin", "spillway.mjs"), ...args, "--kubeconfig", operatorKubeconfig],
     { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH ?? "", ...env } },
   );
   for (const s of [operator.stdout, operator.stderr])
@@ -183,3 +194,23 @@ test("it places a run on the primary under the right of first refusal, and serve
   expect(metrics.status).toBe(200);
   expect(metrics.body).toContain("spillway_reconcile_total");
 }, 90_000);
+
+test("every request the operator made is allowed by the RBAC the chart installed", async () => {
+  const kc = e.sandbox.management.kubeconfigPath;
+  const rbac = [
+    JSON.parse(await kubectlAsync(kc, ["get", "clusterrole", "spillway", "-o", "json"])) as Doc,
+    JSON.parse(await kubectlAsync(kc, ["get", "role", "spillway", "-n", NS, "-o", "json"])) as Doc,
+  ];
+  const made = operatorShim.requests.flatMap((r) => {
+    const a = requestAttributes(r.method, r.url);
+    return a ? [a] : [];
+  });
+  // The audit has something to judge: the controllers' watches, the Lease, the run's status.
+  const kinds = new Set(made.map(describeRequest));
+  expect(kinds).toContain("watch spillway.dev/trainingruns (cluster-wide)");
+  expect(kinds).toContain(`create coordination.k8s.io/leases in ${NS}`);
+  expect(kinds).toContain("create spillway.dev/capacityoffers in ml-team");
+  expect(kinds).toContain("update spillway.dev/trainingruns/status in ml-team");
+  const denied = [...new Set(made.filter((a) => !allowed(rbac, a)).map(describeRequest))];
+  expect(denied).toEqual([]);
+});

@@ -1,8 +1,9 @@
 /**
  * An HTTP pass-through in front of a JSON-only API server that turns the protobuf request
- * bodies of Helm's release storage into JSON (k8s-protobuf.ts). Everything else, including
- * watch streams, goes through untouched. Responses are already JSON: Helm's Accept header
- * lists application/json after protobuf.
+ * bodies of Helm's release storage into JSON (k8s-protobuf.ts), and records every request
+ * (the RBAC audit reads them). Everything else, including watch streams, goes through
+ * untouched. Responses are already JSON: Helm's Accept header lists application/json after
+ * protobuf.
  */
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -13,14 +14,18 @@ export interface ProtobufShim {
   url: string;
   /** Request bodies translated so far, as "METHOD path kind". */
   translated: string[];
+  /** Every request that went through, in order (method and URL with its query). */
+  requests: Array<{ method: string; url: string }>;
   close(): Promise<void>;
 }
 
 export async function startProtobufShim(target: string): Promise<ProtobufShim> {
   const upstream = new URL(target);
   const translated: string[] = [];
+  const requests: Array<{ method: string; url: string }> = [];
   const sockets = new Set<Socket>();
   const server: Server = createServer((req, res) => {
+    requests.push({ method: req.method ?? "GET", url: req.url ?? "/" });
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -71,6 +76,7 @@ export async function startProtobufShim(target: string): Promise<ProtobufShim> {
   return {
     url: `http://127.0.0.1:${port}`,
     translated,
+    requests,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
