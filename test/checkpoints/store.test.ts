@@ -30,7 +30,7 @@ import { loadCommitted } from "../../operator/checkpoints/repository.ts";
 import type { ObjectStore } from "../../operator/dataplane/store.ts";
 import { freePort } from "../../operator/sandbox/emulators/index.ts";
 import { checkpointName } from "../../operator/sandbox/trainer/trainer.ts";
-import { crashingStore, digestTree, trainerCheckpoint } from "./fixtures.ts";
+import { countingStore, crashingStore, digestTree, trainerCheckpoint } from "./fixtures.ts";
 import { type Stores, startStores, tempDir } from "./helpers.ts";
 
 let stores: Stores;
@@ -82,10 +82,15 @@ describe("a checkpoint moves between clouds intact", () => {
 
   it("sends only changed chunks, and replication copies only the blobs the target lacks", async () => {
     const work = tempDir(stores, "work");
-    const azure = await stores.open(stores.azureUri());
+    const counted = countingStore(await stores.open(stores.azureUri()));
+    const azure = counted.store;
     const oci = await stores.open(stores.s3Uri());
     const first = await commitStep(azure, work, 10);
+    const afterFirst = counted.blobBytes();
     const second = await commitStep(azure, work, 20);
+    // Bytes that really went to the store, counted outside the uploader.
+    expect(afterFirst).toBe(first.totalBytes);
+    expect(counted.blobBytes() - afterFirst).toBe(second.bytesSent);
     // The trainer changes 2 of 8 model tensors and the DCP shards; embeddings never change.
     expect(second.bytesDeduplicated).toBeGreaterThan(0);
     expect(second.bytesSent).toBeLessThan(second.totalBytes / 2);
