@@ -18,6 +18,7 @@ export {
 export {
   AzureResponder,
   type AzureResponderOptions,
+  type ManagedReservation,
   RESERVATION_TAGS,
   type ResponderLogger,
   reservationName,

@@ -79,6 +79,18 @@ export interface AzureResponderOptions {
   now?: () => number;
 }
 
+/** A reservation Spillway made, as `managedReservations` lists it. */
+export interface ManagedReservation {
+  name: string;
+  id?: string;
+  sku: string;
+  nodes: number;
+  /** The offer it was made for (namespace and name, from its tags). */
+  offer: { namespace: string; name: string };
+  offerUid?: string;
+  runUid?: string;
+}
+
 /** Tags written on each reservation: what it is for, for people and for garbage collection. */
 export const RESERVATION_TAGS = {
   managedBy: "spillway-managed-by",
@@ -303,18 +315,67 @@ export class AzureResponder implements PrimaryResponder {
   }
 
   release(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<void> {
-    return this.slots.run(() => this.releaseNow(offer, provider, ctx));
+    return this.slots.run(() =>
+      this.releaseNow(reservationName(offer), provider, ctx, this.fields(offer, provider)),
+    );
+  }
+
+  /**
+   * Spillway's reservations in the provider's group, with the offer each was made for (from
+   * its tags): for a collector that releases those whose offer is gone or was not accepted
+   * (an answer lost to a crash, a `respond` that outlived the offer's deadline).
+   */
+  async managedReservations(provider: CloudProvider, ctx: ResponderContext): Promise<ManagedReservation[]> {
+    const az = provider.spec.azure;
+    if (!az) return [];
+    const secrets = Object.values(ctx.credentials ?? {});
+    try {
+      return await this.slots.run(async () => {
+        const { clients } = this.poolTarget(provider, az, ctx);
+        const out: ManagedReservation[] = [];
+        await this.call(async () => {
+          for await (const r of clients.compute.capacityReservations.listByCapacityReservationGroup(
+            az.resourceGroup,
+            az.capacityReservationGroup,
+            { abortSignal: ctx.signal },
+          )) {
+            const tags = r.tags ?? {};
+            if (tags[RESERVATION_TAGS.managedBy] !== "spillway" || !r.name) continue;
+            const [namespace, offerName] = (tags[RESERVATION_TAGS.offer] ?? "/").split("/", 2);
+            out.push({
+              name: r.name,
+              ...(r.id ? { id: r.id } : {}),
+              sku: r.sku.name ?? "",
+              nodes: r.sku.capacity ?? 0,
+              offer: { namespace: namespace ?? "", name: offerName ?? "" },
+              ...(tags[RESERVATION_TAGS.offerUid] ? { offerUid: tags[RESERVATION_TAGS.offerUid] } : {}),
+              ...(tags[RESERVATION_TAGS.runUid] ? { runUid: tags[RESERVATION_TAGS.runUid] } : {}),
+            });
+          }
+        });
+        return out;
+      });
+    } catch (e) {
+      throw this.releaseError(e, "listing reservations", secrets);
+    }
+  }
+
+  /** Releases a reservation by name (from `managedReservations`): the pool shrinks, the reservation goes. */
+  releaseReservation(name: string, provider: CloudProvider, ctx: ResponderContext): Promise<void> {
+    return this.slots.run(() =>
+      this.releaseNow(name, provider, ctx, { provider: provider.metadata.name ?? null, reservation: name }),
+    );
   }
 
   private async releaseNow(
-    offer: CapacityOffer,
+    name: string,
     provider: CloudProvider,
     ctx: ResponderContext,
+    fields: Record<string, unknown>,
   ): Promise<void> {
     const az = provider.spec.azure;
     if (!az) return;
     const secrets = Object.values(ctx.credentials ?? {});
-    const name = reservationName(offer);
     try {
       const target = this.poolTarget(provider, az, ctx);
       const releasing = this.releasingSet(target.key);
@@ -339,15 +400,19 @@ export class AzureResponder implements PrimaryResponder {
         releasing.delete(lc(name));
       }
       for (const [key, ledger] of this.ledgers) if (key.startsWith(`${target.key}|`)) ledger.forget(lc(name));
-      this.log("info", "reservation released", offer, provider, { reservation: name });
+      this.opts.logger?.info("reservation released", { ...fields, reservation: name });
     } catch (e) {
-      if (e instanceof Decline) {
-        throw new Error(`release of ${name} failed: ${e.reason}: ${safeMessage(e.message, secrets)}`);
-      }
-      if (e instanceof RetryableError)
-        throw new RetryableError(safeMessage(e.message, secrets), e.retryAfterMs);
-      throw e;
+      throw this.releaseError(e, `release of ${name}`, secrets);
     }
+  }
+
+  /** Errors out of release paths: retryable ones stay retryable; messages scrubbed. */
+  private releaseError(e: unknown, what: string, secrets: string[]): unknown {
+    if (e instanceof Decline)
+      return new Error(`${what} failed: ${e.reason}: ${safeMessage(e.message, secrets)}`);
+    if (e instanceof RetryableError)
+      return new RetryableError(safeMessage(e.message, secrets), e.retryAfterMs);
+    return e;
   }
 
   private async answer(
@@ -713,6 +778,15 @@ export class AzureResponder implements PrimaryResponder {
     return s;
   }
 
+  private fields(offer: CapacityOffer, provider: CloudProvider): Record<string, unknown> {
+    return {
+      namespace: offer.metadata.namespace ?? null,
+      run: offer.spec.run.name,
+      offer: offer.metadata.name ?? null,
+      provider: provider.metadata.name ?? null,
+    };
+  }
+
   private log(
     level: "info" | "warn",
     message: string,
@@ -720,12 +794,6 @@ export class AzureResponder implements PrimaryResponder {
     provider: CloudProvider,
     extra: Record<string, unknown>,
   ): void {
-    this.opts.logger?.[level](message, {
-      namespace: offer.metadata.namespace ?? null,
-      run: offer.spec.run.name,
-      offer: offer.metadata.name ?? null,
-      provider: provider.metadata.name ?? null,
-      ...extra,
-    });
+    this.opts.logger?.[level](message, { ...this.fields(offer, provider), ...extra });
   }
 }

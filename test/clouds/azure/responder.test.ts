@@ -256,6 +256,26 @@ describe("releasing", () => {
   });
 });
 
+test("a collector lists Spillway's reservations with their offers and releases an orphan by name", async () => {
+  const r = responder(emu);
+  const kept = offer(1);
+  const orphan = offer(1);
+  await r.respond(kept, provider(emu), ctx());
+  await r.respond(orphan, provider(emu), ctx());
+  const listed = await r.managedReservations(provider(emu), ctx());
+  expect(listed.map((x) => x.offer.name).sort()).toEqual([kept.metadata.name, orphan.metadata.name].sort());
+  const found = listed.find((x) => x.offer.name === orphan.metadata.name)!;
+  expect(found).toMatchObject({
+    sku: H100,
+    nodes: 1,
+    offer: { namespace: "ml-team" },
+    runUid: orphan.spec.run.uid,
+  });
+  await r.releaseReservation(found.name, provider(emu), ctx());
+  expect(emu.reservations().map((x) => x.name)).toEqual([reservationName(kept)]);
+  expect(emu.agentPool().count).toBe(1);
+});
+
 test("reservation names are valid Azure names and deterministic, also for long offer names", () => {
   const long = offer(1, undefined, `${"x".repeat(120)}-a1`);
   const name = reservationName(long);
