@@ -2,7 +2,9 @@
  * The chart's derived files match their sources, so the chart never drifts from the API.
  * On failure run: npm run gen:crds && npm exec -- node bin/run-ts.mjs test/chart/generate.ts
  */
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CHART_CRDS, chartCrdFiles, REPO_CRDS, repoCrdFiles, VALUES_SCHEMA } from "./generated.ts";
 import { CHART, helm, ofKind, render } from "./helm.ts";
@@ -45,4 +47,22 @@ describe("the chart's CRDs (charts/spillway/crds)", () => {
 test("values.schema.json's providers[].spec is the one derived from the CloudProvider CRD", () => {
   const schema = JSON.parse(readFileSync(VALUES_SCHEMA, "utf8"));
   expect(schema.definitions.cloudProviderSpec).toEqual(providerSpecSchema());
+});
+
+test("`helm package` ships the CRDs and the values schema, and leaves the example values out", () => {
+  const out = mkdtempSync(join(tmpdir(), "spillway-chart-package-"));
+  try {
+    const r = helm(["package", CHART, "-d", out]);
+    expect(r.code).toBe(0);
+    const tgz = join(out, "spillway-0.1.0.tgz");
+    const files = execFileSync("tar", ["-tzf", tgz], { encoding: "utf8" }).split("\n");
+    expect(files.filter((f) => f.startsWith("spillway/crds/")).sort()).toEqual(
+      repoCrdFiles().map((f) => `spillway/crds/${f}`),
+    );
+    expect(files).toContain("spillway/values.schema.json");
+    expect(files.filter((f) => f.startsWith("spillway/examples/"))).toEqual([]);
+    expect(helm(["lint", "--strict", tgz]).code).toBe(0);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });
