@@ -5,6 +5,10 @@
  */
 import { readFileSync } from "node:fs";
 import { AzureResponder } from "./clouds/azure/index.ts";
+import { PulumiProvisioner } from "./clouds/pulumi/index.ts";
+import { dataSetController } from "./controllers/dataset/controller.ts";
+import { provisionedClusterController } from "./controllers/provisionedcluster/index.ts";
+import { DatasetSyncs } from "./dataplane/stager.ts";
 import type { ManagerOptions } from "./manager.ts";
 import type { Logger } from "./runtime/logging.ts";
 
@@ -23,7 +27,19 @@ export type Adapters = Pick<
 export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
   const ca = opts.azureCaFile ? readFileSync(opts.azureCaFile, "utf8") : undefined;
   const azure = new AzureResponder({ ...(ca ? { ca } : {}), logger: opts.log });
+  // The Pulumi state is encrypted with a passphrase the chart mounts from a Secret as an
+  // environment variable; without it no cluster can be provisioned, and the
+  // ProvisionedCluster controller says so in the cluster's conditions.
+  const passphrase = process.env.PULUMI_CONFIG_PASSPHRASE;
+  const pulumi = passphrase
+    ? new PulumiProvisioner({ stateDir: opts.pulumiStateDir, secretsPassphrase: passphrase })
+    : undefined;
+  if (!pulumi) opts.log.warn("PULUMI_CONFIG_PASSPHRASE is not set: clusters cannot be provisioned");
+  const datasets = new DatasetSyncs();
   return {
     responderFor: (p) => (p.spec.type === "azure" && p.spec.role === "primary" ? azure : undefined),
+    provisionerFor: (p) => (p.spec.cluster.provision ? pulumi : undefined),
+    stager: datasets,
+    extraControllers: (ctx) => [provisionedClusterController(ctx), dataSetController(ctx, datasets)],
   };
 }

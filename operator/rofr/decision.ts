@@ -98,6 +98,18 @@ function whyNotPrimary(status: CapacityOfferStatus): string {
   }
 }
 
+/** "declined (NoCapacity: …)", "did not answer by the deadline", "withdrew the offer". */
+function answerPhrase(status: CapacityOfferStatus): string {
+  switch (status.outcome) {
+    case "Declined":
+      return `declined (${status.reason ?? "ProviderError"}${status.message ? `: ${status.message}` : ""})`;
+    case "TimedOut":
+      return "did not answer by the deadline";
+    default:
+      return "withdrew the offer";
+  }
+}
+
 /** Decides the attempt's placement from its offer (and records the timeout when it is due). */
 export function decidePlacement(input: DecisionInput): PlacementDecision {
   const { run, offer, now } = input;
@@ -128,7 +140,7 @@ export function decidePlacement(input: DecisionInput): PlacementDecision {
     return {
       action: "wait",
       reason: "ServingWaitsForPrimary",
-      message: `serving runs are primary-exclusive: ${offer.spec.provider} ${why.replace(/^Primary/, "").toLowerCase()}${status.message ? ` (${status.message})` : ""}; offering again in ${Math.round(retryAfterMs / 1000)}s`,
+      message: `serving runs are primary-exclusive: ${offer.spec.provider} ${answerPhrase(status)}; offering again in ${Math.round(retryAfterMs / 1000)}s`,
       retryAfterMs,
       ...withStatus,
     };

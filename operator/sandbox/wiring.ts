@@ -7,6 +7,9 @@
 
 import type { CloudProvider } from "../api/v1alpha1/index.ts";
 import { AzureResponder } from "../clouds/azure/index.ts";
+import { dataSetController } from "../controllers/dataset/controller.ts";
+import { provisionedClusterController } from "../controllers/provisionedcluster/index.ts";
+import { DatasetSyncs } from "../dataplane/stager.ts";
 import type { ManagerOptions } from "../manager.ts";
 import type { KubeClient } from "../runtime/client.ts";
 import { isAlreadyExists } from "../runtime/client.ts";
@@ -189,11 +192,17 @@ export async function installSandboxClouds(
 /** The operator's adapters in the sandbox. */
 export function sandboxAdapters(
   sandbox: Sandbox,
-): Pick<ManagerOptions, "responderFor" | "provisionerFor" | "extraControllers"> {
+): Pick<ManagerOptions, "responderFor" | "provisionerFor" | "extraControllers" | "stager"> {
   const arm = armEmulator(sandbox);
   const responder = new AzureResponder({ ...(arm ? { ca: arm.ca, authorityHost: arm.url } : {}) });
+  const datasets = new DatasetSyncs();
   return {
     responderFor: (p) => (p.spec.type === "azure" && p.spec.role === "primary" ? responder : undefined),
     provisionerFor: (p) => (p.spec.cluster.provision ? sandbox.provisioner : undefined),
+    stager: datasets,
+    extraControllers: (ctx) => [
+      provisionedClusterController(ctx, { progressIntervalMs: 500 }),
+      dataSetController(ctx, datasets, { progressIntervalMs: 500 }),
+    ],
   };
 }

@@ -76,6 +76,52 @@ describe("right of first refusal", () => {
     expect(released[0]!.status?.outcome).toBe("Accepted");
   }, 60_000);
 
+  test.each([
+    ["NoCapacity", (e: E2E) => e.arm.setCapacity("eastus", AZURE_SKU, 0), () => undefined],
+    [
+      "QuotaExceeded",
+      (e: E2E) => e.arm.setQuota("eastus", "standardNDSH100v5Family", 0),
+      (e: E2E) => e.arm.setQuota("eastus", "standardNDSH100v5Family", 192),
+    ],
+    [
+      "SkuUnavailable",
+      (e: E2E) => e.arm.removeSku("eastus", AZURE_SKU),
+      (e: E2E) => e.arm.setCapacity("eastus", AZURE_SKU, 2),
+    ],
+  ] as const)(
+    "Azure declines %s → the run is provisioned on OCI and succeeds",
+    async (reason, breakAzure, fix) => {
+      e.arm.setCapacity("eastus", AZURE_SKU, 2);
+      breakAzure(e);
+      const name = `spill-${reason.toLowerCase()}`;
+      try {
+        await apply(trainingRun(name));
+        const offers = await eventually(
+          () => offersOf(e, name),
+          (o) => o[0]?.status?.outcome !== undefined,
+          "answer",
+        );
+        expect(offers[0]!.status).toMatchObject({ outcome: "Declined", reason });
+      } finally {
+        fix(e);
+      }
+      const done = await eventually(
+        () => getRun(e, name),
+        phaseIs("Succeeded", "Failed"),
+        "run to finish",
+        60_000,
+      );
+      expect(done.status?.phase).toBe("Succeeded");
+      expect(done.status?.placement).toMatchObject({
+        provider: "oci-ashburn",
+        reason: `PrimaryDeclined:${reason}`,
+      });
+      const pc = await e.client.get(SpillwayResources.ProvisionedCluster, done.status!.placement!.cluster!);
+      expect(pc.status).toMatchObject({ phase: "Ready" });
+    },
+    90_000,
+  );
+
   test("a competing quote within Azure's floor is matched: accepted at the competing price", async () => {
     e.arm.setCapacity("eastus", AZURE_SKU, 2);
     await apply(trainingRun("matched"));

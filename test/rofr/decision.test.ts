@@ -131,7 +131,7 @@ describe("placement decision", () => {
       action: "wait",
       reason: "ServingWaitsForPrimary",
       message:
-        "serving runs are primary-exclusive: azure-eastus declined:nocapacity (AllocationFailed); offering again in 120s",
+        "serving runs are primary-exclusive: azure-eastus declined (NoCapacity: AllocationFailed); offering again in 120s",
       retryAfterMs: 120_000,
     });
   });
