@@ -76,6 +76,9 @@ COPY --from=pulumi /opt/pulumi /opt/pulumi
 COPY package.json ./
 COPY bin/spillway.mjs ./bin/spillway.mjs
 COPY crds ./crds
+# The Pulumi programs run from source: the provisioner finds infra/ above its module and
+# points each stack's Pulumi.yaml at infra/<program>, loaded through tsx (a dependency).
+COPY infra ./infra
 RUN chmod 0755 /app/bin/spillway.mjs && ln -s /app/bin/spillway.mjs /usr/local/bin/spillway
 ENV NODE_ENV=production \
     HOME=/tmp \

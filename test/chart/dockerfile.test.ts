@@ -115,6 +115,13 @@ describe("Dockerfile", () => {
     expect(argDefault("PULUMI_OCI_VERSION")).toBe(pkg.dependencies["@pulumi/oci"]);
   });
 
+  test("the image holds what the operator loads at run time: compiled code, the CRDs, the Pulumi programs", () => {
+    const targets = final.filter((i) => i.op === "COPY").map((i) => i.args.split(/\s+/).at(-1));
+    expect(targets).toEqual(
+      expect.arrayContaining(["./dist", "./node_modules", "./crds", "./infra", "/opt/pulumi"]),
+    );
+  });
+
   test("the runtime writes nowhere but its volumes: HOME and PULUMI_HOME are under /tmp", () => {
     const env = final
       .filter((i) => i.op === "ENV")
