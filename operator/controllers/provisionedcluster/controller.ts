@@ -296,7 +296,7 @@ class Reconcile {
     if (phase === "Ready" && (await this.kubeconfigStored())) return this.idleCheck();
 
     const provisioner = this.provisioner();
-    if (!this.provider || !this.provider.spec.cluster.provision || !provisioner) {
+    if (!this.provider?.spec.cluster.provision || !provisioner) {
       const why = !this.provider
         ? `CloudProvider ${this.pc.spec.provider} does not exist`
         : !this.provider.spec.cluster.provision
@@ -535,12 +535,23 @@ class Reconcile {
     await this.clearStaleLock(provisioner, req);
     this.status.phase = "Destroying";
     this.status.lastOperation = { type: "Destroy", startedAt: timestamp(this.now()), result: "InProgress" };
-    this.condition({
-      type: "Ready",
-      status: "False",
-      reason: "Destroying",
-      message: `pulumi destroy of ${req.stackName}`,
-    });
+    // A retry keeps the failure visible until a destroy succeeds.
+    const failedBefore = this.status.destroyAttempts ?? 0;
+    this.condition(
+      failedBefore > 0
+        ? {
+            type: "Ready",
+            status: "False",
+            reason: "DestroyFailed",
+            message: `retrying pulumi destroy of ${req.stackName} after ${failedBefore} failed attempts`,
+          }
+        : {
+            type: "Ready",
+            status: "False",
+            reason: "Destroying",
+            message: `pulumi destroy of ${req.stackName}`,
+          },
+    );
     this.condition({ type: "Reconciling", status: "True", reason: "Destroying", message: "pulumi destroy" });
     await this.writeStatus();
     if ((this.status.destroyAttempts ?? 0) === 0)
@@ -618,7 +629,11 @@ async function reconcileCluster(
   key: string,
   rc: ReconcileContext,
 ): Promise<ReconcileResult | undefined> {
-  const pc = ctx.caches.clusters.get(key);
+  if (!ctx.caches.clusters.get(key)) return undefined;
+  // A fresh read, not the cache: the cache can lag behind this controller's own last status
+  // write, and an "Up InProgress" seen from a lagging cache would look like an interrupted
+  // operation (cancel, then a needless second up).
+  const pc = await ctx.mgmt.tryGet<PC>(SpillwayResources.ProvisionedCluster, key);
   if (!pc) return undefined;
   rc.with({ provider: pc.spec.provider });
   return new Reconcile(ctx, opts, pc, rc).run();
