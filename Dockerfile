@@ -60,10 +60,10 @@ LABEL org.opencontainers.image.title="spillway" \
       org.opencontainers.image.description="Spillway operator: AI training across clouds under a right of first refusal" \
       org.opencontainers.image.source="https://github.com/spillway-dev/spillway" \
       org.opencontainers.image.licenses="Apache-2.0"
-# The operator needs no package manager at run time: fewer binaries, fewer CVEs. A named
-# user for uid 65532 so tools that look the user up (os.userInfo, Go's user.Current) work.
-RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
-      /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn-* \
+# npm stays (Pulumi's Node.js language host may query it about the program's dependencies);
+# yarn and corepack are never used. A named user for uid 65532, so tools that look the user
+# up (os.userInfo, Go's user.Current) work.
+RUN rm -rf /usr/local/lib/node_modules/corepack /usr/local/bin/corepack /opt/yarn-* \
       /usr/local/bin/yarn /usr/local/bin/yarnpkg \
  && groupadd --gid 65532 spillway \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin spillway
