@@ -11,7 +11,6 @@ import type { ObjectStore } from "../dataplane/store.ts";
 import { describeLayout } from "./layout.ts";
 import {
   type CheckpointManifest,
-  type ChunkRef,
   type CommitMarker,
   DEFAULT_CHUNK_SIZE,
   encodeManifest,
@@ -188,66 +187,69 @@ export async function uploadCheckpoint(
   /** Blobs headed or written by this upload; the others (skipped on `knownBlobs`) are checked before the commit. */
   const checked = new Set<string>();
 
-  const files: ManifestFile[] = [];
-  for (const path of paths) {
-    const chunks: ChunkRef[] = [];
-    const fileHash = createHash("sha256");
-    let size = 0;
-    const plan = path.endsWith(".safetensors") ? await tensorAlignedPlan(join(dir, path), chunkSize) : [];
-    const fh = await open(join(dir, path), "r");
-    async function* readChunks(): AsyncGenerator<{ index: number; data: Buffer }> {
-      for (let index = 0; ; index++) {
-        const want = plan[index] ?? chunkSize;
-        const buf = Buffer.allocUnsafe(want);
-        let filled = 0;
-        while (filled < want) {
-          const { bytesRead } = await fh.read(buf, filled, want - filled, null);
-          if (bytesRead === 0) break;
-          filled += bytesRead;
-        }
-        if (filled === 0) return;
-        const data = buf.subarray(0, filled);
-        fileHash.update(data);
-        size += filled;
-        yield { index, data };
-        if (filled < want) return;
-      }
-    }
-    try {
-      await pool(readChunks(), opts.concurrency ?? 4, async ({ index, data }) => {
-        const sha256 = createHash("sha256").update(data).digest("hex");
-        chunks[index] = { sha256, size: data.length };
-        const pending = inFlight.get(sha256);
-        if (known.has(sha256) || pending) {
-          await pending;
-          bytesDeduplicated += data.length;
-          chunksDeduplicated++;
-          return;
-        }
-        const work = (async () => {
-          if (await hasBlob(store, { sha256, size: data.length })) {
-            bytesDeduplicated += data.length;
-            chunksDeduplicated++;
-          } else {
-            await putBlob(store, sha256, data);
-            bytesSent += data.length;
-            chunksSent++;
+  // Files are read one after the other (the disk reads sequentially anyway) but their chunks
+  // share one pool: the next file's first chunks upload while this one's last ones finish,
+  // which matters for DCP's many shard files. Each file's hash is updated in read order.
+  const files: ManifestFile[] = paths.map((path) => ({ path, size: 0, sha256: "", chunks: [] }));
+  async function* readChunks(): AsyncGenerator<{ file: number; index: number; data: Buffer }> {
+    for (const [file, path] of paths.entries()) {
+      const plan = path.endsWith(".safetensors") ? await tensorAlignedPlan(join(dir, path), chunkSize) : [];
+      const fileHash = createHash("sha256");
+      let size = 0;
+      const fh = await open(join(dir, path), "r");
+      try {
+        for (let index = 0; ; index++) {
+          const want = plan[index] ?? chunkSize;
+          const buf = Buffer.allocUnsafe(want);
+          let filled = 0;
+          while (filled < want) {
+            const { bytesRead } = await fh.read(buf, filled, want - filled, null);
+            if (bytesRead === 0) break;
+            filled += bytesRead;
           }
-          known.add(sha256);
-          checked.add(sha256);
-        })();
-        inFlight.set(sha256, work);
-        try {
-          await work;
-        } finally {
-          inFlight.delete(sha256);
+          if (filled === 0) break;
+          const data = buf.subarray(0, filled);
+          fileHash.update(data);
+          size += filled;
+          yield { file, index, data };
+          if (filled < want) break;
         }
-      });
-    } finally {
-      await fh.close();
+      } finally {
+        await fh.close();
+      }
+      files[file]!.size = size;
+      files[file]!.sha256 = fileHash.digest("hex");
     }
-    files.push({ path, size, sha256: fileHash.digest("hex"), chunks });
   }
+  await pool(readChunks(), opts.concurrency ?? 4, async ({ file, index, data }) => {
+    const sha256 = createHash("sha256").update(data).digest("hex");
+    files[file]!.chunks[index] = { sha256, size: data.length };
+    const pending = inFlight.get(sha256);
+    if (known.has(sha256) || pending) {
+      await pending;
+      bytesDeduplicated += data.length;
+      chunksDeduplicated++;
+      return;
+    }
+    const work = (async () => {
+      if (await hasBlob(store, { sha256, size: data.length })) {
+        bytesDeduplicated += data.length;
+        chunksDeduplicated++;
+      } else {
+        await putBlob(store, sha256, data);
+        bytesSent += data.length;
+        chunksSent++;
+      }
+      known.add(sha256);
+      checked.add(sha256);
+    })();
+    inFlight.set(sha256, work);
+    try {
+      await work;
+    } finally {
+      inFlight.delete(sha256);
+    }
+  });
 
   const now = (opts.now ?? (() => new Date()))();
   const manifest: CheckpointManifest = {
