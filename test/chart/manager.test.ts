@@ -70,6 +70,13 @@ describe("with the default values", () => {
     expect(pdb!.spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
   });
 
+  test("the two replicas prefer different nodes", () => {
+    const anti = deploymentOf(docs).spec.template.spec.affinity.podAntiAffinity;
+    const term = anti.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm;
+    expect(term.topologyKey).toBe("kubernetes.io/hostname");
+    expect(term.labelSelector.matchLabels).toEqual(deploymentOf(docs).spec.selector.matchLabels);
+  });
+
   test("requests and a memory limit are set", () => {
     expect(c.resources).toEqual({ requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi" } });
   });
@@ -97,6 +104,7 @@ test("one replica without leader election rolls out with Recreate (never two ope
   expect(flags["leader-elect"]).toBeUndefined();
   expect(flags["leader-election-id"]).toBeUndefined();
   expect(deploymentOf(docs).spec.strategy).toEqual({ type: "Recreate" });
+  expect(deploymentOf(docs).spec.template.spec.affinity).toBeUndefined();
   expect(ofKind(docs, "PodDisruptionBudget")).toEqual([]);
 });
 
