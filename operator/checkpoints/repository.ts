@@ -493,15 +493,33 @@ export async function pruneCheckpoints(
 ): Promise<PruneResult> {
   if (!Number.isInteger(keep) || keep < 1) throw new Error(`keep must be at least 1, got ${keep}`);
   const protect = opts.protect ?? [];
-  const listing = await listCheckpoints(store);
-  const kept = listing.committed.slice(0, keep).map((c) => c.step);
+  // Verify markers newest first only until `keep` committed ones are found: everything older
+  // goes whatever its state, so it need not be read. Manifests read here are reused below.
+  const { marked, unmarked } = await listSteps(store);
+  const loaded = new Map<string, CheckpointManifest>();
+  const kept: number[] = [];
+  const doomed: number[] = [];
+  for (const step of marked) {
+    if (kept.length >= keep) {
+      doomed.push(step);
+      continue;
+    }
+    try {
+      const c = await loadCommitted(store, step);
+      loaded.set(c.info.manifestDigest, c.manifest);
+      kept.push(step);
+    } catch (e) {
+      if (!(e instanceof CheckpointRejectedError)) throw e;
+      // An invalid marker newer than every committed checkpoint may be a replace in progress.
+      if (kept.length > 0) doomed.push(step);
+    }
+  }
   const newest = kept[0];
-  const doomed = [
-    ...listing.committed.slice(keep).map((c) => c.step),
-    ...listing.invalid.map((i) => i.step).filter((s) => newest !== undefined && s < newest),
-    ...listing.uncommitted.filter((s) => newest !== undefined && s < newest),
-  ].filter((s) => !protect.includes(s));
-  for (const step of doomed) {
+  if (newest !== undefined) doomed.push(...unmarked.filter((s) => s < newest));
+  const removed = doomed.filter((s) => !protect.includes(s));
+  // Nothing removed: nothing became garbage (orphans of crashed uploads wait for the next prune).
+  if (removed.length === 0) return { removedSteps: [], removedBlobs: 0 };
+  for (const step of removed) {
     await withRetry("delete marker", () => store.delete(markerKey(step)));
     const rest: string[] = [];
     for await (const o of store.list({ prefix: `${stepDir(step)}/` })) rest.push(o.key);
@@ -511,20 +529,19 @@ export async function pruneCheckpoints(
   const live = new Set<string>();
   for await (const o of store.list({ prefix: CHECKPOINTS_PREFIX })) {
     const k = parseCheckpointKey(o.key);
-    if (!k || !digestOfManifestLeaf(k.leaf)) continue;
-    let bytes: Buffer;
-    try {
-      bytes = await readAll(store, o.key, MAX_MANIFEST_BYTES);
-    } catch (e) {
-      if (e instanceof StoreError && e.code === "NotFound") continue;
-      if (e instanceof CheckpointRejectedError) continue;
-      throw e;
-    }
-    let m: CheckpointManifest;
-    try {
-      m = parseManifest(bytes);
-    } catch {
-      continue;
+    const digest = k ? digestOfManifestLeaf(k.leaf) : undefined;
+    if (!digest) continue;
+    let m = loaded.get(digest);
+    if (!m) {
+      let bytes: Buffer;
+      try {
+        bytes = await readAll(store, o.key, MAX_MANIFEST_BYTES);
+        m = parseManifest(bytes);
+      } catch (e) {
+        if (e instanceof StoreError && e.code === "NotFound") continue;
+        if (e instanceof CheckpointRejectedError || e instanceof InvalidManifestError) continue;
+        throw e;
+      }
     }
     for (const f of m.files) for (const c of f.chunks) live.add(c.sha256);
   }
@@ -543,5 +560,5 @@ export async function pruneCheckpoints(
     await withRetry("delete blob", () => store.delete(key));
     removedBlobs++;
   }
-  return { removedSteps: doomed.sort((a, b) => a - b), removedBlobs };
+  return { removedSteps: removed.sort((a, b) => a - b), removedBlobs };
 }
