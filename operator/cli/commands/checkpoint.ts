@@ -13,6 +13,7 @@ import { restoreLatest } from "../../checkpoints/restore.ts";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
 import { type ObjectStore, openStore } from "../../dataplane/store.ts";
 import { runTrainer } from "../../sandbox/trainer/trainer.ts";
+import { workloadProcess } from "../../sandbox/trainer/workload.ts";
 import { parseDuration } from "../../util/duration.ts";
 
 async function open(uri: string): Promise<ObjectStore> {
@@ -60,7 +61,7 @@ function guarded<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
 export function register(program: Command): void {
   const cmd = program
     .command("checkpoint")
-    .description("Portable checkpoints: agent, restore, list, replicate.");
+    .description("Portable checkpoints: agent, restore, list, replicate; sandbox trainer and workload.");
 
   cmd
     .command("agent")
@@ -244,6 +245,15 @@ export function register(program: Command): void {
           );
       }),
     );
+
+  cmd
+    .command("workload")
+    .description(
+      "Sandbox training pod: restore, agent and trainer stand-in from SPILLWAY_CHECKPOINT_DIR/STORE/RESUME_STEP; JSON events on stdout.",
+    )
+    .action(async () => {
+      process.exitCode = await workloadProcess();
+    });
 
   cmd
     .command("trainer")

@@ -16,7 +16,8 @@
 
 import { CheckpointAgent } from "../../checkpoints/agent.ts";
 import { type RestoreResult, restoreLatest } from "../../checkpoints/restore.ts";
-import type { ObjectStore } from "../../dataplane/store.ts";
+import { credentialsFromEnv } from "../../dataplane/credentials.ts";
+import { type ObjectStore, openStore } from "../../dataplane/store.ts";
 import { parseDuration } from "../../util/duration.ts";
 import { runTrainer, type TrainerResult } from "./trainer.ts";
 
@@ -162,4 +163,33 @@ export async function runWorkload(
     ...(trainer.resumedFrom !== undefined ? { resumedFrom: trainer.resumedFrom } : {}),
   });
   return { restore, trainer, committed: agent.committed.map((c) => c.step) };
+}
+
+/**
+ * The workload as a process body: environment in, JSON events on stdout, logs on stderr.
+ * Resolves to the exit code: 0 finished, 1 failed, 143 stopped by SIGTERM/SIGINT (after the
+ * agent drained).
+ */
+export async function workloadProcess(env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const log = (line: string) => process.stderr.write(`${new Date().toISOString()} trainer: ${line}\n`);
+  const stop = new AbortController();
+  const onSignal = () => stop.abort(new Error("stopped by signal"));
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  try {
+    const opts = workloadFromEnv(env);
+    const store = await openStore(opts.storeUri, credentialsFromEnv(env));
+    await runWorkload(opts, store, (e) => process.stdout.write(`${JSON.stringify(e)}\n`), stop.signal, log);
+    return 0;
+  } catch (e) {
+    if (stop.signal.aborted) {
+      log("stopped; complete checkpoints were uploaded");
+      return 143;
+    }
+    log(`failed: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
+  }
 }
