@@ -213,6 +213,21 @@ describe("several servers in one process", () => {
     }
   });
 
+  it("require the bearer token of their kubeconfig when given one", async () => {
+    const s = await startApiServer({ name: "locked", token: "t0ken" });
+    try {
+      expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
+      const anonymous = await fetch(`${s.url}${CM}`);
+      expect(anonymous.status).toBe(401);
+      expect(await anonymous.json()).toMatchObject({ kind: "Status", reason: "Unauthorized", code: 401 });
+      const authorized = await fetch(`${s.url}${CM}`, { headers: { Authorization: "Bearer t0ken" } });
+      expect(authorized.status).toBe(200);
+      expect(s.kubeconfig()).toContain("token: t0ken");
+    } finally {
+      await s.close();
+    }
+  });
+
   it("close promptly with watches open and release the port", async () => {
     const s = await startApiServer({ name: "closing" });
     const controller = new AbortController();
