@@ -496,6 +496,8 @@ export class AzureResponder implements PrimaryResponder {
           ledger.settle(lc(name), req.nodes);
         } catch (e) {
           ledger.settle(lc(name), undefined);
+          // The group may have been deleted behind our back: look again next time.
+          this.knownGroups.delete(`${target.key}|${lc(az.capacityReservationGroup)}`);
           throw e;
         }
         reserved = true;
@@ -685,16 +687,20 @@ export class AzureResponder implements PrimaryResponder {
   ): Promise<Map<string, number>> {
     const { az, clients } = target;
     const out = new Map<string, number>();
-    await this.call(async () => {
-      for await (const r of clients.compute.capacityReservations.listByCapacityReservationGroup(
-        az.resourceGroup,
-        az.capacityReservationGroup,
-        { abortSignal: signal },
-      )) {
-        if (lc(r.sku.name) !== lc(sku) || r.provisioningState === "Failed") continue;
-        out.set(lc(r.name), r.sku.capacity ?? 0);
-      }
-    });
+    await this.call(
+      async () => {
+        for await (const r of clients.compute.capacityReservations.listByCapacityReservationGroup(
+          az.resourceGroup,
+          az.capacityReservationGroup,
+          { abortSignal: signal },
+        )) {
+          if (lc(r.sku.name) !== lc(sku) || r.provisioningState === "Failed") continue;
+          out.set(lc(r.name), r.sku.capacity ?? 0);
+        }
+        // A group that does not exist yet holds no reservations.
+      },
+      { notFound: undefined },
+    );
     return out;
   }
 

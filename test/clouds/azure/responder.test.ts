@@ -33,6 +33,16 @@ describe("accepting", () => {
     expect(emu.available("eastus", H100)).toBe(1);
   });
 
+  test("creates the capacity reservation group when it does not exist yet", async () => {
+    const p = provider(emu, (x) => {
+      x.spec.azure.capacityReservationGroup = "new-crg";
+    });
+    const answer = await responder(emu).respond(offer(1), p, ctx());
+    expect(answer).toMatchObject({ outcome: "Accepted" });
+    expect(emu.calls("capacityReservationGroups.createOrUpdate")).toBe(1);
+    expect(emu.reservations()[0]?.group).toBe("new-crg");
+  });
+
   test("matches a cheaper competing quote that is above the floor", async () => {
     // 8 GPUs: list $55.84/h, floor $32.80/h; the alternative quotes $36/h.
     const answer = await responder(emu).respond(offer(1, 36), provider(emu), ctx());
