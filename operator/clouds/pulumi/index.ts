@@ -5,7 +5,7 @@
  */
 export { CLASSIFICATION_RULES, classifyPulumiOutput, scrubSecrets } from "./classify.ts";
 export { describeUrn, ProgressTracker } from "./progress.ts";
-export { PulumiProvisioner, type PulumiProvisionerOptions } from "./provisioner.ts";
+export { PulumiProvisioner, type PulumiProvisionerOptions, pulumiProvisionerFor } from "./provisioner.ts";
 export {
   findInfraDir,
   operatorProjectFile,

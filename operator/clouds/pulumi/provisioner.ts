@@ -21,6 +21,7 @@ import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as auto from "@pulumi/pulumi/automation/index.js";
 import { stringify } from "yaml";
+import type { CloudProvider } from "../../api/v1alpha1/index.ts";
 import type {
   Provisioner,
   ProvisionOutputs,
@@ -50,6 +51,8 @@ export interface PulumiProvisionerOptions {
   backendUrl?: string;
   /** Passphrase of the passphrase secrets provider (read by the caller from a Secret). */
   secretsPassphrase: string;
+  /** PULUMI_HOME (plugins, credentials); default `<stateDir>/home`. */
+  pulumiHome?: string;
   /** Root of the programs (`infra/`); default found by walking up from this module. */
   infraDir?: string;
   /** The Pulumi CLI; default the `pulumi` on PATH. */
@@ -65,6 +68,7 @@ type Operation = "up" | "destroy" | "outputs" | "cancel";
 export class PulumiProvisioner implements Provisioner {
   private readonly infraDir: string;
   private readonly backendUrl: string;
+  private readonly pulumiHome: string;
   private readonly projects = new Map<string, ProgramProject>();
   /** Stacks with an operation running in this process: `cancel` must not break a live lock. */
   private readonly running = new Map<string, Operation>();
@@ -77,7 +81,8 @@ export class PulumiProvisioner implements Provisioner {
     if (this.backendUrl.startsWith("file://")) {
       mkdirSync(this.backendUrl.slice("file://".length), { recursive: true, mode: 0o700 });
     }
-    mkdirSync(join(opts.stateDir, "home"), { recursive: true, mode: 0o700 });
+    this.pulumiHome = opts.pulumiHome ?? join(opts.stateDir, "home");
+    mkdirSync(this.pulumiHome, { recursive: true, mode: 0o700 });
   }
 
   async up(
@@ -219,7 +224,7 @@ export class PulumiProvisioner implements Provisioner {
       : auto.PulumiCommand.get();
     return auto.LocalWorkspace.create({
       workDir,
-      pulumiHome: join(this.opts.stateDir, "home"),
+      pulumiHome: this.pulumiHome,
       pulumiCommand: await this.command,
       secretsProvider: "passphrase",
       envVars: {
@@ -308,6 +313,29 @@ export class PulumiProvisioner implements Provisioner {
       this.waiters.set(stackName, list);
     });
   }
+}
+
+/**
+ * One provisioner per state backend: a CloudProvider's `spec.cluster.provision.backendUrl`
+ * (azblob://, s3://, file://) selects its own; without one, the file backend under the state
+ * dir. What `ManagerOptions.provisionerFor` wants. Backend credentials (e.g.
+ * AZURE_STORAGE_ACCOUNT/AZURE_STORAGE_KEY, AWS_*) come from `base.env` or the environment.
+ */
+export function pulumiProvisionerFor(
+  base: Omit<PulumiProvisionerOptions, "backendUrl">,
+): (provider: CloudProvider) => PulumiProvisioner | undefined {
+  const byBackend = new Map<string, PulumiProvisioner>();
+  return (provider) => {
+    const provision = provider.spec.cluster.provision;
+    if (!provision) return undefined;
+    const url = provision.backendUrl ?? "";
+    let p = byBackend.get(url);
+    if (!p) {
+      p = new PulumiProvisioner({ ...base, ...(url ? { backendUrl: url } : {}) });
+      byBackend.set(url, p);
+    }
+    return p;
+  };
 }
 
 /** The tail of what the CLI printed (the diagnostics come last), bounded in memory. */

@@ -7,7 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "@jest/globals";
 import * as auto from "@pulumi/pulumi/automation/index.js";
-import { PulumiProvisioner } from "../../../operator/clouds/pulumi/index.ts";
+import type { CloudProvider } from "../../../operator/api/v1alpha1/index.ts";
+import { PulumiProvisioner, pulumiProvisionerFor } from "../../../operator/clouds/pulumi/index.ts";
 import {
   ProvisionError,
   type ProvisionProgress,
@@ -84,8 +85,8 @@ function scenario(s: Record<string, unknown[]>): void {
   writeFileSync(join(stateDir, "backend", "fake-scenario.json"), JSON.stringify(s));
 }
 
-function calls(): Array<{ args: string[]; cwd: string }> {
-  return readFileSync(join(stateDir, "backend", "fake-calls.log"), "utf8")
+function calls(backend = join(stateDir, "backend")): Array<{ args: string[]; cwd: string }> {
+  return readFileSync(join(backend, "fake-calls.log"), "utf8")
     .trim()
     .split("\n")
     .map((l) => JSON.parse(l));
@@ -282,5 +283,27 @@ describe("PulumiProvisioner (Automation API over a fake pulumi CLI)", () => {
     });
     expect(out).toMatchObject({ region: "eastus", bucket: "datasets" });
     expect(out.clusterId).toContain("managedClusters/pc-azure-a");
+  });
+});
+
+describe("pulumiProvisionerFor", () => {
+  it("gives each state backend of a CloudProvider its own provisioner, the state dir's file backend by default", async () => {
+    const forProvider = pulumiProvisionerFor({
+      stateDir,
+      secretsPassphrase: PASSPHRASE,
+      infraDir: join(ROOT, "infra"),
+      pulumiCommand: command,
+    });
+    const provider = (backendUrl?: string) =>
+      ({
+        spec: { cluster: { provision: { program: "oci", ...(backendUrl ? { backendUrl } : {}) } } },
+      }) as unknown as CloudProvider;
+    const other = join(stateDir, "team-backend");
+    const p = forProvider(provider(`file://${other}`))!;
+    expect(forProvider(provider(`file://${other}`))).toBe(p);
+    expect(forProvider(provider())).not.toBe(p);
+    expect(forProvider({ spec: { cluster: { existing: {} } } } as unknown as CloudProvider)).toBeUndefined();
+    await p.up(ociRequest());
+    expect(existsSync(join(other, ".pulumi", "stacks", "spillway-oci", "pc-oci-a.json"))).toBe(true);
   });
 });
