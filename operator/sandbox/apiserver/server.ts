@@ -30,7 +30,10 @@ export interface ApiServerOptions {
   stateDir?: string;
   /** When set, requests must carry this bearer token (the kubeconfig carries it). */
   token?: string;
-  /** How many changes watches can resume from; older versions get 410 Gone. Default 50,000. */
+  /**
+   * How many changes watches can resume from; older versions get 410 Gone. Default 20,000
+   * (bounds the memory a long-running sandbox spends on old object versions).
+   */
   historyLimit?: number;
   /** Period of BOOKMARK events on watches that allow them. Default 15 s. */
   bookmarkIntervalMs?: number;
@@ -104,7 +107,7 @@ async function buildCluster(stateDir: string | undefined, historyLimit: number):
 
 export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer> {
   const host = opts.host ?? "127.0.0.1";
-  const cluster = await buildCluster(opts.stateDir, opts.historyLimit ?? 50_000);
+  const cluster = await buildCluster(opts.stateDir, opts.historyLimit ?? 20_000);
   const persistence = opts.stateDir ? await Persistence.open(opts.stateDir, cluster.store) : undefined;
   const watches = new WatchHub();
   let address = `${host}:${opts.port ?? 0}`;
