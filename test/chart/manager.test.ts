@@ -49,6 +49,14 @@ describe("with the default values", () => {
     expect(env.POD_NAME).toBe("metadata.name");
   });
 
+  test("the Pulumi passphrase comes from an optional Secret key, never from a value", () => {
+    const v = c.env.find((e: Doc) => e.name === "PULUMI_CONFIG_PASSPHRASE");
+    expect(v).toEqual({
+      name: "PULUMI_CONFIG_PASSPHRASE",
+      valueFrom: { secretKeyRef: { name: "spillway-pulumi-passphrase", key: "passphrase", optional: true } },
+    });
+  });
+
   test("metrics on :8080, liveness on :8081/healthz, readiness on :8081/readyz", () => {
     const ports = Object.fromEntries(c.ports.map((p: Doc) => [p.name, p.containerPort]));
     expect(ports).toEqual({ metrics: 8080, health: 8081 });
@@ -90,6 +98,13 @@ describe("with the default values", () => {
     expect(ofKind(docs, "NetworkPolicy")).toEqual([]);
     expect(ofKind(docs, "CloudProvider")).toEqual([]);
   });
+});
+
+test("an empty passphrase Secret name leaves PULUMI_CONFIG_PASSPHRASE out", () => {
+  const c = containerOf(
+    render({ setJson: ['operator.pulumi.passphraseSecret={"name":"","key":"passphrase"}'] }),
+  );
+  expect(c.env.map((e: Doc) => e.name)).not.toContain("PULUMI_CONFIG_PASSPHRASE");
 });
 
 test("an image digest replaces the tag", () => {

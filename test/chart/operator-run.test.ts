@@ -39,15 +39,28 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** What the kubelet does with a container's env: downward-API fields and literal values. */
-function containerEnv(container: Doc, pod: { namespace: string; name: string }): Record<string, string> {
+/** What the kubelet does with a container's env: downward-API fields, literals, Secret keys. */
+async function containerEnv(
+  container: Doc,
+  pod: { namespace: string; name: string },
+): Promise<Record<string, string>> {
   const env: Record<string, string> = {};
   for (const v of container.env as Doc[]) {
     const field = v.valueFrom?.fieldRef?.fieldPath;
+    const secretRef = v.valueFrom?.secretKeyRef;
     if (field === "metadata.namespace") env[v.name] = pod.namespace;
     else if (field === "metadata.name") env[v.name] = pod.name;
     else if (typeof v.value === "string") env[v.name] = v.value;
-    else throw new Error(`env ${v.name}: a source this test does not resolve`);
+    else if (secretRef) {
+      const out = await kubectlAsync(e.sandbox.management.kubeconfigPath, [
+        ...["get", "secret", secretRef.name, "-n", pod.namespace, "--ignore-not-found", "-o", "json"],
+      ]);
+      const data = out.trim() ? (JSON.parse(out).data as Record<string, string> | undefined) : undefined;
+      const value = data?.[secretRef.key];
+      if (value !== undefined) env[v.name] = Buffer.from(value, "base64").toString("utf8");
+      else if (!secretRef.optional)
+        throw new Error(`env ${v.name}: Secret ${secretRef.name} has no ${secretRef.key}`);
+    } else throw new Error(`env ${v.name}: a source this test does not resolve`);
   }
   return env;
 }
@@ -92,6 +105,18 @@ afterAll(async () => {
 }, 60_000);
 
 test("the chart installs into the sandbox's management cluster, next to the CRDs and clouds it already has", async () => {
+  // The platform team's Secret for the Pulumi passphrase (docs/install.md, step 4).
+  const passphrase = await e.kubectl(
+    ["apply", "-f", "-"],
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "spillway-pulumi-passphrase", namespace: NS },
+      stringData: { passphrase: "correct horse battery staple" },
+    }),
+  );
+  expect(passphrase.stderr).toBe("");
+  expect(passphrase.code).toBe(0);
   // The ARM emulator serves HTTPS with its own CA: the one flag a real Azure does not need.
   const caFile = join(dir, "arm-ca.pem");
   writeFileSync(caFile, e.arm.ca);
@@ -137,7 +162,8 @@ test("`spillway operator` with the Deployment's args and env becomes leader and 
     ]),
   ) as Doc;
   const container = deployment.spec.template.spec.containers[0] as Doc;
-  const env = containerEnv(container, { namespace: NS, name: POD_NAME });
+  const env = await containerEnv(container, { namespace: NS, name: POD_NAME });
+  expect(env.PULUMI_CONFIG_PASSPHRASE).toBe("correct horse battery staple");
   const args = expand(container.args as string[], env);
   expect(args).toContain(`--namespace=${NS}`);
   expect(args).toContain("--leader-elect");
