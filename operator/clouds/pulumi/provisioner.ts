@@ -17,8 +17,8 @@
  * The only seam is the CLI binary (`pulumiCommand`): tests point it at a fake `pulumi` that
  * speaks the CLI's protocol, so this file runs unchanged in tests.
  */
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { chmodSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import * as auto from "@pulumi/pulumi/automation/index.js";
 import { stringify } from "yaml";
 import type { CloudProvider } from "../../api/v1alpha1/index.ts";
@@ -219,6 +219,7 @@ export class PulumiProvisioner implements Provisioner {
       join(workDir, "Pulumi.yaml"),
       stringify(operatorProjectFile(this.project(req.program), workDir)),
     );
+    linkNodeModules(workDir, this.infraDir);
     this.command ??= this.opts.pulumiCommand
       ? Promise.resolve(this.opts.pulumiCommand)
       : auto.PulumiCommand.get();
@@ -336,6 +337,22 @@ export function pulumiProvisionerFor(
     }
     return p;
   };
+}
+
+/**
+ * Pulumi's Node language host looks for `@pulumi/pulumi` from the program's directory; the
+ * program lives in `infra/`, but should a CLI version resolve it from the project (workspace)
+ * directory instead, a `node_modules` link there finds the same installation.
+ */
+function linkNodeModules(workDir: string, infraDir: string): void {
+  const target = join(dirname(infraDir), "node_modules");
+  const link = join(workDir, "node_modules");
+  if (!existsSync(target) || existsSync(link)) return;
+  try {
+    symlinkSync(target, link, "dir");
+  } catch {
+    // Best effort: the main path already reaches the program and its node_modules.
+  }
 }
 
 /** The tail of what the CLI printed (the diagnostics come last), bounded in memory. */

@@ -127,6 +127,7 @@ describe("PulumiProvisioner (Automation API over a fake pulumi CLI)", () => {
     expect(up.args).toEqual(expect.arrayContaining(["--refresh", "--exec-kind", "auto.local"]));
     expect(up.cwd).toBe(join(stateDir, "workspaces", "oci", "pc-oci-a"));
     expect(readFileSync(join(up.cwd, "Pulumi.yaml"), "utf8")).toMatch(/name: spillway-oci/);
+    expect(existsSync(join(up.cwd, "node_modules", "@pulumi", "pulumi", "package.json"))).toBe(true);
     expect(existsSync(join(stateDir, "backend", ".pulumi", "stacks", "spillway-oci", "pc-oci-a.json"))).toBe(
       true,
     );
