@@ -8,23 +8,27 @@
  * 1. settings: `spec.azure`, the offer's region is the provider's, a SKU for the GPU type;
  * 2. price: the price-match rule (`operator/rofr/pricing.ts`; list price and floor from the
  *    provider's `spec.pricing`; ARM has no price API);
- * 3. the agent pool exists and runs that SKU (`AgentPools.get`);
+ * 3. the agent pool exists and runs that SKU (`AgentPools.get`, once per pool: AKS never
+ *    changes a pool's VM size);
  * 4. idempotency: the reservation named after the offer (`CapacityReservations.get`); when it
  *    already holds the request, skip to 8;
  * 5. the SKU is offered in the region (`ResourceSkus.list`, cached), which also gives its
  *    quota family and vCPUs;
  * 6. quota: free vCPUs of the family (and the regional total) cover the request (`Usage.list`);
- *    `maxNodes`: the group's reservations of the SKU plus this request stay within it;
- * 7. the reservation (`CapacityReservations.createOrUpdate`, tagged with the offer and run);
+ *    `maxNodes`: the group's reservations of the SKU plus this request stay within it
+ *    (`NodeLedger`, refreshed from `CapacityReservations.list`);
+ * 7. the group exists (created when missing), then the reservation
+ *    (`CapacityReservations.createOrUpdate`, tagged with the offer and run);
  * 8. the pool is scaled to the sum of the group's reservations of its SKU
  *    (`AgentPools.createOrUpdate`) — a level, not an increment, so retries never over-scale.
  * ARM errors at any step are classified (`errors.ts`); throttling and 5xx throw
- * `RetryableError`; a decline after step 7 removes the reservation it made.
+ * `RetryableError`; a decline once the offer holds a reservation (made now or by an earlier
+ * try) removes it.
  *
  * Pool sizing is coalesced per pool: one sizing runs at a time and every caller that arrived
- * during it shares the next one, which reads the reservations after all of theirs exist. Many
- * concurrent offers thus cost a few pool writes, not one each, and two sizings never race each
- * other with stale sums. (One operator replica acts at a time: leader election.)
+ * during it shares the next one, which sees all of their reservations. Many concurrent offers
+ * thus cost a few pool writes, not one each, and two sizings never race each other with stale
+ * sums. (One operator replica acts at a time: leader election.)
  */
 import { createHash } from "node:crypto";
 import type { AgentPool } from "@azure/arm-containerservice";
@@ -103,16 +107,16 @@ export const RESERVATION_TAGS = {
 const MAX_RESERVATION_NAME = 64;
 
 /**
- * The capacity reservation's name for an offer: `sw-<namespace>-<offer>`, or its first part
- * and a digest when longer than Azure allows. Deterministic, so a retry finds it.
+ * The capacity reservation's name for an offer: `sw-<namespace>-<offer>-<digest>`, shortened
+ * to Azure's limit. The digest of `namespace/name` keeps `ml`/`team-x` and `ml-team`/`x`
+ * apart; being a function of the offer alone, a retry (or a restarted operator) finds it.
  */
 export function reservationName(offer: Pick<CapacityOffer, "metadata">): string {
   const ns = offer.metadata.namespace ?? "default";
   const name = offer.metadata.name ?? "offer";
-  const full = `sw-${ns}-${name}`.replace(/[^A-Za-z0-9_.-]/g, "-");
-  if (full.length <= MAX_RESERVATION_NAME) return full;
-  const digest = createHash("sha256").update(`${ns}/${name}`).digest("hex").slice(0, 10);
-  return `${full.slice(0, MAX_RESERVATION_NAME - 11).replace(/[.-]+$/, "")}-${digest}`;
+  const digest = createHash("sha256").update(`${ns}/${name}`).digest("hex").slice(0, 8);
+  const readable = `sw-${ns}-${name}`.replace(/[^A-Za-z0-9_.-]/g, "-").slice(0, MAX_RESERVATION_NAME - 9);
+  return `${readable.replace(/[.-]+$/, "")}-${digest}`;
 }
 
 interface SkuFacts {

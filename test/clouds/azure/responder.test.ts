@@ -292,7 +292,13 @@ test("reservation names are valid Azure names and deterministic, also for long o
   expect(name.length).toBeLessThanOrEqual(64);
   expect(name).toMatch(/^[A-Za-z0-9_.-]+$/);
   expect(reservationName(long)).toBe(name);
-  expect(reservationName(offer(1, undefined, "run-a-a2"))).toBe("sw-ml-team-run-a-a2");
+  expect(reservationName(offer(1, undefined, "run-a-a2"))).toMatch(/^sw-ml-team-run-a-a2-[0-9a-f]{8}$/);
+  // Dashes cannot make two offers share a name.
+  const a = offer(1, undefined, "team-x");
+  const b = offer(1, undefined, "x");
+  a.metadata.namespace = "ml";
+  b.metadata.namespace = "ml-team";
+  expect(reservationName(a)).not.toBe(reservationName(b));
 });
 
 describe("with Azure-style async operations (201/202 + Azure-AsyncOperation, polled)", () => {
