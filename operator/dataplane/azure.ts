@@ -238,7 +238,11 @@ export class AzureBlobStore implements ObjectStore {
       const res = await this.blob(key).download(
         r?.start ?? 0,
         r?.end !== undefined ? r.end - (r.start ?? 0) : undefined,
-        { abortSignal: options.signal, maxRetryRequests: 0 },
+        {
+          abortSignal: options.signal,
+          maxRetryRequests: 0,
+          ...(options.ifMatch ? { conditions: { ifMatch: `"${unquote(options.ifMatch)}"` } } : {}),
+        },
       );
       const body = res.readableStreamBody;
       if (!body) return Readable.from([]);

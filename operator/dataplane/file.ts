@@ -162,6 +162,10 @@ export class FileStore implements ObjectStore {
     const h = await open(p, "r").catch((e: unknown) => {
       throw fsError(e, key);
     });
+    if (options.ifMatch !== undefined && etagOf(await h.stat()) !== options.ifMatch) {
+      await h.close();
+      throw new StoreError("PreconditionFailed", `${key}: changed since it was listed`);
+    }
     const r = options.range;
     const end = r?.end !== undefined ? r.end - 1 : undefined;
     if (end !== undefined && end < (r?.start ?? 0)) {

@@ -241,6 +241,7 @@ export class S3Store implements ObjectStore {
           Bucket: this.bucket,
           Key: this.full(key),
           ...(r ? { Range: `bytes=${r.start}-${r.end !== undefined ? r.end - 1 : ""}` } : {}),
+          ...(options.ifMatch ? { IfMatch: `"${unquote(options.ifMatch)}"` } : {}),
         }),
         { abortSignal: options.signal },
       );

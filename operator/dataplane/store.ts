@@ -60,6 +60,11 @@ export interface ListOptions {
 export interface ReadOptions {
   /** Byte range `[start, end)`; `end` omitted means to the end of the object. */
   range?: { start: number; end?: number };
+  /**
+   * Read only this version (the etag `list`/`head` returned): PreconditionFailed when the
+   * object was replaced. Ranged reads of one object use it so their parts are of one version.
+   */
+  ifMatch?: string;
   signal?: AbortSignal;
 }
 

@@ -297,6 +297,21 @@ export async function syncStores(
         budget.release(held);
       }
     }
+    return copyInParts(obj, key, partSize);
+  };
+
+  /**
+   * A large object: its parts are read with ranged GETs and uploaded in parallel (one stream
+   * per part — a single stream is capped by one connection and, on the emulators, by one
+   * request's pace), each part holding its share of the byte budget until it is both uploaded
+   * and hashed. The sha256 is computed in part order: parts read early wait, holding their
+   * budget, for the ones before them. Budget is acquired in part order (the budget is FIFO),
+   * so the lowest unhashed part always has its buffer and the frontier always advances.
+   * Every ranged read is conditional on the listed etag: a source replaced mid-copy fails the
+   * read (PreconditionFailed) instead of mixing two versions.
+   */
+  const copyInParts = async (obj: ObjectInfo, key: string, partSize: number): Promise<ManifestEntry> => {
+    const size = obj.size;
     const upload = await retry(`start ${key}`, () =>
       dst.startUpload(key, {
         partSize,
@@ -304,63 +319,72 @@ export async function syncStores(
         ...(signal ? { signal } : {}),
       }),
     );
-    const inflight = new Set<Promise<void>>();
-    const receipts: PartReceipt[] = [];
-    let partError: unknown;
-    let moved = 0;
-    try {
-      const stream = await retry(`read ${key}`, () => src.read(key, signal ? { signal } : {}));
-      const hash = createHash("sha256");
-      let total = 0;
-      let partNo = 0;
-      let cur: Buffer | undefined;
-      let held = 0;
-      let fill = 0;
-      const ship = (buf: Buffer, n: number, bytes: number) => {
-        const p = retry(`upload ${key} part ${n}`, () => upload.uploadPart(n, buf, signal))
-          .then((r) => {
-            receipts.push(r);
-            s.bytesMoved += buf.length;
-            moved += buf.length;
-          })
-          .catch((e: unknown) => {
-            partError ??= e;
-          })
-          .finally(() => {
-            budget.release(bytes);
-            inflight.delete(p);
-          });
-        inflight.add(p);
-      };
-      for await (const chunk of stream as AsyncIterable<Uint8Array>) {
-        let off = 0;
-        while (off < chunk.length) {
-          if (partError) throw partError;
-          if (!cur) {
-            const len = Math.min(partSize, size - total);
-            if (len <= 0) throw new StoreError("Transient", `${key}: source grew while it was read`);
-            held = await budget.acquire(len);
-            cur = Buffer.allocUnsafe(len);
-            fill = 0;
-          }
-          const n = Math.min(chunk.length - off, cur.length - fill);
-          cur.set(chunk.subarray(off, off + n), fill);
-          fill += n;
-          off += n;
-          total += n;
-          if (fill === cur.length) {
-            hash.update(cur);
-            ship(cur, ++partNo, held);
-            cur = undefined;
-          }
-        }
+    interface Part {
+      n: number;
+      held: number;
+      /** Released when 0: one hold for the upload, one for the hash. */
+      holds: number;
+      released: boolean;
+      buf?: Buffer;
+    }
+    const parts = new Map<number, Part>();
+    const release = (p: Part) => {
+      if (!p.released) {
+        p.released = true;
+        p.buf = undefined;
+        budget.release(p.held);
       }
-      if (cur || total !== size) {
-        if (cur) budget.release(held);
-        throw new StoreError("Transient", `${key}: source changed size while it was read`);
+    };
+    const drop = (p: Part) => {
+      if (--p.holds === 0) release(p);
+    };
+    const hash = createHash("sha256");
+    let hashed = 0; // parts 1..hashed are in the hash
+    const advanceHash = () => {
+      for (let p = parts.get(hashed + 1); p?.buf; p = parts.get(hashed + 1)) {
+        hash.update(p.buf);
+        hashed++;
+        drop(p);
+      }
+    };
+    const receipts: PartReceipt[] = [];
+    const inflight = new Set<Promise<void>>();
+    let failure: unknown;
+    let moved = 0;
+    const count = Math.max(1, Math.ceil(size / partSize));
+    try {
+      for (let n = 1; n <= count && failure === undefined; n++) {
+        const start = (n - 1) * partSize;
+        const end = Math.min(size, start + partSize);
+        const part: Part = { n, held: await budget.acquire(end - start), holds: 2, released: false };
+        parts.set(n, part);
+        if (failure !== undefined) break;
+        const task = (async () => {
+          const buf = await retry(`read ${key} part ${n}`, () =>
+            readExactly(src, key, end - start, signal, { start, end }, obj.etag),
+          );
+          if (part.released) return; // the copy already failed
+          part.buf = buf;
+          advanceHash();
+          const r = await retry(`upload ${key} part ${n}`, () => upload.uploadPart(n, buf, signal));
+          receipts.push(r);
+          s.bytesMoved += buf.length;
+          moved += buf.length;
+          drop(part);
+        })()
+          .catch((e: unknown) => {
+            failure ??= e;
+            // The copy is lost: free every part's budget now, or parts waiting for the hash
+            // frontier (which will not advance) and the loop's next acquire would wait forever.
+            for (const p of parts.values()) release(p);
+          })
+          .finally(() => inflight.delete(task));
+        inflight.add(task);
       }
       while (inflight.size > 0) await Promise.race(inflight);
-      if (partError) throw partError;
+      if (failure !== undefined) throw failure;
+      if (hashed !== count)
+        throw new StoreError("Other", `${key}: ${count - hashed} parts were never hashed`);
       const sha256 = hash.digest("hex");
       checkSourceHash(obj, key, sha256);
       const r = await retry(`commit ${key}`, () =>
@@ -369,6 +393,7 @@ export async function syncStores(
       return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
     } catch (e) {
       await Promise.allSettled([...inflight]);
+      for (const p of parts.values()) release(p);
       s.bytesMoved -= moved;
       await upload.abort();
       throw e;
@@ -533,14 +558,23 @@ function checkSourceHash(obj: ObjectInfo, key: string, sha256: string): void {
     throw new StoreError("Integrity", `${key}: content sha256 differs from the source's recorded sha256`);
 }
 
-/** Reads a whole (small) object into one buffer of exactly `size` bytes. */
+/**
+ * Reads a whole (small) object, or the range `[start, end)` of one, into one buffer of exactly
+ * that many bytes; with `etag`, only from that version of the object.
+ */
 async function readExactly(
   src: ObjectStore,
   key: string,
   size: number,
   signal?: AbortSignal,
+  range?: { start: number; end: number },
+  etag?: string,
 ): Promise<Buffer> {
-  const stream = await src.read(key, signal ? { signal } : {});
+  const stream = await src.read(key, {
+    ...(signal ? { signal } : {}),
+    ...(range ? { range } : {}),
+    ...(etag ? { ifMatch: etag } : {}),
+  });
   if (size === 0) {
     const rest = await readAll(stream);
     if (rest.length !== 0) throw new StoreError("Transient", `${key}: source changed size while it was read`);

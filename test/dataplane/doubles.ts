@@ -79,14 +79,19 @@ export class GeneratedSource implements ObjectStore {
   async head(): Promise<ObjectHead | undefined> {
     return undefined;
   }
-  async read(): Promise<Readable> {
+  async read(_key?: string, options: ReadOptions = {}): Promise<Readable> {
     const chunk = 1 << 20;
-    const pattern = Buffer.alloc(chunk);
-    for (let i = 0; i < chunk; i++) pattern[i] = (i * 31 + this.seed) & 0xff;
-    const size = this.size;
+    // The pattern repeats every 256 bytes, so any offset maps into one precomputed chunk.
+    const pattern = Buffer.alloc(chunk + 256);
+    for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 31 + this.seed) & 0xff;
+    const from = options.range?.start ?? 0;
+    const to = Math.min(this.size, options.range?.end ?? this.size);
     return Readable.from(
       (function* () {
-        for (let off = 0; off < size; off += chunk) yield pattern.subarray(0, Math.min(chunk, size - off));
+        for (let off = from; off < to; off += chunk) {
+          const skew = off % 256;
+          yield pattern.subarray(skew, skew + Math.min(chunk, to - off));
+        }
       })(),
       { objectMode: false },
     );

@@ -202,6 +202,29 @@ describe("faults", () => {
     expect([...(await contents(dst)).keys()].sort()).toEqual(["broken.txt", "keep.txt"]);
   });
 
+  it("never mixes two versions of a large object replaced while its parts are read", async () => {
+    const src = await emu.open(emu.azUri("data", "replaced/src"));
+    const v1 = Buffer.alloc(12 * MiB, 1);
+    const v2 = Buffer.alloc(12 * MiB, 2);
+    await src.put("model.bin", v1);
+    let reads = 0;
+    const swapping = {
+      ...faulty(src, {}),
+      async read(key: string, o?: Parameters<typeof src.read>[1]) {
+        const stream = await src.read(key, o);
+        if (++reads === 1) await src.put("model.bin", v2); // replaced after the first part's read began
+        return stream;
+      },
+    };
+    const dst = await emu.open(emu.s3Uri("data", "replaced/dst"));
+    const r = await syncStores(swapping, dst, { partSize: 5 * MiB, concurrency: 1, retry: FAST_RETRY });
+    expect(r).toMatchObject({ complete: false, failed: { objects: 1 } });
+    expect(await dst.head("model.bin")).toBeUndefined();
+    const again = await syncStores(src, dst, { partSize: 5 * MiB });
+    expect(again.complete).toBe(true);
+    expect(sha((await contents(dst)).get("model.bin")!)).toBe(sha(v2));
+  });
+
   it("resumes an interrupted sync without redoing finished objects", async () => {
     const src = await emu.open(emu.azUri("data", "resume/src"));
     const files = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`o${i}`, `content ${i}`]));

@@ -78,7 +78,7 @@ function progressBar(): { update(p: SyncProgress): void; stop(): void } {
   const bar = new SingleBar(
     {
       format:
-        "{bar} {percentage}% | {done}/{total_mib} MiB | {objects} objects | {rate} MiB/s | ETA {eta_formatted}",
+        "{bar} {percentage}% | {done}/{total_mib} MiB | objects: {objects} | {rate} MiB/s | ETA {eta_formatted}",
       barsize: 30,
       hideCursor: true,
       etaBuffer: 50,
