@@ -296,4 +296,38 @@ describe("ProvisionedCluster controller", () => {
     await waitFor(async () => !(await get("pc-busy")), "finished cluster destroyed");
     expect(cloud.stacks.size).toBe(0);
   });
+
+  it("writes a deleted kubeconfig Secret again from the stack's outputs, without another up", async () => {
+    await provider();
+    start();
+    await cluster("pc-g");
+    await waitFor(async () => (await get("pc-g"))?.status?.phase === "Ready", "Ready");
+    await h.client.delete(Resources.Secret, kubeconfigSecretName("pc-g"), NAMESPACE);
+    const secret = await waitFor(
+      () =>
+        h.client.tryGet<KubeObject & { data: Record<string, string> }>(
+          Resources.Secret,
+          kubeconfigSecretName("pc-g"),
+          NAMESPACE,
+        ),
+      "Secret written again",
+    );
+    expect(Buffer.from(secret.data.kubeconfig!, "base64").toString()).toContain("kc-secret-pc-g");
+    expect(cloud.count("up", "pc-g")).toBe(1);
+    expect(cloud.count("outputs", "pc-g")).toBeGreaterThanOrEqual(1);
+  });
+
+  it("waits with a condition while its CloudProvider does not exist, and provisions once it does", async () => {
+    start();
+    await cluster("pc-h");
+    const waiting = await waitFor(async () => {
+      const pc = await get("pc-h");
+      return condition(pc, "Ready")?.reason === "ProviderUnavailable" ? pc : undefined;
+    }, "ProviderUnavailable");
+    expect(waiting.status?.phase).toBe("Pending");
+    expect(condition(waiting, "Ready")?.message).toBe("CloudProvider oci-ashburn does not exist");
+    expect(cloud.calls).toHaveLength(0);
+    await provider();
+    await waitFor(async () => (await get("pc-h"))?.status?.phase === "Ready", "Ready");
+  });
 });
