@@ -10,6 +10,7 @@ import { type Cluster, type OpContext, parseJson } from "./cluster.ts";
 import { apiGroup, apiGroupList, apiResourceList, apiVersions } from "./discovery.ts";
 import { ApiError, errors } from "./errors.ts";
 import { type OpenApiCache, openApiRoot, openApiV3Document } from "./openapi.ts";
+import { isPlainObject } from "./patch.ts";
 import { decodeProtobuf, isProtobuf } from "./protobuf.ts";
 import { includeObjectOf, toTable } from "./table.ts";
 import { type JsonObject, type KubeObject, type ResourceType, resourceKey } from "./types.ts";
@@ -296,8 +297,12 @@ async function serveResource(
       const options = decodeBody(raw, contentType, rt);
       if (name === undefined) return json(200, cluster.deleteCollection(ctx, options), ctx.warnings);
       const result = cluster.delete(ctx, options);
+      const bodyDryRun =
+        isPlainObject(options) && Array.isArray(options.dryRun) && options.dryRun.includes("All");
+      const dryRun = bodyDryRun || query.getAll("dryRun").includes("All");
       const stillThere = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;
-      if (stillThere) return json(202, result, ctx.warnings);
+      if (stillThere && !dryRun) return json(202, result, ctx.warnings);
+      if (dryRun) return json(200, result, ctx.warnings);
       // Gone at once: custom resources return the object, built-in kinds a Success Status.
       if (rt.custom) return json(200, result, ctx.warnings);
       return json(

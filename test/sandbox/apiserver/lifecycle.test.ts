@@ -46,6 +46,9 @@ describe("finalizers", () => {
   it("hold a deletion (deletionTimestamp set, object kept) until the last one is removed", async () => {
     const api = client(server);
     await api.post(CM, configMap("held", { finalizers: ["spillway.dev/cleanup", "example.com/other"] }));
+    const dryRun = await api.del(`${CM}/held?dryRun=All`);
+    expect(dryRun.status).toBe(200);
+    expect((await api.get(`${CM}/held`)).body.metadata.deletionTimestamp).toBeUndefined();
     const deleting = await api.del(`${CM}/held`);
     expect(deleting.status).toBe(202);
     expect(deleting.body.metadata.deletionTimestamp).toEqual(expect.any(String));
