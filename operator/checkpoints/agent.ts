@@ -9,8 +9,11 @@
  *
  * A DCP directory without `.metadata` is never uploaded on the quiet period alone: it is a
  * torn checkpoint. Uploads run one at a time, oldest step first; after each commit the store
- * is pruned to `keep`. Checkpoints the store already has committed (e.g. just restored) are
- * not uploaded again. On stop the agent drains: what is complete by then is uploaded.
+ * is pruned to `keep`. Checkpoints the store already has committed (e.g. just restored), and
+ * local directories older than the newest committed step, are not uploaded. A step another
+ * writer committed first (`Conflict`) is left to it. A directory refused for its content
+ * (symlink out of the root, invalid safetensors) is logged and not retried until it changes.
+ * On stop the agent drains: what is complete by then is uploaded.
  */
 import { type FSWatcher, watch } from "node:fs";
 import { mkdir, readdir, stat } from "node:fs/promises";
