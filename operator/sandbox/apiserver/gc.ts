@@ -107,9 +107,8 @@ export class GarbageCollector {
 
   private finishNamespace(ns: KubeObject): void {
     const name = ns.metadata.name!;
-    const remaining = this.cluster.registry
-      .all()
-      .some((rt) => rt.namespaced && this.cluster.store.list(resourceKey(rt), name).length > 0);
+    // A count, not a listing: this runs after every removal in a terminating namespace.
+    const remaining = this.cluster.store.objectsInNamespace(name) > 0;
     const current = this.cluster.store.get("/namespaces", undefined, name);
     if (remaining || !current) return;
     const nsType = this.cluster.registry.lookup("", "v1", "namespaces")!;

@@ -70,6 +70,7 @@ export class ObjectStore {
   /** Watches from a resourceVersion below this are expired (410). */
   private compactedRv: number;
   private readonly buckets = new Map<string, Map<string, KubeObject>>();
+  private readonly perNamespace = new Map<string, number>();
   private history: ChangeEvent[] = [];
   private readonly watchers = new Set<Watcher>();
   /** Called after every change, before watchers see it (indexes and persistence hook in here). */
@@ -120,9 +121,16 @@ export class ObjectStore {
       this.buckets.set(resource, bucket);
     }
     const key = objectKey(obj.metadata.namespace, obj.metadata.name!);
-    const previous = type === "MODIFIED" ? bucket.get(key) : undefined;
+    const previous = bucket.get(key);
+    if (!previous) this.countIn(obj.metadata.namespace, 1);
     bucket.set(key, obj);
-    this.record({ rv, type, resource, object: obj, ...(previous ? { previous } : {}) });
+    this.record({
+      rv,
+      type,
+      resource,
+      object: obj,
+      ...(previous && type === "MODIFIED" ? { previous } : {}),
+    });
     return obj;
   }
 
@@ -130,7 +138,8 @@ export class ObjectStore {
   remove(resource: string, obj: KubeObject): KubeObject {
     const rv = ++this.rv;
     const gone: KubeObject = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } };
-    this.buckets.get(resource)?.delete(objectKey(obj.metadata.namespace, obj.metadata.name!));
+    if (this.buckets.get(resource)?.delete(objectKey(obj.metadata.namespace, obj.metadata.name!)))
+      this.countIn(obj.metadata.namespace, -1);
     this.record({ rv, type: "DELETED", resource, object: gone });
     return gone;
   }
@@ -142,7 +151,21 @@ export class ObjectStore {
       bucket = new Map();
       this.buckets.set(resource, bucket);
     }
-    bucket.set(objectKey(obj.metadata.namespace, obj.metadata.name!), obj);
+    const key = objectKey(obj.metadata.namespace, obj.metadata.name!);
+    if (!bucket.has(key)) this.countIn(obj.metadata.namespace, 1);
+    bucket.set(key, obj);
+  }
+
+  /** How many objects (of any resource) live in a namespace: O(1), for namespace deletion. */
+  objectsInNamespace(namespace: string): number {
+    return this.perNamespace.get(namespace) ?? 0;
+  }
+
+  private countIn(namespace: string | undefined, delta: number): void {
+    if (!namespace) return;
+    const n = (this.perNamespace.get(namespace) ?? 0) + delta;
+    if (n === 0) this.perNamespace.delete(namespace);
+    else this.perNamespace.set(namespace, n);
   }
 
   /** Changes after `rv` for a watch, or `undefined` when that version is no longer retained. */
