@@ -247,10 +247,11 @@ export class PulumiProvisioner implements Provisioner {
     const desired: StackConfig = stackConfigFor(req, this.project(req.program).name);
     try {
       await stack.setAllConfig(desired);
-      // destroy needs only the provider's credentials: it skips the extra round trips.
+      // destroy needs only the provider's credentials: it keeps what the last up set.
       if (!dropStale) return;
-      const current = await stack.getAllConfig();
-      const stale = Object.keys(current).filter((k) => !(k in desired));
+      // The keys are read from the stack file (no CLI round trip, no secrets decrypted).
+      const settings = await stack.workspace.stackSettings(req.stackName);
+      const stale = Object.keys(settings.config ?? {}).filter((k) => !(k in desired));
       if (stale.length > 0) await stack.removeAllConfig(stale);
     } catch (e) {
       throw this.classify(e, "config", req, []);
