@@ -61,7 +61,9 @@ export {
   type RejectedCheckpoint,
   type RestoreOptions,
   type RestoreResult,
+  type RestoreSummary,
   restoreLatest,
+  summarizeRestore,
 } from "./restore.ts";
 export {
   encodeSafetensors,

@@ -136,6 +136,34 @@ export async function restoreLatest(
   };
 }
 
+/** What an init container hands the operator (Kubernetes caps a termination message at 4096 bytes). */
+export interface RestoreSummary {
+  outcome: RestoreResult["outcome"];
+  step?: number;
+  digest?: string;
+  behindExpected: boolean;
+  /** Newest first, at most 8, messages cut to 240 characters. */
+  rejected: Array<{ step: number; reason: RejectedCheckpoint["reason"]; message: string }>;
+  uncommitted: number;
+  bytesRead: number;
+}
+
+/** A restore result small enough for `/dev/termination-log`, from which the operator makes Events. */
+export function summarizeRestore(r: RestoreResult): RestoreSummary {
+  return {
+    outcome: r.outcome,
+    ...(r.restored ? { step: r.restored.step, digest: r.restored.manifestDigest } : {}),
+    behindExpected: r.behindExpected,
+    rejected: r.rejected.slice(0, 8).map((x) => ({
+      step: x.step,
+      reason: x.reason,
+      message: x.message.length > 240 ? `${x.message.slice(0, 239)}…` : x.message,
+    })),
+    uncommitted: r.uncommitted.length,
+    bytesRead: r.bytesRead,
+  };
+}
+
 class RestoreRefusal extends Error {
   constructor(
     readonly step: number,

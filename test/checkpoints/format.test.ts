@@ -9,6 +9,7 @@ import {
   parseManifest,
   parseSafetensors,
   SafetensorsError,
+  summarizeRestore,
 } from "../../operator/checkpoints/index.ts";
 import { encodeManifest } from "../../operator/checkpoints/manifest.ts";
 import { tensorAlignedPlan } from "../../operator/checkpoints/upload.ts";
@@ -284,5 +285,26 @@ describe("the trainer container's environment", () => {
         SPILLWAY_RESUME_STEP: "ten",
       }),
     ).toThrow("SPILLWAY_RESUME_STEP must be a non-negative integer, got ten");
+  });
+});
+
+describe("the restore summary for the termination log", () => {
+  it("stays under Kubernetes' 4096-byte cap however many checkpoints were rejected", () => {
+    const rejected = Array.from({ length: 50 }, (_, i) => ({
+      step: 1000 - i,
+      reason: "Corrupt" as const,
+      message: `step ${1000 - i}: ${"x".repeat(2000)}`,
+    }));
+    const summary = summarizeRestore({
+      outcome: "AllRejected",
+      rejected,
+      uncommitted: [1001, 1002],
+      bytesRead: 0,
+      behindExpected: true,
+    });
+    expect(Buffer.byteLength(JSON.stringify(summary))).toBeLessThan(4096);
+    expect(summary.rejected).toHaveLength(8);
+    expect(summary.rejected[0]?.message).toMatch(/^step 1000: x+…$/);
+    expect(summary).toMatchObject({ outcome: "AllRejected", uncommitted: 2, behindExpected: true });
   });
 });

@@ -9,7 +9,7 @@ import { CheckpointAgent } from "../../checkpoints/agent.ts";
 import { confineCheckpointPath } from "../../checkpoints/paths.ts";
 import { replicateCheckpoint } from "../../checkpoints/replicate.ts";
 import { latestCommitted, listCheckpoints } from "../../checkpoints/repository.ts";
-import { restoreLatest } from "../../checkpoints/restore.ts";
+import { restoreLatest, summarizeRestore } from "../../checkpoints/restore.ts";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
 import { type ObjectStore, openStore } from "../../dataplane/store.ts";
 import { runTrainer } from "../../sandbox/trainer/trainer.ts";
@@ -149,7 +149,7 @@ export function register(program: Command): void {
       "step the operator replicated for this attempt (default $SPILLWAY_RESUME_STEP); an older restore is reported",
     )
     .option("--json", "print the result as JSON on stdout")
-    .option("--result-file <file>", "also write the JSON result here (e.g. /dev/termination-log)")
+    .option("--result-file <file>", "also write a JSON summary (under 4 KiB) here, e.g. /dev/termination-log")
     .action(
       guarded(
         async (o: {
@@ -171,9 +171,8 @@ export function register(program: Command): void {
             ...expectStepOf(o.expectStep ?? process.env.SPILLWAY_RESUME_STEP),
             log,
           });
-          const json = JSON.stringify(result);
-          if (o.resultFile) await writeFile(o.resultFile, json);
-          if (o.json) console.log(json);
+          if (o.resultFile) await writeFile(o.resultFile, JSON.stringify(summarizeRestore(result)));
+          if (o.json) console.log(JSON.stringify(result));
           else if (result.restored)
             console.log(`restored step ${result.restored.step} into ${result.restored.directory}`);
           else
