@@ -153,6 +153,8 @@ export function serveWatch(
     }
     for (const { event, type } of changes) watcher.deliver(event, type);
   }
+  // A client too slow for the replay was already cut off: nothing to subscribe.
+  if (closed) return;
   store.addWatcher(watcher);
   hub.add(watcher);
 
