@@ -1,11 +1,7 @@
 /**
  * The install path, for real: the `helm` v4 binary installs, upgrades and uninstalls the
  * chart in the sandbox control plane (a Kubernetes API server over HTTP on 127.0.0.1), and
- * `kubectl` reads back what it did.
- *
- * Between the two sits protobuf-shim.ts: Helm writes its release records with protobuf
- * bodies, which the sandbox API server (JSON only) answers with 415. The shim decodes those
- * bodies; every other request passes through unchanged.
+ * `kubectl` reads back what it did. Nothing sits between them and the server.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,7 +10,6 @@ import { parseAllDocuments } from "yaml";
 import { type ApiServer, renderKubeconfig, startApiServer } from "../../operator/sandbox/apiserver/index.ts";
 import { ROOT } from "../helpers/examples.ts";
 import { CHART, type Doc, helmAsync, kubectlAsync, type Run } from "./helm.ts";
-import { type ProtobufShim, startProtobufShim } from "./protobuf-shim.ts";
 
 const NS = "spillway-system";
 const RELEASE = "spillway";
@@ -29,7 +24,6 @@ const SPILLWAY_CRDS = [
 
 let dir: string;
 let server: ApiServer;
-let shim: ProtobufShim;
 let kubeconfig: string;
 
 /** helm against the sandbox, with a private home under the test's temp dir. */
@@ -76,9 +70,8 @@ async function existing(objs: Array<{ kind: string; name: string; namespace?: st
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "spillway-chart-install-"));
   server = await startApiServer({ name: "management" });
-  shim = await startProtobufShim(server.url);
   kubeconfig = join(dir, "kubeconfig");
-  writeFileSync(kubeconfig, renderKubeconfig("management", shim.url), { mode: 0o600 });
+  writeFileSync(kubeconfig, renderKubeconfig("management", server.url), { mode: 0o600 });
   // What a platform team does before installing: the namespace and the credential Secrets
   // the providers in the values refer to (docs/install.md, step 4).
   const secrets = join(dir, "secrets.yaml");
@@ -103,7 +96,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await shim?.close();
   await server?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -138,10 +130,7 @@ describe("helm install, upgrade and uninstall in the sandbox control plane", () 
     const status = JSON.parse((await helmIn(["status", RELEASE, "-n", NS, "-o", "json"])).stdout);
     expect(status.info.status).toBe("deployed");
     expect(status.version).toBe(1);
-    // Helm's release record went through the shim as protobuf, and is a Secret in the namespace.
-    expect(shim.translated.some((t) => t.startsWith(`POST /api/v1/namespaces/${NS}/secrets Secret`))).toBe(
-      true,
-    );
+    // Helm keeps its release record as a Secret in the release namespace.
     expect(names(await getJson(["secrets", "-n", NS, "-l", "owner=helm"]))).toEqual([
       `sh.helm.release.v1.${RELEASE}.v1`,
     ]);

@@ -3,7 +3,8 @@
  * management API server, then `spillway operator` started with exactly the container args
  * and env of the Deployment the API server now holds (as a kubelet would: downward-API
  * values filled in, $(VAR) references expanded). The only addition is --kubeconfig, which
- * stands in for the in-cluster ServiceAccount token a pod would get.
+ * stands in for the in-cluster ServiceAccount token a pod would get; it points at a recording
+ * proxy, so the operator's requests can be checked against the RBAC the chart installed.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -14,19 +15,17 @@ import { OPERATOR_NAMESPACE } from "../../operator/sandbox/wiring.ts";
 import { AZURE_SKU, type E2E, eventually, getRun, offersOf, startE2E, trainingRun } from "../e2e/harness.ts";
 import { ROOT } from "../helpers/examples.ts";
 import { CHART, type Doc, helmAsync, kubectlAsync } from "./helm.ts";
-import { type ProtobufShim, startProtobufShim } from "./protobuf-shim.ts";
 import { allowed, describeRequest, requestAttributes } from "./rbac-audit.ts";
+import { type RecordingProxy, startRecordingProxy } from "./recording-proxy.ts";
 
 const NS = OPERATOR_NAMESPACE;
 const POD_NAME = "spillway-6d8f7c9b5-x2k4q";
 
 let e: E2E;
 let dir: string;
-let shim: ProtobufShim;
 /** The operator's own path to the API server, recording its requests for the RBAC audit. */
-let operatorShim: ProtobufShim;
+let operatorProxy: RecordingProxy;
 let operatorKubeconfig: string;
-let helmKubeconfig: string;
 let operator: ChildProcess | undefined;
 const output: string[] = [];
 let ports: { metrics: number; health: number };
@@ -77,17 +76,11 @@ const get = async (port: number, path: string) => {
 beforeAll(async () => {
   e = await startE2E();
   dir = mkdtempSync(join(tmpdir(), "spillway-chart-operator-"));
-  shim = await startProtobufShim(e.sandbox.management.url);
-  helmKubeconfig = join(dir, "kubeconfig");
-  writeFileSync(
-    helmKubeconfig,
-    e.sandbox.management.kubeconfig().replace(e.sandbox.management.url, shim.url),
-  );
-  operatorShim = await startProtobufShim(e.sandbox.management.url);
+  operatorProxy = await startRecordingProxy(e.sandbox.management.url);
   operatorKubeconfig = join(dir, "operator-kubeconfig");
   writeFileSync(
     operatorKubeconfig,
-    e.sandbox.management.kubeconfig().replace(e.sandbox.management.url, operatorShim.url),
+    e.sandbox.management.kubeconfig().replace(e.sandbox.management.url, operatorProxy.url),
   );
   ports = { metrics: await freePort(), health: await freePort() };
 }, 120_000);
@@ -98,8 +91,7 @@ afterAll(async () => {
     operator.kill("SIGTERM");
     await exited;
   }
-  await shim?.close();
-  await operatorShim?.close();
+  await operatorProxy?.close();
   await e?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
@@ -138,7 +130,18 @@ test("the chart installs into the sandbox's management cluster, next to the CRDs
   // --skip-crds: the sandbox manages the CRDs itself (created, then replaced on restart, under
   // its own field manager), the case docs/install.md describes for CRDs managed outside Helm.
   const r = await helmAsync(
-    ["install", "spillway", CHART, "-n", NS, "-f", values, "--skip-crds", "--kubeconfig", helmKubeconfig],
+    [
+      "install",
+      "spillway",
+      CHART,
+      "-n",
+      NS,
+      "-f",
+      values,
+      "--skip-crds",
+      "--kubeconfig",
+      e.sandbox.management.kubeconfigPath,
+    ],
     {
       HELM_CACHE_HOME: join(dir, "helm", "cache"),
       HELM_CONFIG_HOME: join(dir, "helm", "config"),
@@ -227,7 +230,7 @@ test("every request the operator made is allowed by the RBAC the chart installed
     JSON.parse(await kubectlAsync(kc, ["get", "clusterrole", "spillway", "-o", "json"])) as Doc,
     JSON.parse(await kubectlAsync(kc, ["get", "role", "spillway", "-n", NS, "-o", "json"])) as Doc,
   ];
-  const made = operatorShim.requests.flatMap((r) => {
+  const made = operatorProxy.requests.flatMap((r) => {
     const a = requestAttributes(r.method, r.url);
     return a ? [a] : [];
   });
