@@ -11,10 +11,12 @@ export {
   skuInfo,
 } from "./config.ts";
 export { ARM_ERROR_STATUS, armErrorBody } from "./errors.ts";
+export { ARM_CA_FILE, readArmCa } from "./persist.ts";
 export {
   type ArmAgentPool,
   type ArmEmulator,
   type ArmEmulatorEvents,
+  type ArmEmulatorOptions,
   type ArmReservation,
   startArmEmulator,
 } from "./server.ts";

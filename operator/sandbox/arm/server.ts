@@ -38,18 +38,24 @@ import {
   skuInfo,
 } from "./config.ts";
 import { armErrorBody, armMessages, defaultStatus } from "./errors.ts";
-import { selfSignedCertificate } from "./tls.ts";
+import {
+  type ArmReservationRecord,
+  type ArmSnapshot,
+  loadOrCreateCertificate,
+  loadSnapshot,
+  snapshotWriter,
+} from "./persist.ts";
 
-export interface ArmReservation {
-  id: string;
-  name: string;
-  group: string;
-  location: string;
-  sku: string;
-  capacity: number;
-  tags: Record<string, string>;
-  reservationId: string;
-  timeCreated: string;
+export type ArmReservation = ArmReservationRecord;
+
+/** Where and how the emulator runs (the sandbox's `ArmEmulatorLaunch` fits as is). */
+export interface ArmEmulatorOptions {
+  /** Port to listen on; a free one when absent or taken. */
+  port?: number;
+  /** Keeps certificate and state here across restarts (see `persist.ts`); memory only when absent. */
+  stateDir?: string;
+  /** Location of the cluster and group when the config names none (before the first capacity entry's). */
+  region?: string;
 }
 
 export interface ArmAgentPool {
@@ -196,9 +202,12 @@ class ArmState {
   callCounts = new Map<ArmOperation, number>();
   readonly location: string;
 
-  constructor(readonly config: ArmConfig) {
+  constructor(
+    readonly config: ArmConfig,
+    region?: string,
+  ) {
     for (const c of config.capacity) this.capacity.set(this.capKey(c.region, c.sku), { ...c });
-    this.location = config.location ?? config.capacity[0]?.region ?? "eastus";
+    this.location = config.location ?? region ?? config.capacity[0]?.region ?? "eastus";
     const groupId = this.groupId(config.capacityReservationGroup);
     this.groups.set(lc(config.capacityReservationGroup), {
       name: config.capacityReservationGroup,
@@ -217,6 +226,28 @@ class ArmState {
     this.errors = config.errors.map((e) => ({ ...e }));
     this.latencyMs = parseDuration(config.latency);
     this.asyncOperations = config.asyncOperations;
+  }
+
+  snapshot(): ArmSnapshot {
+    const now = Date.now();
+    return {
+      version: 1,
+      capacity: [...this.capacity.values()],
+      quota: this.config.quota,
+      groups: [...this.groups.values()],
+      reservations: [...this.reservations.entries()],
+      poolCount: this.pool.count,
+      tokens: [...this.tokens.entries()].filter(([, exp]) => exp > now),
+    };
+  }
+
+  restore(s: ArmSnapshot): void {
+    this.capacity = new Map(s.capacity.map((c) => [this.capKey(c.region, c.sku), c]));
+    this.config.quota = s.quota;
+    this.groups = new Map(s.groups.map((g) => [lc(g.name), g]));
+    this.reservations = new Map(s.reservations);
+    this.pool.count = s.poolCount;
+    this.tokens = new Map(s.tokens);
   }
 
   capKey(region: string, sku: string): string {
@@ -272,11 +303,17 @@ function asObject(v: unknown): Json {
 }
 
 /** Starts the emulator on 127.0.0.1 and a free port. */
-export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Promise<ArmEmulator> {
+export async function startArmEmulator(
+  input: ArmConfigInput | unknown = {},
+  options: ArmEmulatorOptions = {},
+): Promise<ArmEmulator> {
   const config = parseArmConfig(input);
-  const state = new ArmState(config);
+  const state = new ArmState(config, options.region);
+  const saved = loadSnapshot(options.stateDir);
+  if (saved) state.restore(saved);
+  const saver = snapshotWriter(options.stateDir, () => state.snapshot());
   const events = new EventEmitter<ArmEmulatorEvents>();
-  const { cert, key } = selfSignedCertificate();
+  const { cert, key } = loadOrCreateCertificate(options.stateDir);
   let base = "";
 
   const send = (
@@ -441,6 +478,7 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
     }
     const accessToken = randomBytes(24).toString("base64url");
     state.tokens.set(accessToken, Date.now() + 3_600_000);
+    saver.dirty();
     send(res, 200, {
       token_type: "Bearer",
       expires_in: 3599,
@@ -775,6 +813,7 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
           );
         }
         await handle(r, req, res, url);
+        saver.dirty();
       } catch (e) {
         if (res.headersSent) return;
         if (e instanceof HttpError) {
@@ -791,10 +830,21 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
       }
     })();
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
-  });
+  const listen = (port: number) =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  try {
+    await listen(options.port ?? 0);
+  } catch (e) {
+    // The port a previous run used is taken: any free one (clients learn the new URL).
+    if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE" || !options.port) throw e;
+    await listen(0);
+  }
   base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
   return {
@@ -804,10 +854,12 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
     events,
     close: () =>
       new Promise<void>((resolve) => {
+        saver.flush();
         server.close(() => resolve());
         server.closeAllConnections();
       }),
     setCapacity(region, sku, available) {
+      saver.dirty();
       if (!skuInfo(config, sku)) throw new Error(`${sku} is not in the SKU catalogue`);
       const k = state.capKey(region, sku);
       const c = state.capacity.get(k);
@@ -815,9 +867,11 @@ export async function startArmEmulator(input: ArmConfigInput | unknown = {}): Pr
       else state.capacity.set(k, { region, sku, available });
     },
     removeSku(region, sku) {
+      saver.dirty();
       state.capacity.delete(state.capKey(region, sku));
     },
     setQuota(region, family, limit, used) {
+      saver.dirty();
       const q = config.quota.find((x) => lc(x.region) === lc(region) && lc(x.family) === lc(family));
       if (q) {
         q.limit = limit;

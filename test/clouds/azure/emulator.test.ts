@@ -3,12 +3,17 @@
  * story through the real responder.
  */
 import { X509Certificate } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, test } from "@jest/globals";
+import { RetryableError } from "../../../operator/ports/errors.ts";
 import {
   ArmConfigError,
   type ArmEmulator,
   parseArmConfig,
+  readArmCa,
   selfSignedCertificate,
   startArmEmulator,
 } from "../../../operator/sandbox/arm/index.ts";
@@ -161,6 +166,44 @@ describe("the HTTPS endpoints", () => {
 });
 
 describe("state for the sandbox", () => {
+  test("restarted on its state directory and port, it is the same Azure to a running responder", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "arm-"));
+    try {
+      const config = {
+        capacity: [{ region: "eastus", sku: H100, available: 2 }],
+        quota: [{ region: "eastus", family: "standardNDSH100v5Family", limit: 384 }],
+      };
+      emu = await startArmEmulator(config, { stateDir: dir, region: "eastus" });
+      const port = new URL(emu.url).port;
+      const r = responder(emu);
+      const o = offer(1);
+      expect((await r.respond(o, provider(emu), ctx())).outcome).toBe("Accepted");
+      const ca = emu.ca;
+      await emu.close();
+
+      emu = await startArmEmulator(config, { stateDir: dir, port: Number(port), region: "eastus" });
+      expect(emu.ca).toBe(ca);
+      expect(readArmCa(dir)).toBe(ca);
+      expect(emu.agentPool().count).toBe(1);
+      expect(emu.available("eastus", H100)).toBe(1);
+      // Same responder, same cached token: the reservation is found, nothing is reserved twice.
+      // A kept-alive connection to the old process may fail once, retryably, as the controller
+      // would see it.
+      const again = await r.respond(o, provider(emu), ctx()).catch((e: unknown) => {
+        expect(e).toBeInstanceOf(RetryableError);
+        return r.respond(o, provider(emu!), ctx());
+      });
+      expect(again.outcome).toBe("Accepted");
+      expect(emu.calls("token")).toBe(0);
+      expect(emu.calls("capacityReservations.createOrUpdate")).toBe(0);
+      expect(emu.reservations()).toHaveLength(1);
+    } finally {
+      await emu?.close();
+      emu = undefined;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("reports pool scaling as events the sandbox turns into nodes", async () => {
     emu = await emulator(2, 2);
     const seen: Array<{ count: number; previous: number }> = [];
