@@ -121,7 +121,7 @@ const cases: Array<[string, string, string, boolean]> = [
 ];
 
 describe("classifyPulumiOutput", () => {
-  it.each(cases)("%s → %s", (_name, text, reason, retryable) => {
+  it.each(cases)("%s", (_name, text, reason, retryable) => {
     const e = classifyPulumiOutput(text, "up pc-1");
     expect(e.reason).toBe(reason);
     expect(e.retryable).toBe(retryable);
