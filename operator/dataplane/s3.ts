@@ -16,8 +16,8 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
-  ListObjectsV2Command,
-  type ListObjectsV2CommandOutput,
+  ListObjectsCommand,
+  type ListObjectsCommandOutput,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
@@ -172,20 +172,26 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  /**
+   * ListObjects (v1, paged by Marker = the last key seen) rather than ListObjectsV2: every
+   * S3-compatible store answers v1 the same way, while v2's continuation tokens are where they
+   * differ — s3rver's fail on Node ≥ 17 (a cipher OpenSSL 3 dropped), so any listing longer
+   * than one page broke. rclone uses v1 for the same reason.
+   */
   async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
-    let token: string | undefined;
+    let marker: string | undefined;
     const prefix = this.prefix + (options.prefix ?? "");
-    do {
-      // A failed page (throttling, a 500) is fetched again from the same continuation token.
-      const page: ListObjectsV2CommandOutput = await withRetry(
+    for (;;) {
+      // A failed page (throttling, a 500) is fetched again from the same marker.
+      const page: ListObjectsCommandOutput = await withRetry(
         async () => {
           try {
             return await this.client.send(
-              new ListObjectsV2Command({
+              new ListObjectsCommand({
                 Bucket: this.bucket,
                 Prefix: prefix,
                 MaxKeys: options.pageSize ?? 1000,
-                ...(token ? { ContinuationToken: token } : {}),
+                ...(marker !== undefined ? { Marker: marker } : {}),
               }),
               { abortSignal: options.signal },
             );
@@ -195,7 +201,8 @@ export class S3Store implements ObjectStore {
         },
         options.signal ? { signal: options.signal } : {},
       );
-      for (const o of page.Contents ?? []) {
+      const contents = page.Contents ?? [];
+      for (const o of contents) {
         if (!o.Key?.startsWith(this.prefix)) continue;
         yield {
           key: o.Key.slice(this.prefix.length),
@@ -204,8 +211,10 @@ export class S3Store implements ObjectStore {
           ...(o.LastModified ? { lastModified: o.LastModified } : {}),
         };
       }
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
-    } while (token);
+      const last = page.NextMarker ?? contents[contents.length - 1]?.Key;
+      if (!page.IsTruncated || !last || last === marker) return;
+      marker = last;
+    }
   }
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {

@@ -110,6 +110,21 @@ describe("copying between clouds", () => {
   });
 });
 
+describe("listing", () => {
+  it.each([
+    ["Azure Blob", (p: string) => emu.azUri("data", p)],
+    ["S3", (p: string) => emu.s3Uri("data", p)],
+    ["a directory", (p: string) => emu.fileUri(p)],
+  ])("lists %s page by page, every key once, in order", async (_name, uri) => {
+    const store = await emu.open(uri("paged"));
+    const keys = Array.from({ length: 25 }, (_, i) => `k/${String(i).padStart(2, "0")}`);
+    await Promise.all(keys.map((k) => store.put(k, Buffer.from(k))));
+    const seen: string[] = [];
+    for await (const o of store.list({ pageSize: 10 })) seen.push(o.key);
+    expect(seen).toEqual(keys);
+  });
+});
+
 describe("incremental sync", () => {
   it("moves nothing on a rerun, then only the objects changed or added at the source", async () => {
     const src = await emu.open(emu.azUri("data", "inc/src"));
