@@ -234,7 +234,7 @@ describe("moving a run between clouds", () => {
     // The restored checkpoint is not uploaded again; every later one is committed on Azure.
     expect(onAzure.of("committed").map((e) => e.step)).toEqual(steps);
     expect((await catalog.latestCommitted(azure, prefix(uid)))?.step).toBe(40);
-  });
+  }, 120_000);
 
   it("failback: stopped at a checkpoint boundary on OCI, the run moves to Azure losing no committed step", async () => {
     const catalog = createCheckpointCatalog((uri) => stores.open(uri));
@@ -262,7 +262,7 @@ describe("moving a run between clouds", () => {
     expect(await onAzure.exited).toBe(0);
     expect(onAzure.of("restored")[0]?.step).toBe(latest?.step);
     expect(onAzure.of("finished")).toEqual([{ event: "finished", step: 40, resumedFrom: latest!.step }]);
-  });
+  }, 120_000);
 
   it("a bad environment is refused with the variable's name", async () => {
     const p = new WorkloadProcess({ SPILLWAY_CHECKPOINT_DIR: tempDir(stores, "x") });
