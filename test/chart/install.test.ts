@@ -250,6 +250,21 @@ describe("helm install, upgrade and uninstall in the sandbox control plane", () 
     expect((await getJson(["poddisruptionbudget", RELEASE, "-n", NS])).spec.minAvailable).toBe(1);
   });
 
+  test("the documented CRD upgrade step applies over the CRDs Helm installed (docs/install.md, Upgrade)", async () => {
+    const crds = join(dir, "crds.yaml");
+    const shown = await helmAsync(["show", "crds", CHART]);
+    expect(shown.code).toBe(0);
+    writeFileSync(crds, shown.stdout);
+    const out = await kubectlAsync(kubeconfig, ["apply", "--server-side", "--force-conflicts", "-f", crds]);
+    expect(out.trim().split("\n").sort()).toEqual(
+      SPILLWAY_CRDS.map((n) => `customresourcedefinition.apiextensions.k8s.io/${n} serverside-applied`),
+    );
+    // The release is untouched by it.
+    expect(JSON.parse((await helmIn(["status", RELEASE, "-n", NS, "-o", "json"])).stdout).info.status).toBe(
+      "deployed",
+    );
+  });
+
   test("helm uninstall removes what it installed and keeps the CRDs and the team's Secrets", async () => {
     expect(installed.length).toBeGreaterThan(0);
     const r = await helmIn(["uninstall", RELEASE, "-n", NS, "--wait"]);
