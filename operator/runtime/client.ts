@@ -282,22 +282,39 @@ export class KubeClient {
     this.stats.record("watch", r.plural);
     const w = new Watch(this.kubeConfig);
     let controller: AbortController | undefined;
+    let answered = false;
     await new Promise<void>((resolve, reject) => {
       const onAbort = () => controller?.abort();
       signal?.addEventListener("abort", onAbort, { once: true });
       const finish = (err: unknown) => {
         signal?.removeEventListener("abort", onAbort);
-        if (signal?.aborted || !err) return resolve();
+        if (signal?.aborted) return resolve();
+        if (!err) {
+          // A normal close by the server (its timeout): it was there.
+          if (!answered) this.onRequest?.(this.cluster, "watch", 200);
+          return resolve();
+        }
         const code = (err as { statusCode?: unknown }).statusCode;
         if (typeof code === "number") {
           this.onRequest?.(this.cluster, "watch", code);
           reject(new ApiError(code, "", `watch ${r.plural}: ${(err as Error).message}`));
-        } else reject(err);
+        } else {
+          // No HTTP answer (refused, reset): code 0 for reachability tracking.
+          this.onRequest?.(this.cluster, "watch", 0);
+          reject(err);
+        }
       };
       w.watch(
         resourcePath(r, namespace),
         query,
-        (type, object) => onEvent({ type: type as WatchEvent<T>["type"], object: object as T }),
+        (type, object) => {
+          // The server is answering: the first event (a bookmark at least) counts as a success.
+          if (!answered) {
+            answered = true;
+            this.onRequest?.(this.cluster, "watch", 200);
+          }
+          onEvent({ type: type as WatchEvent<T>["type"], object: object as T });
+        },
         finish,
       ).then((c) => {
         controller = c;
@@ -345,7 +362,14 @@ export class KubeClient {
     if (opts.signal) ctx.setSignal(opts.signal);
     await this.kubeConfig.applySecurityAuthentication(ctx);
     this.stats.record(verb, r.plural);
-    const resp = await this.http.send(ctx).toPromise();
+    let resp: Awaited<ReturnType<ReturnType<typeof this.http.send>["toPromise"]>>;
+    try {
+      resp = await this.http.send(ctx).toPromise();
+    } catch (err) {
+      // No answer at all (refused, reset, timed out): code 0, so reachability tracking sees it.
+      if (!opts.signal?.aborted) this.onRequest?.(this.cluster, verb, 0);
+      throw err;
+    }
     this.onRequest?.(this.cluster, verb, resp.httpStatusCode);
     const text = await resp.body.text();
     let data: unknown;

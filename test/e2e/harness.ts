@@ -133,7 +133,9 @@ export async function eventually<T>(
       if (Date.now() > deadline) throw err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)?.slice(0, 2000)}`);
+      const shown =
+        last && typeof last === "object" && "status" in last ? (last as { status: unknown }).status : last;
+      throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(shown)?.slice(0, 3000)}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -4,8 +4,8 @@
  * Runs are applied with the real kubectl, as a user would.
  */
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
-import type { CloudProvider } from "../../operator/api/v1alpha1/index.ts";
-import { SpillwayResources } from "../../operator/runtime/resources.ts";
+import type { CloudProvider, ProvisionedCluster } from "../../operator/api/v1alpha1/index.ts";
+import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
 import { SIM_DURATION_ENV } from "../../operator/sandbox/cluster/index.ts";
 import {
   AZURE_SKU,
@@ -116,7 +116,10 @@ describe("right of first refusal", () => {
         provider: "oci-ashburn",
         reason: `PrimaryDeclined:${reason}`,
       });
-      const pc = await e.client.get(SpillwayResources.ProvisionedCluster, done.status!.placement!.cluster!);
+      const pc = await e.client.get<ProvisionedCluster & KubeObject>(
+        SpillwayResources.ProvisionedCluster,
+        done.status!.placement!.cluster!,
+      );
       expect(pc.status).toMatchObject({ phase: "Ready" });
     },
     90_000,

@@ -73,9 +73,12 @@ export function provisionedClusterController(
   ctx: OperatorContext,
   opts: ProvisionedClusterControllerOptions = {},
 ): Controller {
+  // Retry schedule of `up` per cluster. Kept here rather than in the queue's backoff: this
+  // controller's own status writes re-enqueue the key at once, which would skip a backoff.
+  const upRetries: UpRetries = new Map();
   const controller = new Controller({
     name: "provisionedcluster",
-    reconcile: (key, rc) => reconcileCluster(ctx, opts, key, rc),
+    reconcile: (key, rc) => reconcileCluster(ctx, opts, upRetries, key, rc),
     concurrency: opts.concurrency ?? 4,
     backoff: opts.backoff ?? { baseMs: 2_000, maxMs: 300_000, jitter: 0.2 },
     logContext: (key) => ({ cluster: key }),
@@ -187,6 +190,18 @@ export function provisionRequest(
 
 // ---------------------------------------------------------------------------------------
 
+type UpRetries = Map<string, { failures: number; notBefore: number }>;
+
+const DEFAULT_BACKOFF = { baseMs: 2_000, maxMs: 300_000 };
+
+/** Nominal exponential backoff (no jitter: a schedule recomputed from status must not move). */
+export function retryDelayMs(
+  failures: number,
+  backoff: { baseMs: number; maxMs: number } = DEFAULT_BACKOFF,
+): number {
+  return Math.min(backoff.maxMs, backoff.baseMs * 2 ** Math.min(Math.max(0, failures - 1), 30));
+}
+
 class Reconcile {
   private pc: PC;
   private readonly provider: (CloudProvider & KubeObject) | undefined;
@@ -195,6 +210,7 @@ class Reconcile {
   constructor(
     private readonly ctx: OperatorContext,
     private readonly opts: ProvisionedClusterControllerOptions,
+    private readonly upRetries: UpRetries,
     pc: PC,
     private readonly rc: ReconcileContext,
   ) {
@@ -209,6 +225,10 @@ class Reconcile {
 
   private now(): number {
     return this.ctx.now().getTime();
+  }
+
+  private retryDelay(failures: number): number {
+    return retryDelayMs(failures, this.opts.backoff ?? DEFAULT_BACKOFF);
   }
 
   private provisioner(): Provisioner | undefined {
@@ -330,9 +350,12 @@ class Reconcile {
   // --- up ---
 
   private async provision(provisioner: Provisioner): Promise<ReconcileResult | undefined> {
+    const scheduled = this.upRetries.get(this.name);
+    if (scheduled && this.now() < scheduled.notBefore)
+      return { requeueAfter: scheduled.notBefore - this.now() };
     const req = this.request();
     await this.clearStaleLock(provisioner, req);
-    const attempt = this.rc.retries + 1;
+    const attempt = (scheduled?.failures ?? 0) + 1;
     const max = this.opts.maxUpAttempts ?? 5;
     this.status.phase = "Provisioning";
     this.status.lastOperation = { type: "Up", startedAt: timestamp(this.now()), result: "InProgress" };
@@ -353,9 +376,10 @@ class Reconcile {
       outputs = await provisioner.up(req, progress.report, this.rc.signal);
     } catch (err) {
       await progress.flush();
-      return this.upFailed(err, attempt, max);
+      return this.upFailed(err, attempt, max, provisioner, req);
     }
     await progress.flush();
+    this.upRetries.delete(this.name);
     this.status.lastOperation = {
       ...this.status.lastOperation!,
       finishedAt: timestamp(this.now()),
@@ -367,7 +391,13 @@ class Reconcile {
     return this.idleCheck();
   }
 
-  private async upFailed(err: unknown, attempt: number, max: number): Promise<ReconcileResult | undefined> {
+  private async upFailed(
+    err: unknown,
+    attempt: number,
+    max: number,
+    provisioner: Provisioner,
+    req: ProvisionRequest,
+  ): Promise<ReconcileResult | undefined> {
     const e =
       err instanceof ProvisionError
         ? err
@@ -389,12 +419,16 @@ class Reconcile {
       e.reason === "StackLocked" ||
       (e.retryable && e.reason !== "NoCapacity" && e.reason !== "QuotaExceeded" && attempt < max);
     if (retry) {
+      // With one active operator (leader election), a lock our own up ran into is stale.
+      if (e.reason === "StackLocked") await this.cancelLock(provisioner, req);
+      const delay = this.retryDelay(attempt);
+      this.upRetries.set(this.name, { failures: attempt, notBefore: this.now() + delay });
       this.condition({ type: "Ready", status: "False", reason: e.reason, message: e.message });
       this.event("Warning", "ProvisionRetrying", `attempt ${attempt} of ${max}: ${e.message}`);
-      // Status first, then the error requeues the key with backoff.
-      await this.writeStatus();
-      throw e;
+      this.rc.log.warn("pulumi up failed; retrying", { reason: e.reason, attempt, retryInMs: delay });
+      return { requeueAfter: delay };
     }
+    this.upRetries.delete(this.name);
     this.status.phase = "Failed";
     this.condition({ type: "Ready", status: "False", reason: e.reason, message: e.message });
     this.condition({ type: "Reconciling", status: "False", reason: e.reason, message: "" });
@@ -442,6 +476,15 @@ class Reconcile {
     this.condition({ type: "Reconciling", status: "False", reason: "Provisioned", message: "" });
     this.condition({ type: "Stalled", status: "False", reason: "Provisioned", message: "" });
     this.observeUsage();
+  }
+
+  private async cancelLock(provisioner: Provisioner, req: ProvisionRequest): Promise<void> {
+    try {
+      await provisioner.cancel(req);
+      this.event("Normal", "StaleLockCleared", `stack ${req.stackName} was locked; the lock was cleared`);
+    } catch (err) {
+      this.rc.log.warn("could not clear the stack's lock", { err });
+    }
   }
 
   /**
@@ -529,6 +572,14 @@ class Reconcile {
       await this.writeStatus();
       return { requeueAfter: 60_000 };
     }
+    // A failed destroy is retried on a schedule computed from status (so it holds across
+    // restarts and is not shortened by the watch events of our own status writes).
+    const failures = this.status.destroyAttempts ?? 0;
+    const last = this.status.lastOperation;
+    if (failures > 0 && last?.type === "Destroy" && last.result === "Failed" && last.finishedAt) {
+      const due = Date.parse(last.finishedAt) + this.retryDelay(failures);
+      if (this.now() < due) return { requeueAfter: due - this.now() };
+    }
     // With the provider gone the secret config is empty: the stack's own config (kept in its
     // workspace from the last `up`) still holds the credentials `destroy` needs.
     const req = this.request();
@@ -585,8 +636,15 @@ class Reconcile {
       });
       await this.writeStatus();
       this.event("Warning", "DestroyFailed", e.message);
-      // The finalizer stays; the queue retries with backoff, as long as it takes.
-      throw e;
+      if (e.reason === "StackLocked") await this.cancelLock(provisioner, req);
+      // The finalizer stays; destroy is retried with backoff, as long as it takes.
+      const delay = this.retryDelay(this.status.destroyAttempts);
+      this.rc.log.warn("pulumi destroy failed; retrying", {
+        reason: e.reason,
+        attempts: this.status.destroyAttempts,
+        retryInMs: delay,
+      });
+      return { requeueAfter: delay };
     }
     await progress.flush();
     this.status.lastOperation = {
@@ -607,6 +665,7 @@ class Reconcile {
     }
     this.event("Normal", "Destroyed", `stack ${req.stackName} destroyed`);
     await this.removeFinalizer();
+    this.upRetries.delete(this.name);
     return undefined;
   }
 
@@ -626,6 +685,7 @@ class Reconcile {
 async function reconcileCluster(
   ctx: OperatorContext,
   opts: ProvisionedClusterControllerOptions,
+  upRetries: UpRetries,
   key: string,
   rc: ReconcileContext,
 ): Promise<ReconcileResult | undefined> {
@@ -636,5 +696,5 @@ async function reconcileCluster(
   const pc = await ctx.mgmt.tryGet<PC>(SpillwayResources.ProvisionedCluster, key);
   if (!pc) return undefined;
   rc.with({ provider: pc.spec.provider });
-  return new Reconcile(ctx, opts, pc, rc).run();
+  return new Reconcile(ctx, opts, upRetries, pc, rc).run();
 }

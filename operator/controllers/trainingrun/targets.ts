@@ -77,7 +77,13 @@ export function chooseCluster(
   provider: CloudProvider,
   attempt: number,
 ): ClusterChoice {
-  if (provider.spec.cluster.existing) return { kind: "existing" };
+  if (provider.spec.cluster.existing) {
+    const lostFor = ctx.remote.unreachableForMs(`${provider.metadata.name}/${EXISTING_CLUSTER}`);
+    if (lostFor > 0) {
+      return { kind: "full", message: `its cluster has not answered for ${Math.round(lostFor / 1000)}s` };
+    }
+    return { kind: "existing" };
+  }
   const provision = provider.spec.cluster.provision;
   if (!provision) return { kind: "full", message: `${provider.metadata.name} has no cluster source` };
   const name = provider.metadata.name ?? "";
@@ -87,11 +93,15 @@ export function chooseCluster(
   const created = all.find((pc) => pc.metadata.name === mine);
   if (created && !created.metadata.deletionTimestamp) return { kind: "reuse", cluster: created };
   const runs = ctx.caches.runs.list();
+  // A cluster that is not answering takes no new runs (the runs on it are moving away).
+  const answering = (pc: ProvisionedCluster) =>
+    ctx.remote.unreachableForMs(`${name}/${pc.metadata.name}`) === 0;
   const live = all.filter(
     (pc) =>
       !pc.metadata.deletionTimestamp && pc.status?.phase !== "Failed" && pc.status?.phase !== "Destroying",
   );
-  const fitting = live
+  const usable = live.filter(answering);
+  const fitting = usable
     .filter(
       (pc) =>
         clusterGpus(pc, gpuType) - gpusInUse(runs, name, pc.metadata.name ?? "", run.metadata.uid) >=
