@@ -330,4 +330,28 @@ describe("ProvisionedCluster controller", () => {
     await provider();
     await waitFor(async () => (await get("pc-h"))?.status?.phase === "Ready", "Ready");
   });
+
+  it("does not retry a failed up before its backoff is due, whatever events arrive meanwhile", async () => {
+    await provider();
+    cloud.alwaysFailUp = new ProvisionError("ProviderError", "up pc-i: 503 ServiceUnavailable", true);
+    start({ backoff: { baseMs: 3_600_000, maxMs: 3_600_000, jitter: 0 } });
+    await cluster("pc-i");
+    await waitFor(
+      async () => condition(await get("pc-i"), "Ready")?.reason === "ProviderError",
+      "first failure",
+    );
+    const reconciles = async () =>
+      (await h.ctx.metrics.reconcileTotal.get()).values
+        .filter((v) => v.labels.controller === "provisionedcluster")
+        .reduce((sum, v) => sum + v.value, 0);
+    for (let i = 0; i < 3; i++) {
+      const before = await reconciles();
+      await h.client.patch(SpillwayResources.ProvisionedCluster, "pc-i", undefined, {
+        metadata: { labels: { poke: String(i) } },
+      });
+      await waitFor(async () => (await reconciles()) > before, `reconcile after poke ${i}`);
+    }
+    expect(cloud.count("up", "pc-i")).toBe(1);
+    expect((await get("pc-i"))?.status?.phase).toBe("Provisioning");
+  });
 });
