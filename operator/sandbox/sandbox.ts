@@ -29,6 +29,8 @@ import {
   KubernetesObjectApi,
 } from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
+import { KubeClient } from "../runtime/client.ts";
+import type { KubeObject, ResourceType } from "../runtime/resources.ts";
 import { startApiServer } from "./apiserver/index.ts";
 import { clientKubeconfig, kubeConfigFromYaml } from "./cluster/kubeconfig.ts";
 import { SimulatedCluster } from "./cluster/simulated-cluster.ts";
@@ -342,12 +344,39 @@ function crdFiles(dir: string): string[] {
  * picks up regenerated CRDs). Replace rather than server-side apply: the sandbox is the only
  * writer of these objects, and a replace needs nothing of the server beyond the basic verbs.
  */
+const CRD_RESOURCE: ResourceType = {
+  group: "apiextensions.k8s.io",
+  version: "v1",
+  kind: "CustomResourceDefinition",
+  plural: "customresourcedefinitions",
+  namespaced: false,
+};
+
+/** Create, or replace at the current resourceVersion, with the object's JSON as written. */
+async function applyRaw(kc: KubeConfig, r: ResourceType, obj: KubeObject): Promise<void> {
+  const client = new KubeClient(kc, { rateLimit: { qps: 1000, burst: 1000 } });
+  const current = await client.tryGet(r, obj.metadata.name!, obj.metadata.namespace);
+  if (!current) {
+    await client.create(r, obj);
+    return;
+  }
+  await client.update(r, {
+    ...obj,
+    metadata: { ...obj.metadata, resourceVersion: current.metadata.resourceVersion },
+  });
+}
+
 export async function applyManifests(kc: KubeConfig, files: string[]): Promise<void> {
   const api = KubernetesObjectApi.makeApiClient(kc);
   for (const file of files) {
     for (const doc of parseAllDocuments(readFileSync(file, "utf8"))) {
       const obj = doc.toJS() as KubernetesObject | null;
       if (!obj?.kind) continue;
+      if (obj.kind === "CustomResourceDefinition") {
+        // Raw JSON: client-node's typed model would drop the schemas' `default`s.
+        await applyRaw(kc, CRD_RESOURCE, obj as KubeObject);
+        continue;
+      }
       let current: KubernetesObject | undefined;
       try {
         current = await api.read({
