@@ -25,6 +25,8 @@ beforeAll(async () => {
     testScenario((s) => {
       s.clouds.oci.maxClusters = 2;
       s.clouds.oci.idleTTL = "2s";
+      // Long enough to stop the operator while a cluster is being provisioned.
+      s.clouds.oci.provisioning = { ...s.clouds.oci.provisioning, latency: "2s" };
     }),
   );
   e.arm.setCapacity("eastus", AZURE_SKU, 0);
@@ -69,5 +71,36 @@ describe("provisioned clusters in the sandbox", () => {
       expect(done.status?.phase).toBe("Succeeded");
     }
     await eventually(clusters, (list) => list.length === 0, "idle clusters destroyed", 60_000);
+  }, 240_000);
+
+  it("an operator stopped during provisioning and started again brings up the same cluster, not a second", async () => {
+    // The sandbox provisioner's stacks are the cloud's view of what exists.
+    const before = new Set(e.sandbox.provisioner.stacks());
+    await e.client.create(SpillwayResources.TrainingRun, trainingRun("restart", { gpus: 8 }));
+    const provisioning = await eventually(
+      clusters,
+      (list) => list.some((pc) => pc.status?.phase === "Provisioning"),
+      "a cluster provisioning",
+      60_000,
+    );
+    const name = provisioning.find((pc) => pc.status?.phase === "Provisioning")!.metadata.name!;
+    await e.stopOperator();
+    await e.startOperator();
+    await eventually(
+      async () => (await clusters()).find((pc) => pc.metadata.name === name),
+      (pc) => pc?.status?.phase === "Ready",
+      "the same cluster Ready",
+      60_000,
+    );
+    expect((await clusters()).map((pc) => pc.metadata.name)).toEqual([name]);
+    expect(e.sandbox.provisioner.stacks().filter((s) => !before.has(s))).toEqual([name]);
+    const done = await eventually(
+      () => getRun(e, "restart"),
+      phaseIs("Succeeded", "Failed"),
+      "run done",
+      90_000,
+    );
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status?.placement?.cluster).toBe(name);
   }, 240_000);
 });
