@@ -222,7 +222,11 @@ export class PulumiProvisioner implements Provisioner {
     linkNodeModules(workDir, this.infraDir);
     this.command ??= this.opts.pulumiCommand
       ? Promise.resolve(this.opts.pulumiCommand)
-      : auto.PulumiCommand.get();
+      : auto.PulumiCommand.get().catch((e: unknown) => {
+          // Not cached: a CLI installed (or a PATH fixed) later is found on the next call.
+          this.command = undefined;
+          throw e;
+        });
     return auto.LocalWorkspace.create({
       workDir,
       pulumiHome: this.pulumiHome,
