@@ -4,8 +4,10 @@
  * same controllers with sandbox-backed endpoints (`operator/sandbox/wiring.ts`).
  */
 import { readFileSync } from "node:fs";
+import { StoreCheckpointPlanner } from "./checkpoints/index.ts";
 import { AzureResponder } from "./clouds/azure/index.ts";
-import { PulumiProvisioner } from "./clouds/pulumi/index.ts";
+import { pulumiProvisionerFor } from "./clouds/pulumi/index.ts";
+import { storeResolver } from "./controllers/context.ts";
 import { dataSetController } from "./controllers/dataset/controller.ts";
 import { provisionedClusterController } from "./controllers/provisionedcluster/index.ts";
 import { DatasetSyncs } from "./dataplane/stager.ts";
@@ -21,7 +23,7 @@ export interface AdapterOptions {
 
 export type Adapters = Pick<
   ManagerOptions,
-  "responderFor" | "provisionerFor" | "stager" | "checkpoints" | "extraControllers"
+  "responderFor" | "provisionerFor" | "stager" | "checkpointsFor" | "extraControllers"
 >;
 
 export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
@@ -31,15 +33,18 @@ export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
   // environment variable; without it no cluster can be provisioned, and the
   // ProvisionedCluster controller says so in the cluster's conditions.
   const passphrase = process.env.PULUMI_CONFIG_PASSPHRASE;
+  // One provisioner per state backend (a provider's `provision.backendUrl`, else the file
+  // backend under --pulumi-state-dir).
   const pulumi = passphrase
-    ? new PulumiProvisioner({ stateDir: opts.pulumiStateDir, secretsPassphrase: passphrase })
+    ? pulumiProvisionerFor({ stateDir: opts.pulumiStateDir, secretsPassphrase: passphrase })
     : undefined;
   if (!pulumi) opts.log.warn("PULUMI_CONFIG_PASSPHRASE is not set: clusters cannot be provisioned");
   const datasets = new DatasetSyncs();
   return {
     responderFor: (p) => (p.spec.type === "azure" && p.spec.role === "primary" ? azure : undefined),
-    provisionerFor: (p) => (p.spec.cluster.provision ? pulumi : undefined),
+    provisionerFor: (p) => (p.spec.cluster.provision ? pulumi?.(p) : undefined),
     stager: datasets,
+    checkpointsFor: (ctx) => new StoreCheckpointPlanner(storeResolver(ctx)),
     extraControllers: (ctx) => [provisionedClusterController(ctx), dataSetController(ctx, datasets)],
   };
 }

@@ -66,6 +66,8 @@ export interface ManagerOptions {
   provisionerFor?: (provider: CloudProvider) => Provisioner | undefined;
   stager?: DataStager;
   checkpoints?: CheckpointPlanner;
+  /** The checkpoint planner, built on the operator's context (its caches resolve providers). */
+  checkpointsFor?: (ctx: OperatorContext) => CheckpointPlanner;
   /** Further controllers (ProvisionedCluster, DataSet) built on the same context. */
   extraControllers?: (ctx: OperatorContext) => Controller[];
   /** Client-side rate limit towards the management cluster. Default 200 QPS, burst 400. */
@@ -166,7 +168,9 @@ export class Manager {
       trainingRunController(this.ctx, {
         concurrency,
         ...(opts.stager ? { stager: opts.stager } : {}),
-        ...(opts.checkpoints ? { checkpoints: opts.checkpoints } : {}),
+        ...(opts.checkpoints || opts.checkpointsFor
+          ? { checkpoints: opts.checkpoints ?? opts.checkpointsFor!(this.ctx) }
+          : {}),
       }),
     );
     this.addController(capacityOfferController(this.ctx, { concurrency }));

@@ -104,3 +104,23 @@ export function readSecret(
   const s = ctx.caches.secrets.get(`${ctx.settings.namespace}/${ref.name}`);
   return s ? secretData(s) : undefined;
 }
+
+/**
+ * How the data plane and the checkpoint planner find providers and their store credentials:
+ * the operator's caches. A provider naming no Secret gets `{}` (ambient credentials); a named
+ * Secret that is missing gives undefined, so the caller waits for it.
+ */
+export function storeResolver(ctx: OperatorContext): {
+  providers(): CloudProvider[];
+  provider(name: string): CloudProvider | undefined;
+  secret(provider: CloudProvider): Record<string, string> | undefined;
+} {
+  return {
+    providers: () => ctx.caches.providers.list(),
+    provider: (name) => ctx.caches.providers.get(name),
+    secret: (provider) => {
+      const ref = provider.spec.storage?.credentialsSecretRef;
+      return ref ? readSecret(ctx, ref) : {};
+    },
+  };
+}

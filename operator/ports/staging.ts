@@ -49,4 +49,13 @@ export interface CheckpointPlanner {
    * from — replicated to the target's store first when it was written elsewhere.
    */
   prepare(run: TrainingRun, target: CloudProvider, signal?: AbortSignal): Promise<CheckpointLocation>;
+  /**
+   * Copies the run's newest committed checkpoint to the primary's store (the system of
+   * record), so a move can resume from it even when the cloud it was written on is lost.
+   * Undefined when the run has no committed checkpoint yet.
+   */
+  mirror?(
+    run: TrainingRun,
+    signal?: AbortSignal,
+  ): Promise<{ step: number; digest: string; committedAt: string; replicatedTo: string[] } | undefined>;
 }

@@ -6,7 +6,9 @@
  */
 
 import type { CloudProvider } from "../api/v1alpha1/index.ts";
+import { StoreCheckpointPlanner } from "../checkpoints/index.ts";
 import { AzureResponder } from "../clouds/azure/index.ts";
+import { storeResolver } from "../controllers/context.ts";
 import { dataSetController } from "../controllers/dataset/controller.ts";
 import { provisionedClusterController } from "../controllers/provisionedcluster/index.ts";
 import { DatasetSyncs } from "../dataplane/stager.ts";
@@ -192,7 +194,10 @@ export async function installSandboxClouds(
 /** The operator's adapters in the sandbox. */
 export function sandboxAdapters(
   sandbox: Sandbox,
-): Pick<ManagerOptions, "responderFor" | "provisionerFor" | "extraControllers" | "stager"> {
+): Pick<
+  ManagerOptions,
+  "responderFor" | "provisionerFor" | "extraControllers" | "stager" | "checkpointsFor"
+> {
   const arm = armEmulator(sandbox);
   const responder = new AzureResponder({ ...(arm ? { ca: arm.ca, authorityHost: arm.url } : {}) });
   const datasets = new DatasetSyncs();
@@ -200,6 +205,7 @@ export function sandboxAdapters(
     responderFor: (p) => (p.spec.type === "azure" && p.spec.role === "primary" ? responder : undefined),
     provisionerFor: (p) => (p.spec.cluster.provision ? sandbox.provisioner : undefined),
     stager: datasets,
+    checkpointsFor: (ctx) => new StoreCheckpointPlanner(storeResolver(ctx)),
     extraControllers: (ctx) => [
       provisionedClusterController(ctx, { progressIntervalMs: 500 }),
       dataSetController(ctx, datasets, { progressIntervalMs: 500 }),

@@ -3,10 +3,18 @@
  * like every attempt, placed, dispatched, and finished — counted in `status.moves` with an
  * Event. (Placement step 8 of the spec; the checkpoint side is in test/checkpoints.)
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { ProvisionedCluster } from "../../operator/api/v1alpha1/index.ts";
-import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
+import { uploadCheckpoint } from "../../operator/checkpoints/index.ts";
+import { openStore } from "../../operator/dataplane/store.ts";
+import { KubeClient } from "../../operator/runtime/client.ts";
+import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
 import { SIM_DURATION_ENV } from "../../operator/sandbox/cluster/index.ts";
+import { checkpointName } from "../../operator/sandbox/trainer/trainer.ts";
+import { trainerCheckpoint } from "../checkpoints/fixtures.ts";
 import {
   AZURE_SKU,
   type E2E,
@@ -112,5 +120,72 @@ describe("moves", () => {
       [1, "Declined", "NoCapacity"],
       [2, "Declined", "NoCapacity"],
     ]);
+  }, 180_000);
+
+  test("a moved run resumes from its latest committed checkpoint, replicated to the new cloud first", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
+    const run = trainingRun("resumer");
+    run.spec.checkpoints = { keep: 3 };
+    run.spec.template.spec.containers[0]!.env = [{ name: SIM_DURATION_ENV, value: "30s" }];
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+    const onOci = await eventually(() => getRun(e, "resumer"), phaseIs("Running"), "running on OCI", 60_000);
+    expect(onOci.status?.placement?.provider).toBe("oci-ashburn");
+
+    // The Job on OCI was told where to write, with the OCI store's credentials only.
+    const ociCluster = onOci.status!.placement!.cluster!;
+    const pc = await e.client.get<ProvisionedCluster & KubeObject>(
+      SpillwayResources.ProvisionedCluster,
+      ociCluster,
+    );
+    const sim = e.sandbox.provisioner.cluster(pc.spec.stackName)!;
+    const remote = KubeClient.fromKubeconfig(sim.kubeconfig());
+    const job = await remote.get<KubeObject & { spec: any }>(Resources.Job, "resumer", "ml-team");
+    const trainer = job.spec.template.spec.containers[0];
+    const env = Object.fromEntries(
+      trainer.env.map((x: { name: string; value: string }) => [x.name, x.value]),
+    );
+    expect(env.SPILLWAY_CHECKPOINT_STORE).toMatch(/^s3:\/\/.*spillway\/runs\//);
+    expect(env.SPILLWAY_RESUME_STEP).toBeUndefined();
+    const secretName = trainer.envFrom[0].secretRef.name;
+    const secret = await remote.get<KubeObject & { data: Record<string, string> }>(
+      Resources.Secret,
+      secretName,
+      "ml-team",
+    );
+    expect(Object.keys(secret.data).sort()).toEqual(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+
+    // The trainer commits step 40 there (as the checkpoint agent would), then OCI goes dark.
+    const store = await openStore(env.SPILLWAY_CHECKPOINT_STORE, {
+      s3: {
+        accessKeyId: e.sandbox.s3Storage.accessKeyId,
+        secretAccessKey: e.sandbox.s3Storage.secretAccessKey,
+      },
+    });
+    const work = mkdtempSync(join(tmpdir(), "spillway-ckpt-"));
+    const dir = await trainerCheckpoint(work, 40);
+    await uploadCheckpoint(store, dir, checkpointName(40), { runUid: onOci.metadata.uid!, step: 40 });
+    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    await sim.stop();
+
+    const moved = await eventually(
+      () => getRun(e, "resumer"),
+      (r) => r.status?.placement?.provider === "azure-eastus" && r.status?.remote?.job !== undefined,
+      "moved to Azure and dispatched",
+      90_000,
+    );
+    expect(moved.status?.moves).toBe(1);
+    expect(moved.status?.checkpoint).toMatchObject({ step: 40 });
+    expect(moved.status?.checkpoint?.replicatedTo).toEqual(expect.arrayContaining(["azure-eastus"]));
+    const aks = KubeClient.fromKubeconfig(e.sandbox.aks.kubeconfig());
+    const onAks = await aks.get<KubeObject & { spec: any }>(Resources.Job, "resumer", "ml-team");
+    const aksEnv = Object.fromEntries(
+      onAks.spec.template.spec.containers[0].env.map((x: { name: string; value: string }) => [
+        x.name,
+        x.value,
+      ]),
+    );
+    expect(aksEnv.SPILLWAY_RESUME_STEP).toBe("40");
+    expect(aksEnv.SPILLWAY_CHECKPOINT_STORE).toMatch(/^azblob:\/\//);
+    rmSync(work, { recursive: true, force: true });
   }, 180_000);
 });

@@ -32,6 +32,47 @@ export interface DispatchInputs {
   storeSecretName?: string;
 }
 
+/** Environment names of a store's credentials, by the keys of a provider's storage Secret. */
+const STORE_ENV: Record<string, string> = {
+  connectionString: "AZURE_STORAGE_CONNECTION_STRING",
+  accountKey: "AZURE_STORAGE_KEY",
+  sas: "AZURE_STORAGE_SAS_TOKEN",
+  accessKeyId: "AWS_ACCESS_KEY_ID",
+  secretAccessKey: "AWS_SECRET_ACCESS_KEY",
+  sessionToken: "AWS_SESSION_TOKEN",
+};
+
+/** The remote Secret's name for a run's store credentials. */
+export function storeSecretName(run: TrainingRun): string {
+  return `${run.metadata.name}-store`;
+}
+
+/**
+ * The Secret the run's pods read their target store's credentials from: only the keys a store
+ * client needs (unknown keys of the provider's Secret are not copied), as environment names.
+ */
+export function renderStoreSecret(
+  run: TrainingRun,
+  attempt: number,
+  origin: string,
+  data: Record<string, string>,
+): Record<string, unknown> | undefined {
+  const stringData: Record<string, string> = {};
+  for (const [k, v] of Object.entries(data)) if (STORE_ENV[k]) stringData[STORE_ENV[k]!] = v;
+  if (Object.keys(stringData).length === 0) return undefined;
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    type: "Opaque",
+    metadata: {
+      name: storeSecretName(run),
+      namespace: remoteNamespace(run),
+      labels: remoteLabels(run, attempt, origin),
+    },
+    stringData,
+  };
+}
+
 export interface RemoteObjects {
   namespace: Record<string, unknown>;
   service: Record<string, unknown>;
@@ -140,6 +181,14 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
         limits: { ...(resources.limits ?? {}), "nvidia.com/gpu": String(gpus) },
         requests: { ...(resources.requests ?? {}), "nvidia.com/gpu": String(gpus) },
       };
+      if (inputs.storeSecretName) {
+        // Only the target store's credentials, under the names the SDKs (and the checkpoint
+        // agent) read; never the operator's own Secrets.
+        container.envFrom = [
+          ...((c.envFrom as unknown[]) ?? []),
+          { secretRef: { name: inputs.storeSecretName } },
+        ];
+      }
       container.ports = [
         ...((c.ports as unknown[]) ?? []),
         { name: "rendezvous", containerPort: RENDEZVOUS_PORT, protocol: "TCP" },

@@ -44,8 +44,9 @@ import { setStatusCondition, timestamp } from "../../runtime/conditions.ts";
 import { Controller, type ReconcileContext, type ReconcileResult } from "../../runtime/controller.ts";
 import { type KubeObject, SpillwayResources, splitKey } from "../../runtime/resources.ts";
 import type { OperatorContext } from "../context.ts";
+import { readSecret } from "../context.ts";
 import { clusterId } from "../remote/clusters.ts";
-import { remoteJobName, remoteNamespace } from "../remote/manifests.ts";
+import { remoteJobName, remoteNamespace, renderStoreSecret } from "../remote/manifests.ts";
 import { deleteRemote, dispatch, jobAttempt, jobState, type RemoteCluster, remoteJobOf } from "./remote.ts";
 import {
   chooseCluster,
@@ -524,14 +525,24 @@ class RunReconciler {
         });
       }
     }
-    const created = await dispatch(remote, {
-      run,
-      attempt: placement.attempt ?? 1,
-      origin: this.ctx.settings.origin,
-      provider: placement.provider,
-      ...(dataset ? { dataset } : {}),
-      ...(checkpoints ? { checkpoints } : {}),
-    });
+    // The pods get the target store's credentials only when they touch a store.
+    const storeRef = provider.spec.storage?.credentialsSecretRef;
+    const storeData = (dataset || checkpoints) && storeRef ? readSecret(this.ctx, storeRef) : undefined;
+    const storeSecret = storeData
+      ? renderStoreSecret(run, placement.attempt ?? 1, this.ctx.settings.origin, storeData)
+      : undefined;
+    const created = await dispatch(
+      remote,
+      {
+        run,
+        attempt: placement.attempt ?? 1,
+        origin: this.ctx.settings.origin,
+        provider: placement.provider,
+        ...(dataset ? { dataset } : {}),
+        ...(checkpoints ? { checkpoints } : {}),
+      },
+      storeSecret,
+    );
     if (created) {
       rc.log.info("dispatched", { cluster: placement.cluster, job: remoteJobName(run) });
       this.ctx.events.record(
@@ -621,6 +632,7 @@ class RunReconciler {
         });
       }
     });
+    if (state === "Running") await this.mirrorCheckpoint(run, rc);
     if (state === "Running" && !wasRunning) {
       this.ctx.events.record(
         run,
@@ -641,6 +653,39 @@ class RunReconciler {
       return undefined;
     }
     return { requeueAfter: this.ctx.settings.remotePollMs };
+  }
+
+  private readonly lastMirror = new Map<string, number>();
+
+  /**
+   * While a run is running, its newest committed checkpoint is copied to the primary's store
+   * (at most every `remotePollMs`), and status says which step is safe and where.
+   */
+  private async mirrorCheckpoint(run: Run, rc: ReconcileContext): Promise<void> {
+    const planner = this.opts.checkpoints;
+    if (!planner?.mirror || !run.spec.checkpoints) return;
+    const uid = run.metadata.uid ?? "";
+    const now = this.ctx.now().getTime();
+    if (now - (this.lastMirror.get(uid) ?? 0) < this.ctx.settings.remotePollMs) return;
+    this.lastMirror.set(uid, now);
+    try {
+      const m = await planner.mirror(run, rc.signal);
+      if (!m || (run.status?.checkpoint?.step === m.step && run.status.checkpoint.digest === m.digest))
+        return;
+      const fresh = this.ctx.caches.runs.get(`${run.metadata.namespace}/${run.metadata.name}`) ?? run;
+      await this.writeStatus(fresh, (s) => {
+        s.checkpoint = {
+          step: m.step,
+          digest: m.digest,
+          committedAt: m.committedAt,
+          replicatedTo: m.replicatedTo,
+        };
+      });
+      rc.log.info("checkpoint mirrored to the primary", { step: m.step, replicatedTo: m.replicatedTo });
+    } catch (err) {
+      // A store that cannot be read now is tried again at the next poll; the run goes on.
+      rc.log.warn("could not mirror the newest checkpoint", { err });
+    }
   }
 
   // ---- attempts, failures, finishing ---------------------------------------------------

@@ -6,7 +6,7 @@ import type { TrainingRun } from "../../api/v1alpha1/index.ts";
 import type { KubeClient } from "../../runtime/client.ts";
 import { isAlreadyExists, isNotFound } from "../../runtime/client.ts";
 import type { Informer } from "../../runtime/informer.ts";
-import { Resources } from "../../runtime/resources.ts";
+import { type KubeObject, Resources } from "../../runtime/resources.ts";
 import type { RemoteJob } from "../remote/clusters.ts";
 import {
   type DispatchInputs,
@@ -15,6 +15,7 @@ import {
   remoteJobName,
   remoteNamespace,
   renderRemoteObjects,
+  storeSecretName,
 } from "../remote/manifests.ts";
 
 const namespacesSeen = new WeakMap<KubeClient, Set<string>>();
@@ -53,8 +54,15 @@ async function createIgnoringExisting(
  * Creates the namespace, Service and Job of an attempt. Safe to repeat: existing objects are
  * left as they are (the Job is immutable and named after the run, so a repeat is a no-op).
  */
-export async function dispatch(cluster: RemoteCluster, inputs: DispatchInputs): Promise<boolean> {
-  const objs = renderRemoteObjects(inputs);
+export async function dispatch(
+  cluster: RemoteCluster,
+  inputs: DispatchInputs,
+  storeSecret?: Record<string, unknown>,
+): Promise<boolean> {
+  const objs = renderRemoteObjects({
+    ...inputs,
+    ...(storeSecret ? { storeSecretName: String((storeSecret.metadata as { name: string }).name) } : {}),
+  });
   // Namespaces are created once per cluster client (and again after a restart): one request
   // per run saved. Spillway never deletes the namespaces it creates (teams share them).
   let known = namespacesSeen.get(cluster.client);
@@ -66,6 +74,17 @@ export async function dispatch(cluster: RemoteCluster, inputs: DispatchInputs): 
   if (!known.has(ns)) {
     await createIgnoringExisting(cluster.client, Resources.Namespace, objs.namespace);
     known.add(ns);
+  }
+  if (storeSecret) {
+    // Replaced on every dispatch: rotated credentials reach the next attempt.
+    const meta = storeSecret.metadata as { name: string; namespace: string };
+    const existing = await cluster.client.tryGet(Resources.Secret, meta.name, meta.namespace);
+    if (existing) {
+      await cluster.client.update(Resources.Secret, {
+        ...(storeSecret as unknown as KubeObject),
+        metadata: { ...meta, resourceVersion: existing.metadata.resourceVersion },
+      });
+    } else await createIgnoringExisting(cluster.client, Resources.Secret, storeSecret);
   }
   await createIgnoringExisting(cluster.client, Resources.Service, objs.service);
   return createIgnoringExisting(cluster.client, Resources.Job, objs.job);
@@ -88,6 +107,14 @@ export async function deleteRemote(cluster: RemoteCluster, run: TrainingRun, job
       if (!isNotFound(err) && !(err instanceof Error && "statusCode" in err && err.statusCode === 409))
         throw err;
     }
+  }
+  try {
+    const secret = await cluster.client.tryGet(Resources.Secret, storeSecretName(run), ns);
+    if (secret && secret.metadata.labels?.[LABEL_RUN_UID] === run.metadata.uid) {
+      await cluster.client.delete(Resources.Secret, storeSecretName(run), ns, { uid: secret.metadata.uid });
+    }
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
   }
   try {
     const svc = await cluster.client.tryGet(Resources.Service, name, ns);
