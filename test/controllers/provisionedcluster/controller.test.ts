@@ -253,11 +253,8 @@ describe("ProvisionedCluster controller", () => {
 
   it("tracks the runs placed on a cluster, and destroys clusters idle longer than idleTTL", async () => {
     await provider("1s");
-    start();
-    await cluster("pc-busy");
-    await cluster("pc-idle");
-    await waitFor(async () => (await get("pc-busy"))?.status?.phase === "Ready", "busy Ready");
-
+    // The run is placed on pc-busy before the cluster exists, so pc-busy is never idle while
+    // the run lasts, however slow the machine.
     const run = exampleOf("TrainingRun", "llama-pretrain");
     const created = await h.client.create<KubeObject>(SpillwayResources.TrainingRun, run as KubeObject);
     await h.client.patch(
@@ -268,6 +265,11 @@ describe("ProvisionedCluster controller", () => {
       "merge",
       { subresource: "status" },
     );
+    await waitFor(() => h.ctx.caches.runs.get("ml-team/llama-pretrain")?.status?.placement, "run in cache");
+    start();
+    await cluster("pc-busy");
+    await cluster("pc-idle");
+    await waitFor(async () => (await get("pc-busy"))?.status?.phase === "Ready", "busy Ready");
 
     const busy = await waitFor(async () => {
       const pc = await get("pc-busy");

@@ -25,6 +25,8 @@ beforeAll(async () => {
     testScenario((s) => {
       s.clouds.oci.maxClusters = 2;
       s.clouds.oci.idleTTL = "2s";
+      // Runs long enough that the first two still hold their cluster when the next is placed.
+      s.timings = { ...s.timings, jobDuration: "8s" };
       // Long enough to stop the operator while a cluster is being provisioned.
       s.clouds.oci.provisioning = { ...s.clouds.oci.provisioning, latency: "2s" };
     }),
