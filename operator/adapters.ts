@@ -6,7 +6,6 @@
 import { readFileSync } from "node:fs";
 import { StoreCheckpointPlanner } from "./checkpoints/index.ts";
 import { AzureResponder } from "./clouds/azure/index.ts";
-import { pulumiProvisionerFor } from "./clouds/pulumi/index.ts";
 import { storeResolver } from "./controllers/context.ts";
 import { dataSetController } from "./controllers/dataset/controller.ts";
 import { provisionedClusterController } from "./controllers/provisionedcluster/index.ts";
@@ -35,8 +34,14 @@ export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
   const passphrase = process.env.PULUMI_CONFIG_PASSPHRASE;
   // One provisioner per state backend (a provider's `provision.backendUrl`, else the file
   // backend under --pulumi-state-dir).
+  // Loaded only when used: the Automation API (and gRPC under it) is heavy.
   const pulumi = passphrase
-    ? pulumiProvisionerFor({ stateDir: opts.pulumiStateDir, secretsPassphrase: passphrase })
+    ? (await import("./clouds/pulumi/index.ts")).pulumiProvisionerFor({
+        stateDir: opts.pulumiStateDir,
+        secretsPassphrase: passphrase,
+        // The chart sets PULUMI_HOME (plugins baked into the image live there).
+        ...(process.env.PULUMI_HOME ? { pulumiHome: process.env.PULUMI_HOME } : {}),
+      })
     : undefined;
   if (!pulumi) opts.log.warn("PULUMI_CONFIG_PASSPHRASE is not set: clusters cannot be provisioned");
   const datasets = new DatasetSyncs();

@@ -128,7 +128,8 @@ export function sandboxProviders(sandbox: Sandbox): CloudProvider[] {
           program: "oci",
           config: {
             compartmentId: "ocid1.compartment.oc1..sandbox",
-            nodeImageId: "ocid1.image.oc1..sandbox",
+            gpuImageId: "ocid1.image.oc1..sandbox",
+            s3UserId: "ocid1.user.oc1..sandbox",
           },
           maxClusters: oci.maxClusters ?? 1,
           idleTTL: oci.idleTTL ?? "30m",
