@@ -17,7 +17,7 @@ import type {
   ProvisionedCluster,
   TrainingRun,
 } from "./api/v1alpha1/index.ts";
-import { capacityOfferController } from "./controllers/capacityoffer/controller.ts";
+import { capacityOfferController, collectReservations } from "./controllers/capacityoffer/controller.ts";
 import {
   type Caches,
   DEFAULT_SETTINGS,
@@ -219,9 +219,21 @@ export class Manager {
     this.log.info("leading: starting controllers", { identity: this.identity });
     for (const c of this.controllers) c.start();
     const every = this.opts.collectIntervalMs ?? 60_000;
+    let collecting = false;
     const collect = async () => {
-      this.connectKnownClusters();
-      await collectOrphans(this.ctx.remote, this.ctx.caches.runs, this.log);
+      // One pass at a time, and a failing pass never takes the process down: it is logged
+      // and the next pass tries again.
+      if (collecting || !this.leading) return;
+      collecting = true;
+      try {
+        this.connectKnownClusters();
+        await collectOrphans(this.ctx.remote, this.ctx.caches.runs, this.log);
+        await collectReservations(this.ctx);
+      } catch (err) {
+        this.log.error("orphan collection failed; retrying at the next pass", { err });
+      } finally {
+        collecting = false;
+      }
     };
     this.collectTimer = setInterval(() => void collect(), every);
     this.collectTimer.unref();

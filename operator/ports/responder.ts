@@ -33,4 +33,15 @@ export interface PrimaryResponder {
   respond(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<OfferAnswer>;
   /** Releases what an accepted offer reserved (run done, deleted or moved). Idempotent. */
   release(offer: CapacityOffer, provider: CloudProvider, ctx: ResponderContext): Promise<void>;
+  /** The reservations this responder made (from their tags), for the orphan collector. */
+  managedReservations?(provider: CloudProvider, ctx: ResponderContext): Promise<ReservationRef[]>;
+  /** Releases one reservation by name (an orphan: no offer holds it). Idempotent. */
+  releaseReservation?(name: string, provider: CloudProvider, ctx: ResponderContext): Promise<void>;
+}
+
+export interface ReservationRef {
+  name: string;
+  /** The offer it was made for. */
+  offer: { namespace: string; name: string };
+  offerUid?: string;
 }

@@ -215,6 +215,8 @@ export class OperatorProcess {
         "127.0.0.1:0",
         "--log-level",
         "info",
+        "--collect-interval",
+        "2s",
         ...args,
       ],
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, POD_NAME: "op" } },

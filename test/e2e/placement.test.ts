@@ -5,6 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { CloudProvider, ProvisionedCluster } from "../../operator/api/v1alpha1/index.ts";
+import { collectReservations } from "../../operator/controllers/capacityoffer/controller.ts";
+import { readSecret } from "../../operator/controllers/context.ts";
 import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
 import { SIM_DURATION_ENV } from "../../operator/sandbox/cluster/index.ts";
 import {
@@ -282,5 +284,38 @@ describe("right of first refusal", () => {
       (o) => o[0]?.status?.conditions?.some((c) => c.type === "Released" && c.status === "True") ?? false,
       "reservation of the deleted run released",
     );
+  }, 60_000);
+
+  test("the reservation collector releases a reservation no offer holds", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    const m = e.manager!;
+    const azure = m.ctx.caches.providers.get("azure-eastus")!;
+    const responder = m.ctx.responderFor(azure)!;
+    // What a responder killed before writing its answer leaves behind: a reservation for an
+    // offer that was then deleted.
+    const ghost = {
+      apiVersion: "spillway.dev/v1alpha1",
+      kind: "CapacityOffer",
+      metadata: { name: "ghost-a1", namespace: "ml-team", uid: "00000000-0000-4000-8000-00000000dead" },
+      spec: {
+        run: { name: "ghost", uid: "00000000-0000-4000-8000-00000000beef" },
+        attempt: 1,
+        provider: "azure-eastus",
+        workloadClass: "training",
+        request: { gpuType: "H100", gpusPerNode: 8, nodes: 1, sku: AZURE_SKU, region: "eastus" },
+        deadline: new Date(Date.now() + 60_000).toISOString(),
+      },
+    } as const;
+    const credentials = readSecret(m.ctx, azure.spec.azure?.credentialsSecretRef) ?? {};
+    const answer = await responder.respond(structuredClone(ghost) as never, azure, { credentials });
+    expect(answer.outcome).toBe("Accepted");
+    expect(e.arm.reservations().some((r) => r.tags["spillway-offer"] === "ml-team/ghost-a1")).toBe(true);
+    const collected = await collectReservations(m.ctx);
+    expect(collected).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ provider: "azure-eastus", why: "its offer no longer exists" }),
+      ]),
+    );
+    expect(e.arm.reservations().some((r) => r.tags["spillway-offer"] === "ml-team/ghost-a1")).toBe(false);
   }, 60_000);
 });

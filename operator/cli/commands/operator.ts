@@ -40,6 +40,7 @@ interface OperatorFlags {
   pulumiStateDir: string;
   azureCaFile?: string;
   kubeApiQps: number;
+  collectInterval: number;
   kubeApiBurst: number;
 }
 
@@ -89,6 +90,12 @@ export function register(program: Command): void {
     )
     .option("--kube-api-qps <n>", "requests per second to the management cluster", positiveInt, 200)
     .option("--kube-api-burst <n>", "request burst to the management cluster", positiveInt, 400)
+    .option(
+      "--collect-interval <duration>",
+      "how often orphaned remote Jobs and cloud reservations are looked for",
+      duration,
+      60_000,
+    )
     .action(async (flags: OperatorFlags) => {
       const log = createLogger({ level: flags.logLevel });
       const adapters = await buildAdapters({
@@ -111,6 +118,7 @@ export function register(program: Command): void {
         logger: log,
         maxConcurrentReconciles: flags.maxConcurrentReconciles,
         kubeApiQps: flags.kubeApiQps,
+        collectIntervalMs: flags.collectInterval,
         kubeApiBurst: flags.kubeApiBurst,
         settings: {
           offerRetentionMs: flags.offerRetention,

@@ -273,3 +273,51 @@ async function setOfferCondition(
 }
 
 export type { CloudProvider };
+
+/**
+ * The reservation collector: a reservation is kept only while an Accepted, unreleased offer
+ * (same uid) holds it and its run still needs it. Anything else — made by a responder killed
+ * before its answer was written, or answered too late — is released. Runs on the leader with
+ * the orphan collector; reservations of unanswered offers are left to the answer path.
+ */
+export async function collectReservations(
+  ctx: OperatorContext,
+): Promise<Array<{ provider: string; reservation: string; why: string }>> {
+  const collected: Array<{ provider: string; reservation: string; why: string }> = [];
+  for (const provider of ctx.caches.providers.list()) {
+    const responder = ctx.responderFor(provider);
+    if (!responder?.managedReservations || !responder.releaseReservation) continue;
+    const credentials = readSecret(ctx, provider.spec.azure?.credentialsSecretRef);
+    const rctx = credentials ? { credentials } : {};
+    let refs: Awaited<ReturnType<NonNullable<typeof responder.managedReservations>>>;
+    try {
+      refs = await responder.managedReservations(provider, rctx);
+    } catch (err) {
+      ctx.log.warn("could not list reservations", { provider: provider.metadata.name, err });
+      continue;
+    }
+    for (const ref of refs) {
+      const offer = ctx.caches.offers.get(`${ref.offer.namespace}/${ref.offer.name}`);
+      const sameOffer = offer && (!ref.offerUid || offer.metadata.uid === ref.offerUid);
+      let why: string | undefined;
+      if (!sameOffer) why = "its offer no longer exists";
+      // Still being answered: the answer path keeps or removes it.
+      else if (offer.status?.outcome === undefined) continue;
+      else if (offer.status.outcome !== "Accepted") why = `its offer was answered ${offer.status.outcome}`;
+      else if (released(offer)) why = "its offer's reservation was released";
+      if (!why) continue;
+      try {
+        await responder.releaseReservation(ref.name, provider, rctx);
+        collected.push({ provider: provider.metadata.name ?? "", reservation: ref.name, why });
+        ctx.log.info("orphaned reservation released", {
+          provider: provider.metadata.name,
+          reservation: ref.name,
+          why,
+        });
+      } catch (err) {
+        ctx.log.warn("could not release an orphaned reservation; will retry", { reservation: ref.name, err });
+      }
+    }
+  }
+  return collected;
+}
