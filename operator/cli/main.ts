@@ -16,9 +16,14 @@ const program = new Command()
   });
 
 const dir = join(dirname(fileURLToPath(import.meta.url)), "commands");
-const modules = readdirSync(dir)
+const all = readdirSync(dir)
   .filter((f) => /\.(ts|js)$/.test(f) && !f.endsWith(".d.ts"))
   .sort();
+// A command's module is named after it: running one loads only that one (the operator does
+// not carry the sandbox, the sync engine's CLI, …); help and unknown commands load them all.
+const wanted = process.argv[2];
+const only = all.filter((f) => f.replace(/\.(ts|js)$/, "") === wanted);
+const modules = only.length === 1 ? only : all;
 for (const file of modules) {
   const mod = (await import(pathToFileURL(join(dir, file)).href)) as { register?: (p: Command) => void };
   mod.register?.(program);

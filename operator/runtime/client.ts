@@ -146,6 +146,7 @@ export class KubeClient {
   private readonly server: string;
   private readonly clock: Clock;
   private readonly onRequest: ClientOptions["onRequest"];
+  private dispatcher?: ReturnType<RequestContext["getDispatcher"]>;
 
   /** A client for the cluster of a kubeconfig document (YAML or JSON text). */
   static fromKubeconfig(text: string, opts: ClientOptions = {}): KubeClient {
@@ -361,6 +362,14 @@ export class KubeClient {
     }
     if (opts.signal) ctx.setSignal(opts.signal);
     await this.kubeConfig.applySecurityAuthentication(ctx);
+    // client-node builds a new undici Agent (its own keep-alive pool) for every request to a
+    // TLS or skip-verify cluster; thousands of requests then hold thousands of idle sockets
+    // (EMFILE under load). One dispatcher per client: connections are pooled and reused.
+    const dispatcher = ctx.getDispatcher();
+    if (dispatcher) {
+      if (this.dispatcher) ctx.setDispatcher(this.dispatcher);
+      else this.dispatcher = dispatcher;
+    }
     this.stats.record(verb, r.plural);
     let resp: Awaited<ReturnType<ReturnType<typeof this.http.send>["toPromise"]>>;
     try {
