@@ -1,0 +1,247 @@
+/**
+ * Scale (issue 9): 10,000 TrainingRuns applied at once against the sandbox — so 10,000
+ * CapacityOffers — with the operator as its own process (`spillway operator`). Runs are short
+ * (2 s jobs) so they finish; then every run is deleted. Reports placement throughput, p50/p99
+ * time from create to placement, API requests per run (and how many were LISTs: the operator
+ * must not re-list per reconcile), offers per run, and the operator's memory: at start, peak,
+ * when every run has finished, and after the runs are deleted (memory must come back towards
+ * its start, not grow without bound).
+ *
+ * `BENCH_RUNS` changes the count. No peer: no other federating operator runs in the sandbox;
+ * bench/placement.bench.ts has the no-offer peer at 1,000 runs.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
+import { KubeClient } from "../operator/runtime/client.ts";
+import { Informer } from "../operator/runtime/informer.ts";
+import { type KubeObject, Resources, SpillwayResources } from "../operator/runtime/resources.ts";
+import { SimulatedCluster } from "../operator/sandbox/cluster/index.ts";
+import { demoRun } from "../operator/sandbox/demo.ts";
+import { startSandbox } from "../operator/sandbox/sandbox.ts";
+import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
+import {
+  armEmulator,
+  installSandboxClouds,
+  OPERATOR_NAMESPACE,
+  startSandboxArm,
+} from "../operator/sandbox/wiring.ts";
+
+const N = Number(process.env.BENCH_RUNS ?? 10_000);
+const ROOT = join(import.meta.dirname, "..");
+/** Only ends a hung bench; never a pass/fail limit. */
+const PHASE_LIMIT_MS = Number(process.env.BENCH_PHASE_LIMIT_MS ?? 900_000);
+type Run = TrainingRun & KubeObject;
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+function memMiB(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) / 1024;
+  return { rss: kb("VmRSS"), peak: kb("VmHWM") };
+}
+
+async function scrape(metricsAddr: string): Promise<{ total: number; lists: number }> {
+  const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
+  let total = 0;
+  let lists = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("spillway_api_requests_total{")) continue;
+    const v = Number(line.split(" ").pop());
+    total += v;
+    if (line.includes('verb="list"')) lists += v;
+  }
+  return { total, lists };
+}
+
+async function waitUntil(what: string, ok: () => boolean): Promise<boolean> {
+  const deadline = Date.now() + PHASE_LIMIT_MS;
+  while (!ok()) {
+    if (Date.now() > deadline) {
+      console.log(`gave up waiting for ${what} after ${PHASE_LIMIT_MS / 1000} s`);
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return true;
+}
+
+const dir = mkdtempSync(join(tmpdir(), "spillway-scale-"));
+const scenario = structuredClone(DEFAULT_SCENARIO);
+scenario.timings = { podStartup: "100ms", jobDuration: "2s" };
+scenario.clouds.azure.cluster = { nodes: 200, gpusPerNode: 8, gpuType: "H100" };
+(scenario.clouds.azure.arm as Record<string, unknown>).latency = "0s";
+(scenario.clouds.azure.arm as Record<string, unknown>).capacity = [
+  { region: "eastus", sku: "Standard_ND96isr_H100_v5", available: Math.ceil(N / 2) },
+];
+(scenario.clouds.azure.arm as Record<string, unknown>).quota = [
+  { region: "eastus", family: "standardNDSH100v5Family", limit: 96 * N },
+];
+scenario.demo = { namespace: "scale", runs: [] };
+const sandbox = await startSandbox({ stateDir: dir, scenario, startArm: startSandboxArm });
+const oci = await SimulatedCluster.start({
+  name: "oci-scale",
+  pools: [{ name: "gpu", nodes: 400, gpusPerNode: 8, gpuType: "H100" }],
+  podStartupMs: 100,
+  jobDurationMs: 2_000,
+});
+const client = KubeClient.fromKubeconfig(sandbox.management.kubeconfig(), {
+  rateLimit: { qps: 5_000, burst: 10_000 },
+});
+await installSandboxClouds(sandbox, client, ["scale"]);
+await client.create(Resources.Secret, {
+  metadata: { name: "oci-scale-kubeconfig", namespace: OPERATOR_NAMESPACE },
+  stringData: { kubeconfig: oci.kubeconfig() },
+} as KubeObject);
+const provider = await client.get<CloudProvider & KubeObject>(SpillwayResources.CloudProvider, "oci-ashburn");
+provider.spec.cluster = {
+  existing: { kubeconfigSecretRef: { name: "oci-scale-kubeconfig", namespace: OPERATOR_NAMESPACE } },
+};
+await client.update(SpillwayResources.CloudProvider, provider);
+
+const caFile = join(dir, "arm-ca.pem");
+writeFileSync(caFile, armEmulator(sandbox)!.ca);
+const child = spawn(
+  process.execPath,
+  [
+    join(ROOT, "bin", "spillway.mjs"),
+    "operator",
+    ...["--kubeconfig", sandbox.management.kubeconfigPath, "--namespace", OPERATOR_NAMESPACE],
+    ...["--azure-ca-file", caFile, "--metrics-bind-address", "127.0.0.1:0"],
+    ...["--health-probe-bind-address", "0", "--log-level", "info", "--max-concurrent-reconciles", "16"],
+    ...[
+      "--remote-qps",
+      "500",
+      "--remote-burst",
+      "1000",
+      "--kube-api-qps",
+      "1000",
+      "--kube-api-burst",
+      "2000",
+    ],
+  ],
+  { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
+);
+const metrics = await new Promise<string>((resolve, reject) => {
+  let buf = "";
+  child.stdout!.on("data", (d: Buffer) => {
+    buf += d.toString("utf8");
+    for (const line of buf.split("\n")) {
+      if (line.includes('"operator started"'))
+        resolve(String((JSON.parse(line) as { metrics: string }).metrics));
+    }
+    buf = buf.slice(buf.lastIndexOf("\n") + 1);
+  });
+  child.once("exit", (code) => reject(new Error(`operator exited ${code}`)));
+});
+child.stdout!.resume();
+const pid = child.pid!;
+await new Promise((r) => setTimeout(r, 2_000));
+const atStart = memMiB(pid);
+const base = await scrape(metrics);
+
+const created = new Map<string, number>();
+const placed = new Map<string, number>();
+const finished = new Set<string>();
+const watcher = new Informer<Run>(client, SpillwayResources.TrainingRun, { namespace: "scale" });
+const see = (r: Run) => {
+  const name = r.metadata.name!;
+  if (r.status?.placement && !placed.has(name)) placed.set(name, Date.now());
+  if (r.status?.phase === "Succeeded" || r.status?.phase === "Failed") finished.add(name);
+};
+watcher.addHandler({ add: see, update: (_o, r) => see(r), delete: (r) => finished.delete(r.metadata.name!) });
+watcher.start();
+await watcher.waitForSync();
+
+const t0 = Date.now();
+let next = 0;
+await Promise.all(
+  Array.from({ length: 32 }, async () => {
+    while (next < N) {
+      const i = next++;
+      const r = demoRun(
+        {
+          name: `s-${i}`,
+          workloadClass: "training",
+          gpuType: "H100",
+          gpusPerNode: 8,
+          nodes: 1,
+          startAfter: "0s",
+        },
+        "scale",
+      );
+      await client.create(SpillwayResources.TrainingRun, r);
+      created.set(r.metadata.name!, Date.now());
+    }
+  }),
+);
+const tCreated = (Date.now() - t0) / 1000;
+await waitUntil("every placement", () => placed.size >= N);
+const tPlaced = (Math.max(...placed.values()) - t0) / 1000;
+const latencies = [...placed.entries()]
+  .map(([n, t]) => (t - (created.get(n) ?? t0)) / 1000)
+  .sort((a, b) => a - b);
+await waitUntil("every run to finish", () => finished.size >= N);
+const tFinished = (Date.now() - t0) / 1000;
+const afterRuns = await scrape(metrics);
+const whenFinished = memMiB(pid);
+
+const offers = await client.listAll<
+  KubeObject & { spec: { run: { name: string } }; status?: { outcome?: string } }
+>(SpillwayResources.CapacityOffer, { namespace: "scale" });
+const perRun = new Map<string, number>();
+for (const o of offers.items) perRun.set(o.spec.run.name, (perRun.get(o.spec.run.name) ?? 0) + 1);
+const outcomes = new Map<string, number>();
+for (const o of offers.items) {
+  const k = o.status?.outcome ?? "Open";
+  outcomes.set(k, (outcomes.get(k) ?? 0) + 1);
+}
+const onPrimary = watcher.list().filter((r) => r.status?.placement?.provider === "azure-eastus").length;
+
+// Delete every run (the operator removes its finalizer), then let the caches drain.
+next = 0;
+const names = [...created.keys()];
+await Promise.all(
+  Array.from({ length: 32 }, async () => {
+    while (next < names.length) {
+      const name = names[next++]!;
+      await client.delete(SpillwayResources.TrainingRun, name, "scale").catch(() => undefined);
+    }
+  }),
+);
+await waitUntil("every run to be gone", () => watcher.list().length === 0);
+await new Promise((r) => setTimeout(r, 30_000));
+const afterDelete = memMiB(pid);
+
+await watcher.stop();
+const exited = new Promise((r) => child.once("exit", r));
+child.kill("SIGTERM");
+await exited;
+await oci.stop();
+await sandbox.stop();
+rmSync(dir, { recursive: true, force: true });
+
+const reqs = afterRuns.total - base.total;
+console.log(
+  `scale: ${N} TrainingRuns applied at once (operator as its own process, 2 s jobs, zero-latency clouds)`,
+);
+console.log(
+  `  created in ${tCreated.toFixed(1)} s; all placed after ${tPlaced.toFixed(1)} s (${(placed.size / tPlaced).toFixed(1)} runs/s); all finished after ${tFinished.toFixed(1)} s`,
+);
+console.log(
+  `  time to placement: p50 ${percentile(latencies, 50).toFixed(2)} s, p99 ${percentile(latencies, 99).toFixed(2)} s`,
+);
+console.log(
+  `  offers: ${offers.items.length} for ${perRun.size} runs, max ${Math.max(...perRun.values())} per run; ${[...outcomes].map(([k, v]) => `${k} ${v}`).join(", ")}; on primary ${onPrimary}`,
+);
+console.log(
+  `  API requests to the management cluster: ${(reqs / N).toFixed(1)} per run, LISTs ${afterRuns.lists - base.lists} in all`,
+);
+console.log(
+  `  operator memory: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB`,
+);
