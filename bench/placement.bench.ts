@@ -11,7 +11,7 @@
  * Target (issue 4): all 1,000 placed within 20 s (≥ 50 runs/s) and operator memory < 300 MiB.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
@@ -89,6 +89,8 @@ async function startOperator(
   const child = spawn(
     process.execPath,
     [
+      // The heap a 384 MiB container gives it (the chart's NODE_OPTIONS); see docs.
+      `--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`,
       OPERATOR_MAIN,
       "operator",
       "--kubeconfig",
@@ -104,7 +106,7 @@ async function startOperator(
       "--log-level",
       "info",
       "--max-concurrent-reconciles",
-      "16",
+      process.env.BENCH_CONCURRENCY ?? "32",
       "--remote-qps",
       "500",
       "--remote-burst",
@@ -128,7 +130,9 @@ async function startOperator(
     });
     child.once("exit", (code) => reject(new Error(`operator exited ${code}`)));
   });
-  child.stdout!.resume();
+  if (process.env.BENCH_OPERATOR_LOG)
+    child.stdout!.pipe(createWriteStream(process.env.BENCH_OPERATOR_LOG, { flags: "a" }));
+  else child.stdout!.resume();
   return {
     pid: child.pid!,
     metrics,

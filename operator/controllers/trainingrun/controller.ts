@@ -124,7 +124,7 @@ class RunReconciler {
   ) {}
 
   async reconcile(key: string, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
-    const run = this.ctx.caches.runs.get(key);
+    let run = this.ctx.caches.runs.get(key);
     if (!run) return undefined;
     if (run.metadata.deletionTimestamp) return this.finalize(run, rc);
 
@@ -143,13 +143,19 @@ class RunReconciler {
       return undefined; // Not retried: the next edit of the run enqueues it again.
     }
     if (!(run.metadata.finalizers ?? []).includes(RUN_FINALIZER)) {
-      await this.ctx.mgmt.patch(SpillwayResources.TrainingRun, run.metadata.name!, run.metadata.namespace, {
-        metadata: {
-          finalizers: [...(run.metadata.finalizers ?? []), RUN_FINALIZER],
-          resourceVersion: run.metadata.resourceVersion,
+      // Conditional on the version we read; the stored object comes back and the reconcile
+      // goes on with it (no extra round through the queue).
+      run = await this.ctx.mgmt.patch<Run>(
+        SpillwayResources.TrainingRun,
+        run.metadata.name!,
+        run.metadata.namespace,
+        {
+          metadata: {
+            finalizers: [...(run.metadata.finalizers ?? []), RUN_FINALIZER],
+            resourceVersion: run.metadata.resourceVersion,
+          },
         },
-      });
-      return undefined; // The update event brings the run back.
+      );
     }
     if (isFinished(run)) return this.cleanupFinished(run, rc);
     if (run.spec.runPolicy?.suspend) return this.suspend(run);
