@@ -9,12 +9,13 @@
 import {
   HttpMethod,
   IsomorphicFetchHttpLibrary,
-  KubeConfig,
+  type KubeConfig,
   PatchStrategy,
   RequestContext,
   Watch,
 } from "@kubernetes/client-node";
 import { type Clock, realClock } from "./clock.ts";
+import { PooledKubeConfig } from "./kubeconfig.ts";
 import { DEFAULT_RATE_LIMIT, type RateLimitOptions, TokenBucket } from "./ratelimit.ts";
 import {
   apiVersionOf,
@@ -150,14 +151,14 @@ export class KubeClient {
 
   /** A client for the cluster of a kubeconfig document (YAML or JSON text). */
   static fromKubeconfig(text: string, opts: ClientOptions = {}): KubeClient {
-    const kc = new KubeConfig();
+    const kc = new PooledKubeConfig();
     kc.loadFromString(text);
     return new KubeClient(kc, opts);
   }
 
   /** A client for the ambient cluster: $KUBECONFIG, ~/.kube/config or in-cluster. */
   static fromDefault(opts: ClientOptions = {}): KubeClient {
-    const kc = new KubeConfig();
+    const kc = new PooledKubeConfig();
     kc.loadFromDefault();
     return new KubeClient(kc, opts);
   }
@@ -362,9 +363,8 @@ export class KubeClient {
     }
     if (opts.signal) ctx.setSignal(opts.signal);
     await this.kubeConfig.applySecurityAuthentication(ctx);
-    // client-node builds a new undici Agent (its own keep-alive pool) for every request to a
-    // TLS or skip-verify cluster; thousands of requests then hold thousands of idle sockets
-    // (EMFILE under load). One dispatcher per client: connections are pooled and reused.
+    // One dispatcher per client (see PooledKubeConfig): a KubeConfig handed in from outside
+    // may be a plain one, so the pooling is done here too.
     const dispatcher = ctx.getDispatcher();
     if (dispatcher) {
       if (this.dispatcher) ctx.setDispatcher(this.dispatcher);

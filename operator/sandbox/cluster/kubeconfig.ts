@@ -5,8 +5,9 @@
  * set"); kubectl accepts the flag too. Adding it when missing is idempotent, so this holds
  * whether or not the API server's own kubeconfig already carries it.
  */
-import { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig } from "@kubernetes/client-node";
 import { parse, stringify } from "yaml";
+import { PooledKubeConfig } from "../../runtime/kubeconfig.ts";
 
 interface KubeconfigDoc {
   clusters?: Array<{ cluster?: { server?: string; "insecure-skip-tls-verify"?: boolean } }>;
@@ -26,7 +27,8 @@ export function clientKubeconfig(yaml: string): string {
 }
 
 export function kubeConfigFromYaml(yaml: string): KubeConfig {
-  const kc = new KubeConfig();
+  // Pooled: the simulated kubelets make many requests (see operator/runtime/kubeconfig.ts).
+  const kc = new PooledKubeConfig();
   kc.loadFromString(clientKubeconfig(yaml));
   return kc;
 }
