@@ -118,7 +118,7 @@ describe("abrupt operator stops", () => {
         rs.length === names.length &&
         rs.every((r) => r.status?.phase === "Succeeded" || r.status?.phase === "Failed"),
       "every run to finish after the last restart",
-      120_000,
+      180_000,
     );
     const ledger = (await e.client.list<Offer>(SpillwayResources.CapacityOffer, { namespace: "ml-team" }))
       .items;
@@ -148,5 +148,5 @@ describe("abrupt operator stops", () => {
       "every reservation released",
       60_000,
     );
-  }, 300_000);
+  }, 420_000);
 });
