@@ -329,6 +329,14 @@ describe("invalid objects are rejected with the offending field path", () => {
     expect(validateObject(answered, { old: offer() })).toEqual([]);
   });
 
+  test.each(["constructor", "toString", "hasOwnProperty"])(
+    "an unknown field named like an Object method (%s) is refused (found by the fuzz suite)",
+    (key) => {
+      const bad = mut(run(), (o) => (o.spec[key] = "x"));
+      expect(validateObject(bad).map((e) => e.path)).toContain(`spec.${key}`);
+    },
+  );
+
   test("non-objects are rejected without throwing", () => {
     for (const v of [null, 42, "x", [], undefined]) expect(validateObject(v).length).toBe(1);
   });

@@ -158,7 +158,9 @@ export function findUnknownFields(
     const embedded = schema["x-kubernetes-embedded-resource"] === true;
     for (const key of Object.keys(value)) {
       if ((isRoot || embedded) && (key === "apiVersion" || key === "kind" || key === "metadata")) continue;
-      const sub = schema.properties?.[key];
+      // Own properties only: `constructor`, `toString`, `__proto__` are unknown fields too.
+      const sub =
+        schema.properties && Object.hasOwn(schema.properties, key) ? schema.properties[key] : undefined;
       if (sub) {
         out.push(...findUnknownFields(sub, value[key], remove, joinPath(path, key), false));
       } else if (isPlainObject(schema.additionalProperties)) {

@@ -26,11 +26,15 @@ export function register(program: Command): void {
             bad++;
             continue;
           }
-          const obj = doc.toJS() as {
-            apiVersion?: string;
-            kind?: string;
-            metadata?: { name?: string };
-          } | null;
+          let obj: { apiVersion?: string; kind?: string; metadata?: { name?: string } } | null;
+          try {
+            obj = doc.toJS({ maxAliasCount: 100 }) as typeof obj;
+          } catch (e) {
+            // e.g. an alias bomb: one line, no stack trace.
+            console.error(`${file}: ${(e as Error).message}`);
+            bad++;
+            continue;
+          }
           if (!obj || !String(obj.apiVersion ?? "").startsWith("spillway.dev/")) continue;
           const errors = validateObject(obj);
           const id = `${obj.kind}/${obj.metadata?.name ?? "?"}`;

@@ -729,6 +729,10 @@ class RunReconciler {
       s.remote = undefined;
       s.phase = moved ? "Migrating" : "Offering";
       if (moved) s.moves = (s.moves ?? 0) + 1;
+      // The conditions of the attempt that ended say nothing about the new one.
+      s.conditions = (s.conditions ?? []).filter(
+        (c) => !["Running", "Dispatched", "ClusterReady", "DataStaged"].includes(c.type),
+      );
       setStatusCondition(obj, {
         type: "Placed",
         status: "False",
