@@ -52,7 +52,13 @@ function json(code: number, body: unknown, warnings: string[] = []): Responder {
       "Content-Length": String(Buffer.byteLength(text)),
       "Cache-Control": "no-cache, private",
     };
-    if (warnings.length > 0) headers.Warning = warnings.map((w) => `299 - ${JSON.stringify(w)}`);
+    // Header values are ASCII: anything else (a unicode field name) is \u-escaped.
+    const ascii = (w: string) =>
+      JSON.stringify(w).replace(
+        /[^\x20-\x7e]/g,
+        (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+      );
+    if (warnings.length > 0) headers.Warning = warnings.map((w) => `299 - ${ascii(w)}`);
     res.writeHead(code, headers);
     res.end(text);
   };
@@ -72,11 +78,19 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let tooLarge = false;
     req.on("data", (c: Buffer) => {
       size += c.length;
+      if (tooLarge) {
+        // Discarded so the 413 reaches the client; a client that goes on far past the limit
+        // is cut off.
+        if (size > 10 * MAX_BODY_BYTES) req.destroy();
+        return;
+      }
       if (size > MAX_BODY_BYTES) {
+        tooLarge = true;
+        chunks.length = 0;
         reject(errors.tooLarge(MAX_BODY_BYTES));
-        req.destroy();
         return;
       }
       chunks.push(c);
