@@ -59,4 +59,21 @@ describe("spillway validate on hostile manifests", () => {
     // Every path trick document is refused at its field.
     for (const c of pathTrickCases().slice(0, 10)) expect(r.stderr).toContain(`: ${c.path}: `);
   }, 150_000);
+
+  test("a YAML alias bomb is one clear line and exit 1, not a stack trace", async () => {
+    const bomb = join(dir, "bomb.yaml");
+    const levels = ["a: &a [x, x, x, x, x, x, x, x, x]"];
+    for (let i = 1; i < 9; i++) {
+      const prev = String.fromCharCode(96 + i);
+      const cur = String.fromCharCode(97 + i);
+      levels.push(
+        `${cur}: &${cur} [*${prev}, *${prev}, *${prev}, *${prev}, *${prev}, *${prev}, *${prev}, *${prev}, *${prev}]`,
+      );
+    }
+    writeFileSync(bomb, `apiVersion: spillway.dev/v1alpha1\nkind: TrainingRun\n${levels.join("\n")}\n`);
+    const r = await validate([bomb]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).not.toMatch(/^\s+at /m);
+    expect(r.stderr).toMatch(new RegExp(`${bomb}: .*alias`, "i"));
+  }, 60_000);
 });
