@@ -100,7 +100,37 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   });
 }
 
+/** Deepest nesting of objects and arrays in a decoded body, counted without recursion. */
+export function nestingDepth(value: unknown): number {
+  let max = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    if (d > max) max = d;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (child !== null && typeof child === "object") stack.push([child, d + 1]);
+    }
+  }
+  return max;
+}
+
+/**
+ * Bodies nested deeper than this are refused with 400 before anything walks them (the
+ * schema walkers and managed-fields bookkeeping are recursive). Real objects stay far below:
+ * a CRD with its whole OpenAPI schema nests about 40 levels.
+ */
+export const MAX_NESTING = 200;
+
 function decodeBody(raw: Buffer, contentType: string, rt: ResourceType): unknown {
+  const decoded = decodeBodyUnchecked(raw, contentType, rt);
+  if (nestingDepth(decoded) > MAX_NESTING) {
+    throw errors.badRequest(`the object is nested more than ${MAX_NESTING} levels deep`);
+  }
+  return decoded;
+}
+
+function decodeBodyUnchecked(raw: Buffer, contentType: string, rt: ResourceType): unknown {
   if (raw.length === 0) return undefined;
   if (isProtobuf(contentType)) return decodeProtobuf(raw, rt);
   if (/cbor/i.test(contentType)) throw errors.unsupportedMediaType(contentType.split(";")[0]!);
@@ -304,6 +334,7 @@ async function serveResource(
       if (name === undefined) throw errors.methodNotAllowed();
       // An apply that creates the object answers 201, like a create.
       const existed = cluster.store.get(resourceKey(rt), namespace, name) !== undefined;
+      decodeBody(raw, contentType, rt); // the nesting limit holds for patches too
       return present(ctx, accept, cluster.patch(ctx, raw.toString("utf8"), contentType), existed ? 200 : 201);
     }
     case "DELETE": {

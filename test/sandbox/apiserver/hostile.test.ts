@@ -73,3 +73,32 @@ test("a body over the limit gets 413, not a reset connection", async () => {
   const ok = await fetch(`${server.url}${RUNS}`);
   expect(ok.status).toBe(200);
 });
+
+test("an object nested 2,000 levels deep is a 400 naming the limit, for a create and for a patch", async () => {
+  let deep: unknown = "x";
+  for (let i = 0; i < 2_000; i++) deep = { a: deep };
+  const body = run("deep");
+  body.spec.template.spec.containers[0].deep = deep;
+  const created = await fetch(`${server.url}${RUNS}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  expect(created.status).toBe(400);
+  expect(await created.text()).toMatch(/nested more than 200 levels/);
+  const ok = await fetch(`${server.url}${RUNS}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(run("shallow")),
+  });
+  expect(ok.status).toBe(201);
+  const patched = await fetch(`${server.url}${RUNS}/shallow`, {
+    method: "PATCH",
+    headers: { "content-type": "application/merge-patch+json" },
+    body: JSON.stringify({
+      metadata: { annotations: { a: "b" } },
+      spec: { template: { spec: { x: deep } } },
+    }),
+  });
+  expect(patched.status).toBe(400);
+});
