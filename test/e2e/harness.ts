@@ -31,12 +31,18 @@ export type Run = TrainingRun & KubeObject;
 export type Offer = CapacityOffer & KubeObject;
 
 export const AZURE_SKU = "Standard_ND96isr_H100_v5";
+export const AZURE_QUOTA_VCPUS = 96 * 16;
 
 /** The default story's clouds with test timings: fast pods, no ARM latency, quick provisioning. */
 export function testScenario(mutate?: (s: Scenario) => void): Scenario {
   const s = structuredClone(DEFAULT_SCENARIO);
   s.timings = { podStartup: "100ms", jobDuration: "1500ms" };
   (s.clouds.azure.arm as Record<string, unknown>).latency = "0s";
+  // Quota for 16 nodes: tests run one after another, and a finished run's reservation is
+  // released asynchronously — the default 192 vCPUs (two nodes) would make them race.
+  (s.clouds.azure.arm as Record<string, unknown>).quota = [
+    { region: "eastus", family: "standardNDSH100v5Family", limit: 96 * 16 },
+  ];
   s.clouds.oci.provisioning = { ...s.clouds.oci.provisioning, latency: "300ms", destroyLatency: "100ms" };
   s.demo = { namespace: "ml-team", runs: [] };
   mutate?.(s);

@@ -10,6 +10,7 @@ import { readSecret } from "../../operator/controllers/context.ts";
 import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
 import { SIM_DURATION_ENV } from "../../operator/sandbox/cluster/index.ts";
 import {
+  AZURE_QUOTA_VCPUS,
   AZURE_SKU,
   condition,
   type E2E,
@@ -42,7 +43,7 @@ async function apply(run: Run): Promise<void> {
 
 describe("right of first refusal", () => {
   test("Azure accepts → the run runs on the AKS cluster with one Accepted offer, and the reservation is released after", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     await apply(trainingRun("accepted"));
     const done = await eventually(
       () => getRun(e, "accepted"),
@@ -83,7 +84,7 @@ describe("right of first refusal", () => {
     [
       "QuotaExceeded",
       (e: E2E) => e.arm.setQuota("eastus", "standardNDSH100v5Family", 0),
-      (e: E2E) => e.arm.setQuota("eastus", "standardNDSH100v5Family", 192),
+      (e: E2E) => e.arm.setQuota("eastus", "standardNDSH100v5Family", AZURE_QUOTA_VCPUS),
     ],
     [
       "SkuUnavailable",
@@ -93,7 +94,7 @@ describe("right of first refusal", () => {
   ] as const)(
     "Azure declines %s → the run is provisioned on OCI and succeeds",
     async (reason, breakAzure, fix) => {
-      e.arm.setCapacity("eastus", AZURE_SKU, 2);
+      e.arm.setCapacity("eastus", AZURE_SKU, 8);
       breakAzure(e);
       const name = `spill-${reason.toLowerCase()}`;
       try {
@@ -128,7 +129,7 @@ describe("right of first refusal", () => {
   );
 
   test("a competing quote within Azure's floor is matched: accepted at the competing price", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     await apply(trainingRun("matched"));
     const offers = await eventually(
       () => offersOf(e, "matched"),
@@ -147,7 +148,7 @@ describe("right of first refusal", () => {
   }, 60_000);
 
   test("a competing quote below Azure's floor → Declined PriceNotMatched, placed on the alternative", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     const oci = await e.client.get<CloudProvider & { metadata: { name: string } }>(
       SpillwayResources.CloudProvider,
       "oci-ashburn",
@@ -187,7 +188,7 @@ describe("right of first refusal", () => {
   }, 60_000);
 
   test("Azure silent past the deadline → TimedOut, placed elsewhere, and a late reservation is released", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     e.arm.setLatency("2500ms");
     try {
       const run = trainingRun("silent");
@@ -261,7 +262,7 @@ describe("right of first refusal", () => {
   }, 60_000);
 
   test("deleting a running run removes its remote Job; its offers remain", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     const run = trainingRun("doomed");
     run.spec.template.spec.containers[0]!.env = [{ name: SIM_DURATION_ENV, value: "600s" }];
     await apply(run);
@@ -287,7 +288,7 @@ describe("right of first refusal", () => {
   }, 60_000);
 
   test("the reservation collector releases a reservation no offer holds", async () => {
-    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    e.arm.setCapacity("eastus", AZURE_SKU, 8);
     const m = e.manager!;
     const azure = m.ctx.caches.providers.get("azure-eastus")!;
     const responder = m.ctx.responderFor(azure)!;
