@@ -181,15 +181,17 @@ export async function syncStores(
   const dryRun = options.dryRun ?? false;
   const budget = new ByteBudget(concurrency * Math.max(basePartSize, dst.capabilities.minPartSize));
 
-  await src.check(signal, "read");
-  await dst.check(signal, "write");
-
   const retry = <T>(what: string, fn: () => Promise<T>) =>
     withRetry(fn, {
       policy,
       ...(signal ? { signal } : {}),
       onRetry: (e, attempt, delay) => options.onRetry?.(what, e, attempt, delay),
     });
+
+  // The first contact is retried like every other call: a store answering 500 while it
+  // (re)starts is transient; a missing bucket or bad credentials are not, and fail at once.
+  await retry("check source", () => src.check(signal, "read"));
+  await retry("check destination", () => dst.check(signal, "write"));
 
   // What the destination holds: the committed manifest, overlaid with the journal of an
   // interrupted run. A shard starts from the main manifest when it has none of its own.
