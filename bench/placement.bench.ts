@@ -10,8 +10,8 @@
  *
  * Target (issue 4): all 1,000 placed within 20 s (≥ 50 runs/s) and operator memory < 300 MiB.
  */
-import { spawn, spawnSync } from "node:child_process";
-import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
@@ -20,17 +20,12 @@ import { Informer } from "../operator/runtime/informer.ts";
 import { type KubeObject, Resources, SpillwayResources } from "../operator/runtime/resources.ts";
 import { SimulatedCluster } from "../operator/sandbox/cluster/index.ts";
 import { demoRun } from "../operator/sandbox/demo.ts";
-import { type Sandbox, startSandbox } from "../operator/sandbox/sandbox.ts";
+import { startSandbox } from "../operator/sandbox/sandbox.ts";
 import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
-import {
-  armEmulator,
-  installSandboxClouds,
-  OPERATOR_NAMESPACE,
-  startSandboxArm,
-} from "../operator/sandbox/wiring.ts";
+import { installSandboxClouds, OPERATOR_NAMESPACE, startSandboxArm } from "../operator/sandbox/wiring.ts";
+import { memMiB, percentile, ROOT, scrapeRequests, startOperatorProcess } from "./lib/operator.ts";
 
 const N = Number(process.env.BENCH_RUNS ?? 1000);
-const ROOT = join(import.meta.dirname, "..");
 type Run = TrainingRun & KubeObject;
 
 interface Figures {
@@ -41,26 +36,6 @@ interface Figures {
   requestsPerRun: number;
   peakRssMiB: number;
   onPrimary: number;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
-
-function peakRssMiB(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return kb / 1024;
-}
-
-async function scrapeRequests(metricsAddr: string): Promise<number> {
-  const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split("\n")) {
-    if (line.startsWith("spillway_api_requests_total{")) total += Number(line.split(" ").pop());
-  }
-  return total;
 }
 
 /**
@@ -78,71 +53,6 @@ function buildOperator(): string {
   return join(out, "operator", "cli", "main.js");
 }
 const OPERATOR_MAIN = buildOperator();
-
-async function startOperator(
-  sandbox: Sandbox,
-  dir: string,
-): Promise<{ pid: number; metrics: string; stop(): Promise<void> }> {
-  const arm = armEmulator(sandbox)!;
-  const caFile = join(dir, "arm-ca.pem");
-  writeFileSync(caFile, arm.ca);
-  const child = spawn(
-    process.execPath,
-    [
-      // The heap a 384 MiB container gives it (the chart's NODE_OPTIONS); see docs.
-      `--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`,
-      OPERATOR_MAIN,
-      "operator",
-      "--kubeconfig",
-      sandbox.management.kubeconfigPath,
-      "--namespace",
-      OPERATOR_NAMESPACE,
-      "--azure-ca-file",
-      caFile,
-      "--metrics-bind-address",
-      "127.0.0.1:0",
-      "--health-probe-bind-address",
-      "0",
-      "--log-level",
-      "info",
-      "--max-concurrent-reconciles",
-      process.env.BENCH_CONCURRENCY ?? "32",
-      "--remote-qps",
-      "500",
-      "--remote-burst",
-      "1000",
-      "--kube-api-qps",
-      "1000",
-      "--kube-api-burst",
-      "2000",
-    ],
-    { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
-  );
-  const metrics = await new Promise<string>((resolve, reject) => {
-    let buf = "";
-    child.stdout!.on("data", (d: Buffer) => {
-      buf += d.toString("utf8");
-      for (const line of buf.split("\n")) {
-        if (!line.includes('"operator started"')) continue;
-        resolve(String((JSON.parse(line) as { metrics: string }).metrics));
-      }
-      buf = buf.slice(buf.lastIndexOf("\n") + 1);
-    });
-    child.once("exit", (code) => reject(new Error(`operator exited ${code}`)));
-  });
-  if (process.env.BENCH_OPERATOR_LOG)
-    child.stdout!.pipe(createWriteStream(process.env.BENCH_OPERATOR_LOG, { flags: "a" }));
-  else child.stdout!.resume();
-  return {
-    pid: child.pid!,
-    metrics,
-    stop: async () => {
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGTERM");
-      await exited;
-    },
-  };
-}
 
 async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   const dir = mkdtempSync(join(tmpdir(), "spillway-bench-"));
@@ -177,8 +87,14 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   if (!withPrimary) p.spec.jurisdiction = "CA";
   await client.update(SpillwayResources.CloudProvider, p);
 
-  const op = await startOperator(sandbox, dir);
-  const baseline = await scrapeRequests(op.metrics);
+  const op = await startOperatorProcess(sandbox, dir, {
+    main: OPERATOR_MAIN,
+    // The heap a 384 MiB container gives it; see docs.
+    nodeArgs: [`--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`],
+    maxConcurrentReconciles: process.env.BENCH_CONCURRENCY ?? "32",
+    ...(process.env.BENCH_OPERATOR_LOG ? { logFile: process.env.BENCH_OPERATOR_LOG } : {}),
+  });
+  const baseline = (await scrapeRequests(op.metrics)).total;
   const created = new Map<string, number>();
   const placed = new Map<string, number>();
   const watcher = new Informer<Run>(client, SpillwayResources.TrainingRun, { namespace: "bench" });
@@ -225,8 +141,8 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   const latencies = [...placed.entries()]
     .map(([name, t]) => (t - (created.get(name) ?? t0)) / 1000)
     .sort((a, b) => a - b);
-  const requests = (await scrapeRequests(op.metrics)) - baseline;
-  const rss = peakRssMiB(op.pid);
+  const requests = (await scrapeRequests(op.metrics)).total - baseline;
+  const rss = memMiB(op.pid).peak;
   const onPrimary = watcher.list().filter((r) => r.status?.placement?.provider === "azure-eastus").length;
   const offers = await client.listAll<KubeObject & { status?: { outcome?: string; reason?: string } }>(
     SpillwayResources.CapacityOffer,

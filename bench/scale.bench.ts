@@ -10,8 +10,7 @@
  * `BENCH_RUNS` changes the count. No peer: no other federating operator runs in the sandbox;
  * bench/placement.bench.ts has the no-offer peer at 1,000 runs.
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
@@ -22,42 +21,13 @@ import { SimulatedCluster } from "../operator/sandbox/cluster/index.ts";
 import { demoRun } from "../operator/sandbox/demo.ts";
 import { startSandbox } from "../operator/sandbox/sandbox.ts";
 import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
-import {
-  armEmulator,
-  installSandboxClouds,
-  OPERATOR_NAMESPACE,
-  startSandboxArm,
-} from "../operator/sandbox/wiring.ts";
+import { installSandboxClouds, OPERATOR_NAMESPACE, startSandboxArm } from "../operator/sandbox/wiring.ts";
+import { memMiB, percentile, ROOT, scrapeRequests, startOperatorProcess } from "./lib/operator.ts";
 
 const N = Number(process.env.BENCH_RUNS ?? 10_000);
-const ROOT = join(import.meta.dirname, "..");
 /** Only ends a hung bench; never a pass/fail limit. */
 const PHASE_LIMIT_MS = Number(process.env.BENCH_PHASE_LIMIT_MS ?? 900_000);
 type Run = TrainingRun & KubeObject;
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
-
-function memMiB(pid: number): { rss: number; peak: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) / 1024;
-  return { rss: kb("VmRSS"), peak: kb("VmHWM") };
-}
-
-async function scrape(metricsAddr: string): Promise<{ total: number; lists: number }> {
-  const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
-  let total = 0;
-  let lists = 0;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith("spillway_api_requests_total{")) continue;
-    const v = Number(line.split(" ").pop());
-    total += v;
-    if (line.includes('verb="list"')) lists += v;
-  }
-  return { total, lists };
-}
 
 async function waitUntil(what: string, ok: () => boolean): Promise<boolean> {
   const deadline = Date.now() + PHASE_LIMIT_MS;
@@ -104,46 +74,15 @@ provider.spec.cluster = {
 };
 await client.update(SpillwayResources.CloudProvider, provider);
 
-const caFile = join(dir, "arm-ca.pem");
-writeFileSync(caFile, armEmulator(sandbox)!.ca);
-const child = spawn(
-  process.execPath,
-  [
-    join(ROOT, "bin", "spillway.mjs"),
-    "operator",
-    ...["--kubeconfig", sandbox.management.kubeconfigPath, "--namespace", OPERATOR_NAMESPACE],
-    ...["--azure-ca-file", caFile, "--metrics-bind-address", "127.0.0.1:0"],
-    ...["--health-probe-bind-address", "0", "--log-level", "info", "--max-concurrent-reconciles", "16"],
-    ...[
-      "--remote-qps",
-      "500",
-      "--remote-burst",
-      "1000",
-      "--kube-api-qps",
-      "1000",
-      "--kube-api-burst",
-      "2000",
-    ],
-  ],
-  { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
-);
-const metrics = await new Promise<string>((resolve, reject) => {
-  let buf = "";
-  child.stdout!.on("data", (d: Buffer) => {
-    buf += d.toString("utf8");
-    for (const line of buf.split("\n")) {
-      if (line.includes('"operator started"'))
-        resolve(String((JSON.parse(line) as { metrics: string }).metrics));
-    }
-    buf = buf.slice(buf.lastIndexOf("\n") + 1);
-  });
-  child.once("exit", (code) => reject(new Error(`operator exited ${code}`)));
+const op = await startOperatorProcess(sandbox, dir, {
+  main: join(ROOT, "bin", "spillway.mjs"),
+  maxConcurrentReconciles: "16",
 });
-child.stdout!.resume();
-const pid = child.pid!;
+const { metrics } = op;
+const pid = op.pid;
 await new Promise((r) => setTimeout(r, 2_000));
 const atStart = memMiB(pid);
-const base = await scrape(metrics);
+const base = await scrapeRequests(metrics);
 
 const created = new Map<string, number>();
 const placed = new Map<string, number>();
@@ -188,7 +127,7 @@ const latencies = [...placed.entries()]
   .sort((a, b) => a - b);
 await waitUntil("every run to finish", () => finished.size >= N);
 const tFinished = (Date.now() - t0) / 1000;
-const afterRuns = await scrape(metrics);
+const afterRuns = await scrapeRequests(metrics);
 const whenFinished = memMiB(pid);
 
 const offers = await client.listAll<
@@ -219,9 +158,7 @@ await new Promise((r) => setTimeout(r, 30_000));
 const afterDelete = memMiB(pid);
 
 await watcher.stop();
-const exited = new Promise((r) => child.once("exit", r));
-child.kill("SIGTERM");
-await exited;
+await op.stop();
 await oci.stop();
 await sandbox.stop();
 rmSync(dir, { recursive: true, force: true });
