@@ -1,6 +1,6 @@
 /** `spillway status`: runs with their placement, and the providers and provisioned clusters. */
 import type { Command } from "commander";
-import { cliClient } from "../lib/kube.ts";
+import { withCluster } from "../lib/kube.ts";
 import { statusReport } from "../lib/reports.ts";
 
 export function register(program: Command): void {
@@ -12,6 +12,8 @@ export function register(program: Command): void {
     .option("-n, --namespace <ns>", "only runs of this namespace (default: all)")
     .option("--kubeconfig <path>", "kubeconfig of the management cluster")
     .action(async (o: { namespace?: string; kubeconfig?: string }) => {
-      console.log(await statusReport(cliClient(o.kubeconfig), o.namespace));
+      await withCluster(o.kubeconfig, async (client) => {
+        console.log(await statusReport(client, o.namespace));
+      });
     });
 }
