@@ -1,5 +1,14 @@
 /** Simulated clusters: an API server with GPU nodes and a kubelet stand-in (see simulated-cluster.ts). */
 
+export {
+  ContainerConfigError,
+  expandVars,
+  isExecutedPod,
+  isSpillwayContainer,
+  PathMap,
+  SPILLWAY_COMMAND,
+} from "./containers.ts";
+export { type ContainerLogLine, spillwayEntry } from "./executor.ts";
 export { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
 export {
   COMPLETION_INDEX,

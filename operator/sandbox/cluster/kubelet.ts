@@ -16,6 +16,13 @@
  *   (or Failed with a non-zero exit code). Per pod: the annotations
  *   `sim.spillway.dev/duration` / `sim.spillway.dev/exit-code`, or the env vars
  *   `SPILLWAY_SIM_DURATION` / `SPILLWAY_SIM_EXIT_CODE` of its first container.
+ * - Executed pods: a pod with a container of the Spillway image (`command[0] === "spillway"`)
+ *   is run for real (containers.ts, executor.ts): after `podStartupMs` its environment is
+ *   resolved (a missing Secret keeps it Pending in `CreateContainerConfigError`, retried),
+ *   each `spillway` container runs as a child process of the CLI, and its exit code is the
+ *   container's (pod Succeeded when every one exits 0, else Failed). A pod deletion sends
+ *   SIGTERM and SIGKILL after the grace period, and the pod object goes once the processes
+ *   have exited; a lost node (or a stopped cluster) SIGKILLs them at once.
  *
  * Level-triggered: every pass lists Jobs and Pods and moves each a step towards where it
  * should be. Passes are triggered by watches, by the next due transition, and by a periodic
@@ -36,6 +43,14 @@ import {
   Watch,
 } from "@kubernetes/client-node";
 import { parseDuration } from "../../util/duration.ts";
+import {
+  type ConfigSource,
+  ContainerConfigError,
+  isExecutedPod,
+  isSpillwayContainer,
+  planContainer,
+} from "./containers.ts";
+import { type ContainerLogLine, Executor } from "./executor.ts";
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 export const COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index";
@@ -56,7 +71,16 @@ export interface KubeletOptions {
   resyncMs?: number;
   /** Called with errors of a pass (the pass is retried). */
   onError?: (e: unknown) => void;
+  /** Cluster name (in the executed pods' work directory names). */
+  name?: string;
+  /** Each line an executed container writes. */
+  onContainerLog?: (line: ContainerLogLine) => void;
 }
+
+/** How long a container waits in CreateContainerConfigError before the kubelet tries again. */
+const CONFIG_RETRY_MS = 1000;
+/** Kubernetes' default terminationGracePeriodSeconds. */
+const DEFAULT_GRACE_SECONDS = 30;
 
 interface PodTimes {
   scheduledAt?: number;
@@ -79,11 +103,22 @@ export class Kubelet {
   private gpuUsed = new Map<string, number>();
 
   private nodeNames: string[];
+  private readonly executor: Executor;
+  private readonly config: ConfigSource;
 
   constructor(private readonly opts: KubeletOptions) {
     this.nodeNames = [...opts.nodes];
     this.core = opts.kubeConfig.makeApiClient(CoreV1Api);
     this.batch = opts.kubeConfig.makeApiClient(BatchV1Api);
+    this.executor = new Executor({
+      name: opts.name ?? "cluster",
+      ...(opts.onContainerLog ? { onLog: opts.onContainerLog } : {}),
+      onExit: () => void this.kick(),
+    });
+    this.config = {
+      secret: (namespace, name) => this.readData("Secret", namespace, name),
+      configMap: (namespace, name) => this.readData("ConfigMap", namespace, name),
+    };
   }
 
   async start(): Promise<void> {
@@ -94,12 +129,27 @@ export class Kubelet {
     await this.pass();
   }
 
+  /**
+   * Stops the kubelet: no more passes, and every container process is SIGKILLed (a stopped
+   * simulated cluster is a lost one). When it resolves, no child process is left.
+   */
   async stop(): Promise<void> {
     this.running = false;
     clearInterval(this.resyncTimer);
     clearTimeout(this.wakeTimer);
     for (const w of this.watches.splice(0)) w.abort();
     await this.passing;
+    await this.executor.stop();
+  }
+
+  /** The log (stdout and stderr, newest 256 KiB) of an executed pod's container. */
+  containerLogs(namespace: string, pod: string, container?: string): string | undefined {
+    return this.executor.logs(namespace, pod, container);
+  }
+
+  /** Pids of the container processes still running. */
+  processIds(): number[] {
+    return this.executor.pids();
   }
 
   /** Changes the nodes this kubelet runs (a resized node pool); takes effect with the next pass. */
@@ -215,9 +265,11 @@ export class Kubelet {
       pods.push(...created);
     }
 
-    // Pods being deleted (graceful deletion): the kubelet confirms at once.
+    // Pods being deleted (graceful deletion): the kubelet confirms at once, or, for pods with
+    // processes, once they have exited after SIGTERM (SIGKILL at the end of the grace period).
     for (const pod of pods.filter((p) => p.metadata?.deletionTimestamp)) await this.deletePod(pod);
     pods = pods.filter((p) => !p.metadata?.deletionTimestamp);
+    await this.reapVanished(new Set(podList.items.map((p) => p.metadata?.uid ?? "")));
 
     // Node lifecycle: the pods of a node that is gone or not Ready fail (NodeLost), so their
     // Job replaces them elsewhere (or they wait for capacity), as on a real cluster.
@@ -226,6 +278,8 @@ export class Kubelet {
     for (const pod of pods) {
       const node = pod.spec?.nodeName;
       if (!node || isTerminal(pod) || readyNames.has(node)) continue;
+      // The machine is gone: its processes die with it, no grace period.
+      this.executor.get(pod.metadata?.uid ?? "")?.kill();
       await this.writePodStatus(pod, (s) => {
         s.phase = "Failed";
         s.reason = "NodeLost";
@@ -439,6 +493,7 @@ export class Kubelet {
     const t = this.times.get(uid) ?? {};
     this.times.set(uid, t);
     t.scheduledAt ??= condition(pod, "PodScheduled")?.lastTransitionTime?.getTime() ?? now;
+    if (isExecutedPod(pod)) return this.advanceExecutedPod(pod, t, now);
     const p = phase(pod);
     if (p !== "Running") {
       const due = t.scheduledAt + this.opts.podStartupMs;
@@ -506,7 +561,179 @@ export class Kubelet {
     }
   }
 
+  /**
+   * An executed pod: configure and start its processes when due, report them Running, and
+   * report their exit codes once every one has exited.
+   */
+  private async advanceExecutedPod(pod: V1Pod, t: PodTimes, now: number): Promise<number> {
+    const uid = pod.metadata!.uid!;
+    const ns = pod.metadata!.namespace!;
+    const procs = this.executor.get(uid);
+    if (!procs) {
+      if (phase(pod) === "Running") {
+        // Running before this kubelet started (a restarted sandbox): the process is gone, as
+        // a rebooted node's containers are.
+        await this.writeTerminated(pod, now, () => ({ exitCode: 137, reason: "ContainerStatusUnknown" }));
+        return Number.POSITIVE_INFINITY;
+      }
+      const due = t.scheduledAt! + this.opts.podStartupMs;
+      if (now < due) return due;
+      const dir = await this.executor.podDir(uid, ns, name(pod));
+      let plans: Awaited<ReturnType<typeof planContainer>>[];
+      try {
+        plans = [];
+        for (const c of (pod.spec?.containers ?? []).filter(isSpillwayContainer))
+          plans.push(await planContainer(pod, c, dir, this.config));
+      } catch (e) {
+        if (!(e instanceof ContainerConfigError)) throw e;
+        await this.writeConfigError(pod, e.message, now);
+        return now + CONFIG_RETRY_MS;
+      }
+      if (!this.running) return Number.POSITIVE_INFINITY;
+      t.startedAt = now;
+      this.executor.start(uid, ns, name(pod), dir, plans);
+    }
+    const running = this.executor.get(uid)!;
+    if (!running.done) {
+      if (phase(pod) !== "Running") await this.writeRunning(pod, now);
+      return Number.POSITIVE_INFINITY;
+    }
+    await this.writeTerminated(pod, now, (container) => {
+      const exit = running.containers.get(container)?.exit;
+      if (!exit) return { exitCode: 0, reason: "Completed" };
+      return { exitCode: exit.exitCode, reason: exit.exitCode === 0 ? "Completed" : "Error", exit };
+    });
+    return Number.POSITIVE_INFINITY;
+  }
+
+  private async writeRunning(pod: V1Pod, now: number): Promise<void> {
+    const procs = this.executor.get(pod.metadata?.uid ?? "");
+    await this.writePodStatus(pod, (s) => {
+      s.phase = "Running";
+      s.startTime ??= new Date(now);
+      s.podIP = "127.0.0.1";
+      setPodCondition(s, { type: "Initialized", status: "True" }, now);
+      setPodCondition(s, { type: "ContainersReady", status: "True" }, now);
+      setPodCondition(s, { type: "Ready", status: "True" }, now);
+      s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
+        name: c.name,
+        image: c.image ?? "",
+        imageID: "",
+        ready: true,
+        restartCount: 0,
+        started: true,
+        state: { running: { startedAt: procs?.containers.get(c.name)?.startedAt ?? new Date(now) } },
+      }));
+    });
+  }
+
+  /** The pod's containers terminated: Succeeded when every exit code is 0, else Failed. */
+  private async writeTerminated(
+    pod: V1Pod,
+    now: number,
+    exitOf: (container: string) => { exitCode: number; reason: string; exit?: { finishedAt: Date } },
+  ): Promise<void> {
+    const exits = (pod.spec?.containers ?? []).map((c) => ({ c, ...exitOf(c.name) }));
+    const ok = exits.every((e) => e.exitCode === 0);
+    const started = pod.status?.startTime ?? new Date(now);
+    await this.writePodStatus(pod, (s) => {
+      s.phase = ok ? "Succeeded" : "Failed";
+      setPodCondition(s, { type: "Ready", status: "False", reason: "PodCompleted" }, now);
+      setPodCondition(s, { type: "ContainersReady", status: "False", reason: "PodCompleted" }, now);
+      s.containerStatuses = exits.map(({ c, exitCode, reason, exit }) => ({
+        name: c.name,
+        image: c.image ?? "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+        started: false,
+        state: {
+          terminated: {
+            exitCode,
+            reason,
+            startedAt:
+              this.executor.get(pod.metadata?.uid ?? "")?.containers.get(c.name)?.startedAt ?? started,
+            finishedAt: exit?.finishedAt ?? new Date(now),
+          },
+        },
+      }));
+    });
+  }
+
+  /** The container cannot be configured (a missing Secret): Pending, waiting, as the kubelet reports it. */
+  private async writeConfigError(pod: V1Pod, message: string, now: number): Promise<void> {
+    const current = pod.status?.containerStatuses?.[0]?.state?.waiting;
+    if (current?.reason === "CreateContainerConfigError" && current.message === message) return;
+    await this.writePodStatus(pod, (s) => {
+      s.phase = "Pending";
+      setPodCondition(s, { type: "Initialized", status: "True" }, now);
+      setPodCondition(s, { type: "ContainersReady", status: "False", reason: "ContainersNotReady" }, now);
+      setPodCondition(s, { type: "Ready", status: "False", reason: "ContainersNotReady" }, now);
+      s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
+        name: c.name,
+        image: c.image ?? "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+        started: false,
+        state: { waiting: { reason: "CreateContainerConfigError", message } },
+      }));
+    });
+  }
+
+  /** A Secret's or ConfigMap's data, decoded; undefined when it does not exist. */
+  private async readData(
+    kind: "Secret" | "ConfigMap",
+    namespace: string,
+    objName: string,
+  ): Promise<Record<string, string> | undefined> {
+    try {
+      if (kind === "ConfigMap") {
+        const cm = await this.core.readNamespacedConfigMap({ name: objName, namespace });
+        const out: Record<string, string> = { ...(cm.data ?? {}) };
+        for (const [k, v] of Object.entries(cm.binaryData ?? {}))
+          out[k] ??= Buffer.from(v, "base64").toString("utf8");
+        return out;
+      }
+      const secret = await this.core.readNamespacedSecret({ name: objName, namespace });
+      const out: Record<string, string> = {};
+      for (const [k, v] of Object.entries(secret.data ?? {}))
+        out[k] = Buffer.from(v, "base64").toString("utf8");
+      for (const [k, v] of Object.entries(secret.stringData ?? {})) out[k] = v;
+      return out;
+    } catch (e) {
+      if (isCode(e, 404)) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Deletes a pod. A pod whose processes still run is first marked for graceful deletion
+   * and its processes get SIGTERM (SIGKILL after the grace period); the object goes in the
+   * pass after they have exited (each exit triggers a pass).
+   */
   private async deletePod(pod: V1Pod): Promise<void> {
+    const uid = pod.metadata?.uid ?? "";
+    const procs = this.executor.get(uid);
+    if (procs && !procs.done) {
+      const grace =
+        pod.metadata?.deletionGracePeriodSeconds ??
+        pod.spec?.terminationGracePeriodSeconds ??
+        DEFAULT_GRACE_SECONDS;
+      if (!pod.metadata?.deletionTimestamp) {
+        try {
+          await this.core.deleteNamespacedPod({
+            name: name(pod),
+            namespace: pod.metadata!.namespace!,
+            gracePeriodSeconds: grace,
+          });
+        } catch (e) {
+          if (!isCode(e, 404)) throw e;
+        }
+      }
+      procs.terminate(grace);
+      return;
+    }
     try {
       await this.core.deleteNamespacedPod({
         name: name(pod),
@@ -516,7 +743,18 @@ export class Kubelet {
     } catch (e) {
       if (!isCode(e, 404)) throw e;
     }
-    this.times.delete(pod.metadata?.uid ?? "");
+    this.times.delete(uid);
+    if (procs) await this.executor.forget(uid);
+  }
+
+  /** Processes of pods that no longer exist (deleted at once): terminated, then forgotten. */
+  private async reapVanished(live: Set<string>): Promise<void> {
+    for (const uid of this.executor.uids()) {
+      if (live.has(uid)) continue;
+      const procs = this.executor.get(uid)!;
+      if (procs.done) await this.executor.forget(uid);
+      else procs.terminate(DEFAULT_GRACE_SECONDS);
+    }
   }
 }
 

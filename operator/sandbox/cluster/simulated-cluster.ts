@@ -9,6 +9,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { type ApiServer, startApiServer } from "../apiserver/index.ts";
+import type { ContainerLogLine } from "./executor.ts";
 import { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
 import { Kubelet } from "./kubelet.ts";
 import { ensureNodes, type NodePoolShape, setNodeReadyCondition } from "./nodes.ts";
@@ -42,6 +43,8 @@ export interface SimulatedClusterOptions {
   stateDir?: string;
   /** Errors of kubelet passes (they are retried); default: ignored. */
   onError?: (e: unknown) => void;
+  /** Each line written by a container the kubelet runs for real (`spillway` containers). */
+  onContainerLog?: (line: ContainerLogLine) => void;
 }
 
 export interface GpuUsage {
@@ -77,6 +80,8 @@ export class SimulatedCluster {
         podStartupMs: opts.podStartupMs,
         jobDurationMs: opts.jobDurationMs,
         onError: opts.onError,
+        name: opts.name,
+        ...(opts.onContainerLog ? { onContainerLog: opts.onContainerLog } : {}),
       });
       await kubelet.start();
       return new SimulatedCluster(opts.name, server, kubelet, nodes, opts.region);
@@ -138,7 +143,23 @@ export class SimulatedCluster {
     return this.kubelet.pass();
   }
 
-  /** Stops the kubelet, then the API server (its port is free when this resolves). Idempotent. */
+  /**
+   * The log (stdout and stderr) of a container the kubelet runs for real, while its pod
+   * exists; the pod's first container when `container` is absent.
+   */
+  containerLogs(namespace: string, pod: string, container?: string): string | undefined {
+    return this.kubelet.containerLogs(namespace, pod, container);
+  }
+
+  /** Pids of the container processes still running on this cluster. */
+  processIds(): number[] {
+    return this.kubelet.processIds();
+  }
+
+  /**
+   * Stops the kubelet (SIGKILLing every container process: a stopped cluster is a lost one),
+   * then the API server (its port is free when this resolves). Idempotent.
+   */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
