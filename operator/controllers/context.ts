@@ -49,6 +49,12 @@ export interface OperatorSettings {
   /** Re-offer backoff for runs waiting for the primary. */
   reofferBaseMs: number;
   reofferMaxMs: number;
+  /**
+   * Failback (`placement.failback: WhenPrimaryAccepts`): how long after the primary last said
+   * no a run on an alternative is offered to it again, doubling after each decline up to the max.
+   */
+  failbackIntervalMs: number;
+  failbackMaxIntervalMs: number;
   /** Requests per second and burst for each remote cluster's client. */
   remoteQps: number;
   remoteBurst: number;
@@ -60,6 +66,8 @@ export const DEFAULT_SETTINGS: Omit<OperatorSettings, "namespace" | "origin"> = 
   offerRetentionMs: 400 * 24 * 3_600_000,
   reofferBaseMs: 30_000,
   reofferMaxMs: 600_000,
+  failbackIntervalMs: 15 * 60_000,
+  failbackMaxIntervalMs: 60 * 60_000,
   remoteQps: 50,
   remoteBurst: 100,
 };

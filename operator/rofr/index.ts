@@ -8,10 +8,13 @@
  *   4. `decidePlacement({ run, offer, quotes, now, declines })` — primary, best alternative, or wait
  *
  * The primary's responder answers offers with `priceMatch(offer, provider)` plus its cloud's
- * capacity. See docs/rofr.md.
+ * capacity. While a run with `failback: WhenPrimaryAccepts` runs on an alternative,
+ * `decideFailback` says when to offer it to the primary again (`buildFailbackOffer`) and when
+ * to move back. See docs/rofr.md.
  */
 export * from "./decision.ts";
 export * from "./eligibility.ts";
+export * from "./failback.ts";
 export * from "./offer.ts";
 export * from "./pricing.ts";
 export * from "./quotes.ts";

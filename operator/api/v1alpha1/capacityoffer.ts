@@ -27,6 +27,10 @@ export const DECLINE_REASONS = [
 ] as const;
 export type DeclineReason = (typeof DECLINE_REASONS)[number];
 
+/** Why an offer was made: a placement attempt, or a failback check of a run on an alternative. */
+export const OFFER_PURPOSES = ["Placement", "Failback"] as const;
+export type OfferPurpose = (typeof OFFER_PURPOSES)[number];
+
 export const OfferRequest = Type.Object(
   {
     gpuType: Str("GPU type requested.", { pattern: GPU_TYPE_PATTERN, minLength: 1, maxLength: 63 }),
@@ -64,6 +68,13 @@ export const CapacityOfferSpec = Type.Object(
       minimum: 1,
     }),
     provider: ObjectName("The CloudProvider offered to (the primary)."),
+    purpose: Type.Optional(
+      StrEnum(
+        OFFER_PURPOSES,
+        "Placement: the offer of a placement attempt. Failback: a periodic re-offer of a run running on an alternative (failback: WhenPrimaryAccepts); its attempt is the one it starts if accepted.",
+        { default: "Placement" },
+      ),
+    ),
     workloadClass: StrEnum(WORKLOAD_CLASSES, "The run's workload class."),
     request: OfferRequest,
     competingQuote: Type.Optional(CompetingQuote),

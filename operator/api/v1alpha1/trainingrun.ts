@@ -22,6 +22,9 @@ import {
 export const WORKLOAD_CLASSES = ["training", "research", "serving"] as const;
 export type WorkloadClass = (typeof WORKLOAD_CLASSES)[number];
 
+/** The offer outcomes (capacityoffer.ts imports this module, so they are listed here too). */
+const OFFER_OUTCOMES_FOR_STATUS = ["Accepted", "Declined", "TimedOut", "Withdrawn"] as const;
+
 export const RUN_PHASES = [
   "Pending",
   "Offering",
@@ -341,6 +344,22 @@ export const RemoteStatus = Type.Object(
   { description: "The remote workload, mirrored from the target cluster." },
 );
 
+export const FailbackStatus = Type.Object(
+  {
+    checks: Int("Failback offers made to the primary so far (the list in offers keeps only the newest).", {
+      minimum: 0,
+    }),
+    offer: Type.Optional(ObjectName("The newest failback CapacityOffer.")),
+    outcome: Type.Optional(
+      StrEnum(OFFER_OUTCOMES_FOR_STATUS, "The newest failback offer's answer, once the run has acted on it."),
+    ),
+  },
+  {
+    description:
+      "Failback checks (placement.failback: WhenPrimaryAccepts): while the run runs on an alternative, the primary is offered it again periodically.",
+  },
+);
+
 export const TrainingRunStatus = Type.Object(
   {
     phase: Type.Optional(StrEnum(RUN_PHASES, "Where the run is in its lifecycle.")),
@@ -367,6 +386,7 @@ export const TrainingRunStatus = Type.Object(
       }),
     ),
     moves: Type.Optional(Int("How many times the run moved between clusters.", { minimum: 0 })),
+    failback: Type.Optional(FailbackStatus),
     accruedCost: Type.Optional(Type.Number({ minimum: 0, description: "Cost accrued so far, USD." })),
     startTime: Type.Optional(Timestamp("When the run first started running.")),
     completionTime: Type.Optional(Timestamp("When the run succeeded or failed.")),

@@ -14,6 +14,7 @@
  * with its uid and attempt, so a restarted operator finds everything it already did.
  */
 
+import { Counter } from "prom-client";
 import { formatFieldError } from "../../api/schema/types.ts";
 import {
   type CapacityOffer,
@@ -26,12 +27,16 @@ import {
 } from "../../api/v1alpha1/index.ts";
 import type { CheckpointPlanner, DataStager } from "../../ports/index.ts";
 import {
+  buildFailbackOffer,
   buildOffer,
   collectQuotes,
   consecutiveDeclines,
+  decideFailback,
   decidePlacement,
   evaluateEligibility,
+  failbackOfferName,
   ineligibleSummary,
+  isFailbackOffer,
   noEligibleProviderMessage,
   offerName,
   type Placement,
@@ -47,7 +52,15 @@ import type { OperatorContext } from "../context.ts";
 import { readSecret } from "../context.ts";
 import { clusterId } from "../remote/clusters.ts";
 import { remoteJobName, remoteNamespace, renderStoreSecret } from "../remote/manifests.ts";
-import { deleteRemote, dispatch, jobAttempt, jobState, type RemoteCluster, remoteJobOf } from "./remote.ts";
+import {
+  deleteRemote,
+  dispatch,
+  jobAttempt,
+  jobState,
+  podsLeft,
+  type RemoteCluster,
+  remoteJobOf,
+} from "./remote.ts";
 import {
   chooseCluster,
   clusterKubeconfig,
@@ -63,7 +76,25 @@ export const RUNS_BY_CLUSTER = "placement-cluster";
 const MAX_OFFERS_LISTED = 64;
 
 type Run = TrainingRun & KubeObject;
+type Offer = CapacityOffer & KubeObject;
 type Status = TrainingRunStatus;
+
+/**
+ * Failback checks by outcome (`spillway_failback_checks_total{provider,outcome}`): counted by
+ * the run controller when it acts on a check's answer. The offers themselves are also in
+ * `spillway_offers_total`, whose labels cannot tell a failback check from a placement offer.
+ */
+function failbackCounter(ctx: OperatorContext): Counter<"provider" | "outcome"> {
+  const name = "spillway_failback_checks_total";
+  const existing = ctx.metrics.registry.getSingleMetric(name);
+  if (existing) return existing as Counter<"provider" | "outcome">;
+  return new Counter({
+    name,
+    help: "Failback offers to the primary (runs on an alternative with failback: WhenPrimaryAccepts), by provider and outcome.",
+    labelNames: ["provider", "outcome"],
+    registers: [ctx.metrics.registry],
+  });
+}
 
 export interface TrainingRunControllerOptions {
   concurrency?: number;
@@ -118,10 +149,14 @@ export function trainingRunController(
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
 class RunReconciler {
+  private readonly failbackChecks: Counter<"provider" | "outcome">;
+
   constructor(
     private readonly ctx: OperatorContext,
     private readonly opts: TrainingRunControllerOptions,
-  ) {}
+  ) {
+    this.failbackChecks = failbackCounter(ctx);
+  }
 
   async reconcile(key: string, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
     let run = this.ctx.caches.runs.get(key);
@@ -175,6 +210,10 @@ class RunReconciler {
     const attempt = current.status!.attempt!;
     const placement = current.status?.placement;
     if (!placement || placement.attempt !== attempt) return this.place(current, attempt, rc);
+    const accepted = this.failbackOffer(current);
+    if (accepted?.status?.outcome === "Accepted" && accepted.spec.attempt === attempt + 1) {
+      return this.failBack(current, placement, accepted, rc);
+    }
     return this.runPlaced(current, placement, rc);
   }
 
@@ -215,7 +254,19 @@ class RunReconciler {
       return this.lockPlacement(run, direct, rc);
     }
 
-    const ensured = await this.ensureOffer(run, attempt, eligibility.primary, quotes, rc);
+    // An accepted (or still open) failback check asked the primary for this very attempt: it is
+    // the attempt's offer, so the primary is not asked twice and its reservation is used. A
+    // declined check is not: a new attempt (e.g. after a cluster loss) asks the primary afresh.
+    const checked = this.failbackOffer(run);
+    const reuse =
+      checked?.spec.attempt === attempt &&
+      checked.spec.provider === eligibility.primary.metadata.name &&
+      (checked.status?.outcome === undefined || checked.status.outcome === "Accepted")
+        ? checked
+        : undefined;
+    const ensured = reuse
+      ? { offer: reuse as CapacityOffer, run }
+      : await this.ensureOffer(run, attempt, eligibility.primary, quotes, rc);
     const offer = ensured.offer;
     run = ensured.run;
     const offersNewestFirst = this.offersOf(run);
@@ -224,7 +275,7 @@ class RunReconciler {
       offer,
       quotes,
       now,
-      declines: consecutiveDeclines(offersNewestFirst),
+      declines: consecutiveDeclines(offersNewestFirst.filter((o) => !isFailbackOffer(o))),
       backoff: { baseMs: this.ctx.settings.reofferBaseMs, maxMs: this.ctx.settings.reofferMaxMs },
     });
     if (decision.action !== "await" && decision.offerStatus) {
@@ -591,7 +642,7 @@ class RunReconciler {
     const { state, message } = jobState(job);
     const now = timestamp(this.ctx.now().getTime());
     const wasRunning = run.status?.phase === "Running";
-    await this.writeStatus(run, (s, obj) => {
+    let stored = await this.writeStatus(run, (s, obj) => {
       s.remote = {
         namespace: remoteNamespace(run),
         job: remoteJobName(run),
@@ -611,6 +662,15 @@ class RunReconciler {
         });
       }
       if (state === "Running") s.phase = "Running";
+      const failingBack = obj.status?.conditions?.find((c) => c.type === "FailingBack");
+      if (state === "Running" && failingBack?.status === "True") {
+        setStatusCondition(obj, {
+          type: "FailingBack",
+          status: "False",
+          reason: "FailedBack",
+          message: `running on ${run.status?.placement?.provider} again`,
+        });
+      }
       if (state === "Succeeded") {
         s.phase = "Succeeded";
         s.completionTime = job.status?.completionTime ?? now;
@@ -638,7 +698,7 @@ class RunReconciler {
         });
       }
     });
-    if (state === "Running") await this.mirrorCheckpoint(run, rc);
+    if (state === "Running") stored = await this.mirrorCheckpoint(stored, rc);
     if (state === "Running" && !wasRunning) {
       this.ctx.events.record(
         run,
@@ -658,7 +718,12 @@ class RunReconciler {
       await deleteRemote(remote, run, job);
       return undefined;
     }
-    return { requeueAfter: this.ctx.settings.remotePollMs };
+    let next = this.ctx.settings.remotePollMs;
+    if (state === "Running") {
+      const due = await this.checkFailback(stored, rc);
+      if (due !== undefined) next = Math.min(next, due);
+    }
+    return { requeueAfter: next };
   }
 
   private readonly lastMirror = new Map<string, number>();
@@ -667,19 +732,19 @@ class RunReconciler {
    * While a run is running, its newest committed checkpoint is copied to the primary's store
    * (at most every `remotePollMs`), and status says which step is safe and where.
    */
-  private async mirrorCheckpoint(run: Run, rc: ReconcileContext): Promise<void> {
+  private async mirrorCheckpoint(run: Run, rc: ReconcileContext): Promise<Run> {
     const planner = this.opts.checkpoints;
-    if (!planner?.mirror || !run.spec.checkpoints) return;
+    if (!planner?.mirror || !run.spec.checkpoints) return run;
     const uid = run.metadata.uid ?? "";
     const now = this.ctx.now().getTime();
-    if (now - (this.lastMirror.get(uid) ?? 0) < this.ctx.settings.remotePollMs) return;
+    if (now - (this.lastMirror.get(uid) ?? 0) < this.ctx.settings.remotePollMs) return run;
     this.lastMirror.set(uid, now);
     try {
       const m = await planner.mirror(run, rc.signal);
       if (!m || (run.status?.checkpoint?.step === m.step && run.status.checkpoint.digest === m.digest))
-        return;
-      const fresh = this.ctx.caches.runs.get(`${run.metadata.namespace}/${run.metadata.name}`) ?? run;
-      await this.writeStatus(fresh, (s) => {
+        return run;
+      // `run` is the stored object of this reconcile's own status write: newer than the cache.
+      const updated = await this.writeStatus(run, (s) => {
         s.checkpoint = {
           step: m.step,
           digest: m.digest,
@@ -688,10 +753,246 @@ class RunReconciler {
         };
       });
       rc.log.info("checkpoint mirrored to the primary", { step: m.step, replicatedTo: m.replicatedTo });
+      return updated;
     } catch (err) {
       // A store that cannot be read now is tried again at the next poll; the run goes on.
       rc.log.warn("could not mirror the newest checkpoint", { err });
+      return run;
     }
+  }
+
+  // ---- failback (step 8, failback: WhenPrimaryAccepts) -----------------------------------
+
+  /** The run's newest failback offer (status.failback.offer), when it exists and is this run's. */
+  private failbackOffer(run: Run): Offer | undefined {
+    const name = run.status?.failback?.offer;
+    if (!name) return undefined;
+    const offer = this.ctx.caches.offers.get(`${run.metadata.namespace}/${name}`);
+    return offer && offer.spec.run.uid === run.metadata.uid ? offer : undefined;
+  }
+
+  /** The k-th failback offer's name, qualified with the uid when an older same-named run left one. */
+  private failbackName(run: Run, check: number): string {
+    const plain = failbackOfferName(run.metadata.name!, check);
+    const byPlain = this.ctx.caches.offers.get(`${run.metadata.namespace}/${plain}`);
+    return byPlain && byPlain.spec.run.uid !== run.metadata.uid
+      ? failbackOfferName(`${run.metadata.name}-${run.metadata.uid!.slice(0, 8)}`, check)
+      : plain;
+  }
+
+  /**
+   * While a run with failback on runs on an alternative: offer it to the primary again every
+   * `failbackIntervalMs` after the primary last said no (doubling after each decline, at most
+   * `failbackMaxIntervalMs`), one check at a time. Returns when to look again, if it matters.
+   *
+   * Crash safety: check k is recorded in status (`failback.checks`, `failback.offer`) before its
+   * offer is created under a name derived from k, so a restarted operator creates that same
+   * offer (AlreadyExists) and never a second one for the check.
+   */
+  private async checkFailback(run: Run, rc: ReconcileContext): Promise<number | undefined> {
+    const now = this.ctx.now();
+    const providers = this.ctx.caches.providers.list();
+    if (conflictingPrimaries(providers).length > 1) return undefined;
+    const primary = evaluateEligibility(run, providers).primary;
+    const latestName = run.status?.failback?.offer;
+    const latest = this.failbackOffer(run);
+    const decision = decideFailback({
+      run,
+      primaryName: primary?.metadata.name,
+      ...(latestName ? { latestName } : {}),
+      ...(latest ? { latest } : {}),
+      offersNewestFirst: this.offersOf(run),
+      now,
+      timing: {
+        intervalMs: this.ctx.settings.failbackIntervalMs,
+        maxIntervalMs: this.ctx.settings.failbackMaxIntervalMs,
+      },
+    });
+    const placed = run.status?.placement;
+    switch (decision.action) {
+      case "none":
+        return undefined;
+      case "wait":
+        return Math.max(decision.afterMs, 250);
+      case "move":
+        return 10; // the next reconcile takes the failback path
+      case "timeout":
+        await this.answerOffer(latest!, decision.offerStatus);
+        return 10;
+      case "declined": {
+        await this.writeStatus(run, (s) => {
+          s.failback = { checks: s.failback?.checks ?? 0, ...s.failback, outcome: decision.outcome };
+        });
+        this.failbackChecks.inc({ provider: latest!.spec.provider, outcome: decision.outcome });
+        const st = latest!.status;
+        this.ctx.events.record(
+          run,
+          "Normal",
+          "FailbackDeclined",
+          `${latest!.spec.provider} answered failback offer ${latest!.metadata.name} ${decision.outcome}${st?.reason ? ` (${st.reason})` : ""}; staying on ${placed?.provider}, next check in ${Math.round(decision.afterMs / 1000)}s`,
+        );
+        return Math.max(decision.afterMs, 250);
+      }
+      case "check":
+      case "create": {
+        if (!primary || !placed) return undefined;
+        let name: string;
+        if (decision.action === "check") {
+          name = this.failbackName(run, decision.check);
+          run = await this.writeStatus(run, (s) => {
+            s.failback = { checks: decision.check, offer: name };
+            s.offers = [name, ...(s.offers ?? []).filter((n) => n !== name)].slice(0, MAX_OFFERS_LISTED);
+          });
+        } else name = decision.name;
+        const built = buildFailbackOffer({
+          run,
+          primary,
+          current: this.ctx.caches.providers.get(placed.provider),
+          name,
+          now,
+        });
+        try {
+          await this.ctx.mgmt.create(SpillwayResources.CapacityOffer, built as Offer);
+          rc.with({ offer: name, provider: primary.metadata.name });
+          rc.log.info("failback: offered to the primary again", {
+            competingQuote: built.spec.competingQuote?.pricePerHour,
+            deadline: built.spec.deadline,
+          });
+          this.ctx.events.record(
+            run,
+            "Normal",
+            "FailbackOffered",
+            `offered ${runGpus(run)} ${run.spec.resources.gpu.type} GPUs to ${primary.metadata.name} as ${name} (failback check ${run.status?.failback?.checks ?? "?"}) against $${built.spec.competingQuote?.pricePerHour ?? "?"}/h on ${placed.provider}; answer due by ${built.spec.deadline}`,
+          );
+        } catch (err) {
+          if (!isAlreadyExists(err)) throw err;
+        }
+        return Math.max(250, Date.parse(built.spec.deadline) - now.getTime());
+      }
+    }
+  }
+
+  /**
+   * The primary accepted a failback check: move back at a checkpoint boundary.
+   *
+   *   1. phase Migrating, condition FailingBack (written once);
+   *   2. the Job on the alternative is deleted and its pods are waited for: each gets SIGTERM
+   *      and its checkpoint agent uploads every complete checkpoint before it exits;
+   *   3. the newest committed checkpoint is copied from the alternative's store to the
+   *      primary's (the same `mirror` the running run uses);
+   *   4. the next attempt starts (moves + 1) with the accepted offer as its offer: placed on the
+   *      primary with that offer's reservation, dispatched with SPILLWAY_RESUME_STEP.
+   *
+   * Every step is decided from status and the clusters, so a restart resumes where it stopped.
+   * If the alternative's cluster is lost meanwhile, there is nothing to stop: step 4 goes on
+   * from the newest copy elsewhere. If the primary fails after step 4, the ordinary path
+   * applies (providerFailed → the best alternative; the reservation is released because the
+   * attempt's placement is not the offer's provider).
+   */
+  private async failBack(
+    run: Run,
+    placement: Placement,
+    offer: Offer,
+    rc: ReconcileContext,
+  ): Promise<ReconcileResult | undefined> {
+    const attempt = placement.attempt ?? 1;
+    const cluster = placement.cluster ?? EXISTING_CLUSTER;
+    const from = `${placement.provider}/${cluster}`;
+    rc.with({ provider: placement.provider, offer: offer.metadata.name });
+    if (run.status?.phase !== "Migrating") {
+      const price = offer.status?.acceptedPricePerHour;
+      const message = `${offer.spec.provider} accepted failback offer ${offer.metadata.name}${price !== undefined ? ` at $${price}/h` : ""}; stopping the Job on ${from} at a checkpoint boundary`;
+      run = await this.writeStatus(run, (s, obj) => {
+        s.phase = "Migrating";
+        s.failback = { checks: s.failback?.checks ?? 0, ...s.failback, outcome: "Accepted" };
+        setStatusCondition(obj, { type: "FailingBack", status: "True", reason: "PrimaryAccepted", message });
+      });
+      this.failbackChecks.inc({ provider: offer.spec.provider, outcome: "Accepted" });
+      this.ctx.events.record(run, "Normal", "FailbackAccepted", message);
+      rc.log.info("failback accepted; stopping the remote Job", { from });
+    }
+
+    const provider = this.ctx.caches.providers.get(placement.provider);
+    const lookup = provider ? clusterKubeconfig(this.ctx, provider, cluster) : undefined;
+    if (lookup && "kubeconfig" in lookup) {
+      const id = clusterId(placement.provider, cluster);
+      const remote = this.ctx.remote.connect(id, lookup.kubeconfig);
+      const lost = this.ctx.remote.unreachableForMs(id) > this.ctx.settings.clusterLostTimeoutMs;
+      if (!lost) {
+        if (!remote.jobs.hasSynced()) return { requeueAfter: 500 };
+        const job = remoteJobOf(remote, run);
+        if (job && jobAttempt(job) === attempt) {
+          const { state } = jobState(job);
+          if (state === "Succeeded" || state === "Failed") {
+            // It finished before it could be stopped: the run ends here; the accepted offer's
+            // reservation is released because the run finished.
+            await this.writeStatus(run, (_s, obj) => {
+              setStatusCondition(obj, {
+                type: "FailingBack",
+                status: "False",
+                reason: "RunFinished",
+                message: `the Job on ${from} finished before it was stopped`,
+              });
+            });
+            return this.mirror(run, remote, job, rc);
+          }
+          await deleteRemote(remote, run, job);
+          rc.log.info("failback: remote Job deleted; waiting for its pods to drain", { from });
+          return { requeueAfter: 1_000 };
+        }
+        const left = await podsLeft(remote, run, attempt);
+        if (left > 0) return { requeueAfter: 1_000 };
+        await deleteRemote(remote, run);
+      }
+    }
+
+    // The checkpoint boundary: the newest committed checkpoint, now final, to the primary's store.
+    const planner = this.opts.checkpoints;
+    let step = run.status?.checkpoint?.step;
+    if (planner?.mirror && run.spec.checkpoints) {
+      try {
+        const m = await planner.mirror(run, rc.signal);
+        if (m) {
+          step = m.step;
+          run = await this.writeStatus(run, (s) => {
+            s.checkpoint = {
+              step: m.step,
+              digest: m.digest,
+              committedAt: m.committedAt,
+              replicatedTo: m.replicatedTo,
+            };
+          });
+        }
+      } catch (err) {
+        const since = Date.parse(
+          run.status?.conditions?.find((c) => c.type === "FailingBack")?.lastTransitionTime ?? "",
+        );
+        const waited = this.ctx.now().getTime() - (Number.isFinite(since) ? since : 0);
+        rc.log.warn("failback: could not copy the newest checkpoint to the primary", { err, waited });
+        if (waited < this.ctx.settings.clusterLostTimeoutMs) return { requeueAfter: 2_000 };
+        // The alternative's store stays unreadable: resume from the newest copy elsewhere
+        // (the periodic mirror keeps the primary's store at most one poll behind).
+        this.ctx.events.record(
+          run,
+          "Warning",
+          "CheckpointNotReplicated",
+          `the store of ${placement.provider} could not be read; resuming from the newest copy elsewhere`,
+        );
+      }
+    }
+    this.ctx.events.record(
+      run,
+      "Normal",
+      "FailedBack",
+      `moving back from ${from} to ${offer.spec.provider} (failback offer ${offer.metadata.name} accepted)${step !== undefined ? `; resuming from step ${step}` : ""}`,
+    );
+    return this.newAttempt(
+      run,
+      attempt,
+      `failing back to ${offer.spec.provider} with offer ${offer.metadata.name}`,
+      true,
+      "FailingBack",
+    );
   }
 
   // ---- attempts, failures, finishing ---------------------------------------------------
@@ -720,7 +1021,13 @@ class RunReconciler {
     return { requeueAfter: 1_000 };
   }
 
-  private async newAttempt(run: Run, attempt: number, why: string, moved = false): Promise<ReconcileResult> {
+  private async newAttempt(
+    run: Run,
+    attempt: number,
+    why: string,
+    moved = false,
+    reason?: string,
+  ): Promise<ReconcileResult> {
     await this.writeStatus(run, (s, obj) => {
       s.attempt = attempt + 1;
       s.placement = undefined;
@@ -736,7 +1043,7 @@ class RunReconciler {
       setStatusCondition(obj, {
         type: "Placed",
         status: "False",
-        reason: moved ? "Moving" : "Reoffering",
+        reason: reason ?? (moved ? "Moving" : "Reoffering"),
         message: `attempt ${attempt + 1}: ${why}`,
       });
     });

@@ -141,3 +141,16 @@ export function jobState(job: RemoteJob): { state: JobState; message?: string } 
   if ((job.status?.active ?? 0) > 0) return { state: "Running" };
   return { state: "Pending" };
 }
+
+/**
+ * Worker pods of one attempt still on the cluster (terminating ones included). A failback
+ * deletes the Job and waits for this to reach 0: each pod got SIGTERM and its checkpoint agent
+ * uploaded every checkpoint complete by then before exiting (the checkpoint boundary).
+ */
+export async function podsLeft(cluster: RemoteCluster, run: TrainingRun, attempt: number): Promise<number> {
+  const pods = await cluster.client.list(Resources.Pod, {
+    namespace: remoteNamespace(run),
+    labelSelector: `${LABEL_RUN_UID}=${run.metadata.uid},${LABEL_ATTEMPT}=${attempt}`,
+  });
+  return pods.items.length;
+}
