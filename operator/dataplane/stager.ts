@@ -17,6 +17,13 @@
  * - Failures: bad input (URI, credentials, missing bucket, auth) is `Failed` at once, so
  *   placement can try another cloud; transient failures are retried with backoff and only
  *   reported `Failed` after `maxAttempts` syncs in a row failed.
+ * - Large syncs: when a `ShardedSyncRunner` is bound (the DataSet controller binds one that
+ *   runs an Indexed Job of `spillway sync --shard` workers near the data) and the dataset's
+ *   `syncPolicy.workerThresholdBytes` is set, the source is listed first (sizes only, no
+ *   reads); above the threshold the runner does the sync and this registry only tracks it, so
+ *   a replica is still synced once at a time and runs are gated the same way. The runner may
+ *   decline (no cluster near the data, credentials an environment cannot carry): the sync
+ *   then runs here, and the replica's message says why.
  */
 import { createHash } from "node:crypto";
 import type { CloudProvider, DataSet, TrainingRun } from "../api/v1alpha1/index.ts";
@@ -38,6 +45,40 @@ export interface StoreResolver {
 }
 
 export type ReplicaPhase = "Pending" | "Syncing" | "Synced" | "Failed";
+
+/** One replica's sync handed to a runner outside this process (the sync-worker Job). */
+export interface ShardedSyncRequest {
+  dataset: DataSet;
+  provider: string;
+  src: ObjectStore;
+  dst: ObjectStore;
+  /** What the source listing found just before (objects and bytes, Spillway's keys excluded). */
+  source: { objects: number; bytes: number };
+  signal: AbortSignal;
+  /** Progress while the workers run: a line for status and, when known, objects/bytes synced. */
+  report(message: string, synced?: { objects: number; bytes: number; listingDone: boolean }): void;
+}
+
+export type ShardedSyncOutcome =
+  /** The runner cannot take this sync; it runs in the operator. `reason` goes into the message. */
+  | { kind: "declined"; reason: string }
+  | {
+      kind: "done";
+      complete: boolean;
+      /** The replica's verified version, set only when complete. */
+      version?: string;
+      objects?: number;
+      bytes?: number;
+      /** One line, no secrets. */
+      message: string;
+      /** A failure no retry can fix (a worker's bad-input exit). */
+      terminal?: boolean;
+    };
+
+/** Runs a large sync elsewhere (see the file comment). */
+export interface ShardedSyncRunner {
+  run(req: ShardedSyncRequest): Promise<ShardedSyncOutcome>;
+}
 
 /** The state of one dataset → provider sync, as the controllers report it. */
 export interface ReplicaSync {
@@ -65,6 +106,8 @@ export interface ReplicaSync {
   /** One line, no secrets. */
   message: string;
   running: boolean;
+  /** Who ran the current/last sync: this process, or sync workers (a `ShardedSyncRunner`). */
+  via?: "operator" | "workers";
 }
 
 export interface DatasetSyncsOptions {
@@ -116,6 +159,7 @@ export class DatasetSyncs implements DataStager {
   private readonly jobs = new Map<string, Job>();
   private readonly indexes = new Map<string, SourceIndex>();
   private resolver: StoreResolver | undefined;
+  private runner: ShardedSyncRunner | undefined;
   private settled: ((datasetKey: string) => void) | undefined;
   private readonly now: () => number;
 
@@ -131,6 +175,11 @@ export class DatasetSyncs implements DataStager {
   bind(resolver: StoreResolver, onSettled?: (datasetKey: string) => void): void {
     this.resolver = resolver;
     if (onSettled) this.settled = onSettled;
+  }
+
+  /** Hands syncs above a DataSet's `workerThresholdBytes` to `runner` (see the file comment). */
+  bindRunner(runner: ShardedSyncRunner | undefined): void {
+    this.runner = runner;
   }
 
   /** The replica's state, if a sync was ever started for it by this process. */
@@ -240,6 +289,33 @@ export class DatasetSyncs implements DataStager {
       try {
         const { src, dst } = await this.openEnds(ds, provider);
         s.uri = dst.displayUri;
+        let declined: string | undefined;
+        const threshold = ds.spec.syncPolicy?.workerThresholdBytes;
+        if (this.runner && threshold !== undefined) {
+          s.message = "sizing the source";
+          const source = await sourceSize(src, abort.signal);
+          if (source.bytes > threshold) {
+            s.via = "workers";
+            const outcome = await this.runner.run({
+              dataset: ds,
+              provider,
+              src,
+              dst,
+              source,
+              signal: abort.signal,
+              report: (message, synced) => {
+                s.message = message;
+                if (synced) s.progress = workerProgress(synced, source);
+              },
+            });
+            if (outcome.kind === "done") {
+              this.settle(s, outcome, abort.signal.aborted);
+              return;
+            }
+            declined = outcome.reason;
+          }
+        }
+        s.via = "operator";
         const summary = await syncStores(src, dst, {
           ...this.opts.sync,
           delete: ds.spec.syncPolicy?.delete ?? false,
@@ -263,7 +339,10 @@ export class DatasetSyncs implements DataStager {
           s.message =
             `${summary.copied.objects} objects copied, ${summary.skipped.objects} unchanged` +
             (summary.deleted.objects ? `, ${summary.deleted.objects} deleted` : "") +
-            (summary.rejected.objects ? `; ${summary.rejected.objects} source keys rejected as invalid` : "");
+            (summary.rejected.objects
+              ? `; ${summary.rejected.objects} source keys rejected as invalid`
+              : "") +
+            (declined ? ` (in the operator: ${declined})` : "");
         } else {
           s.phase = "Failed";
           s.failures++;
@@ -286,6 +365,25 @@ export class DatasetSyncs implements DataStager {
       }
     };
     job.done = run();
+  }
+
+  /** Records a runner's result like a sync's own. */
+  private settle(s: ReplicaSync, o: Extract<ShardedSyncOutcome, { kind: "done" }>, aborted: boolean): void {
+    s.progress = undefined;
+    if (o.complete && o.version) {
+      s.phase = "Synced";
+      s.version = o.version;
+      s.objects = o.objects ?? 0;
+      s.bytes = o.bytes ?? 0;
+      s.syncedAt = this.now();
+      s.failures = 0;
+      s.terminal = false;
+    } else {
+      s.phase = "Failed";
+      s.failures++;
+      s.terminal = o.terminal ?? false;
+    }
+    s.message = aborted && !o.complete ? "sync interrupted" : o.message;
   }
 
   private async openEnds(ds: DataSet, provider: string): Promise<{ src: ObjectStore; dst: ObjectStore }> {
@@ -415,6 +513,40 @@ export class DatasetSyncs implements DataStager {
     if (datasetKey === undefined) this.indexes.clear();
     else this.indexes.delete(datasetKey);
   }
+}
+
+/** Objects and bytes at the source (one listing, no reads); Spillway's own keys excluded. */
+export async function sourceSize(
+  store: ObjectStore,
+  signal?: AbortSignal,
+): Promise<{ objects: number; bytes: number }> {
+  let objects = 0;
+  let bytes = 0;
+  for await (const o of store.list(signal ? { signal } : {})) {
+    if (o.key.startsWith(META_PREFIX)) continue;
+    objects++;
+    bytes += o.size;
+  }
+  return { objects, bytes };
+}
+
+/** A worker Job's progress in the shape status reports a sync's (objects/bytes synced so far). */
+function workerProgress(
+  synced: { objects: number; bytes: number; listingDone: boolean },
+  source: { objects: number; bytes: number },
+): SyncProgress {
+  return {
+    phase: "syncing",
+    listingDone: synced.listingDone,
+    objectsSeen: source.objects,
+    objectsToCopy: source.objects,
+    bytesToCopy: source.bytes,
+    objectsCopied: synced.objects,
+    bytesCopied: synced.bytes,
+    objectsSkipped: 0,
+    objectsFailed: 0,
+    bytesPerSecond: 0,
+  };
 }
 
 function progressLine(p: SyncProgress): string {

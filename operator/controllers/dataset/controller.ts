@@ -18,17 +18,22 @@
  * - Events: `Synced` when a replica reaches a new version, `SyncFailed` (Warning) on failure.
  *   Messages come from the data plane, which never includes credentials.
  *
- * Not here yet: syncs above `workerThresholdBytes` as an Indexed Job of `spillway sync
- * --shard i/N` workers (the CLI and `mergeShardManifests` exist; the Job does not).
+ * - **Sync workers**: a replica whose source is above `syncPolicy.workerThresholdBytes` is
+ *   synced by an Indexed Job of `spillway sync --shard` workers on a cluster near the data
+ *   (`workers.ts`, bound to the registry as its `ShardedSyncRunner`). Such a DataSet carries the
+ *   `spillway.dev/sync-workers` finalizer: on deletion its worker Jobs and Secrets are deleted
+ *   on every cluster first. The `WorkersFailed` condition reports a failed worker Job.
  */
 import type { DataSet, DataSetStatus, TrainingRun } from "../../api/v1alpha1/index.ts";
 import { type DatasetSyncs, datasetKeyOf, type ReplicaSync } from "../../dataplane/stager.ts";
+import { isNotFound } from "../../runtime/client.ts";
 import { setCondition, timestamp } from "../../runtime/conditions.ts";
 import { Controller, type ReconcileContext, type ReconcileResult } from "../../runtime/controller.ts";
 import { safeMessage } from "../../runtime/events.ts";
 import { type KubeObject, SpillwayResources } from "../../runtime/resources.ts";
 import { parseDuration } from "../../util/duration.ts";
 import { type OperatorContext, readSecret } from "../context.ts";
+import { cleanupDataSetWorkers, type SyncWorkerOptions, SyncWorkers, WORKERS_FINALIZER } from "./workers.ts";
 
 type DS = DataSet & KubeObject;
 type Status = DataSetStatus;
@@ -40,6 +45,12 @@ export interface DataSetControllerOptions {
   /** How often a running sync's progress is written to status. Default 2 s. */
   progressIntervalMs?: number;
   concurrency?: number;
+  /**
+   * Sync workers for DataSets above their `workerThresholdBytes` (image, namespace, limits);
+   * `false` keeps every sync in the operator. Default: enabled with the defaults of
+   * `SyncWorkerOptions` (image `$SPILLWAY_IMAGE`, else the chart's).
+   */
+  workers?: SyncWorkerOptions | false;
 }
 
 /** Binds the shared sync registry to the operator's caches and builds the controller. */
@@ -48,9 +59,11 @@ export function dataSetController(
   syncs: DatasetSyncs,
   opts: DataSetControllerOptions = {},
 ): Controller {
+  const workers = opts.workers === false ? undefined : new SyncWorkers(ctx, opts.workers ?? {});
+  syncs.bindRunner(workers);
   const controller = new Controller({
     name: "dataset",
-    reconcile: (key, rc) => reconcileDataSet(ctx, syncs, opts, key, rc),
+    reconcile: (key, rc) => reconcileDataSet(ctx, syncs, opts, workers, key, rc),
     concurrency: opts.concurrency ?? 2,
     backoff: { baseMs: 2_000, maxMs: 300_000, jitter: 0.2 },
     logContext: (key) => ({ dataset: key }),
@@ -110,14 +123,17 @@ async function reconcileDataSet(
   ctx: OperatorContext,
   syncs: DatasetSyncs,
   opts: DataSetControllerOptions,
+  workers: SyncWorkers | undefined,
   key: string,
   rc: ReconcileContext,
 ): Promise<ReconcileResult | undefined> {
   const ds = ctx.caches.datasets.get(key) as DS | undefined;
   if (!ds || ds.metadata.deletionTimestamp) {
-    // Replicas are data the user owns: deleting the DataSet stops syncing, it deletes nothing.
+    // Replicas are data the user owns: deleting the DataSet stops syncing, it deletes nothing
+    // but the sync workers' Jobs and Secrets.
     await syncs.cancel(key);
     reported.delete(key);
+    if (ds) await finalize(ctx, ds, workers, rc);
     return undefined;
   }
   const now = ctx.now().getTime();
@@ -210,6 +226,23 @@ async function reconcileDataSet(
     if (running.length)
       set("Reconciling", "True", "Syncing", running.map((s) => `${s.provider}: ${s.message}`).join("; "));
     else set("Reconciling", "False", "Idle", "");
+    // Only DataSets that ever used sync workers carry this condition.
+    const byWorkers = states.filter((s) => s.via === "workers" && !s.running);
+    const jobFailed = byWorkers.filter((s) => s.phase === "Failed");
+    if (jobFailed.length)
+      set(
+        "WorkersFailed",
+        "True",
+        "JobFailed",
+        jobFailed.map((s) => `${s.provider}: ${s.message}`).join("; "),
+      );
+    else if (byWorkers.length || conditions.some((c) => c.type === "WorkersFailed"))
+      set(
+        "WorkersFailed",
+        "False",
+        "Succeeded",
+        byWorkers.map((s) => `${s.provider}: ${s.message}`).join("; "),
+      );
     if (stalled.length)
       set(
         "Stalled",
@@ -238,6 +271,42 @@ async function reconcileDataSet(
   }
   rc.log.debug("dataset reconciled", { replicas: states.length, nextLookMs });
   return nextLookMs === undefined ? undefined : { requeueAfter: nextLookMs };
+}
+
+/**
+ * A deleted DataSet with the sync-workers finalizer: its worker Jobs and Secrets are deleted on
+ * every cluster, then the finalizer goes. A cluster that does not answer keeps the finalizer
+ * (the reconcile is retried with backoff) until it has been lost for `clusterLostTimeout`;
+ * then its leftovers are the orphan collector's (`collectWorkerOrphans`).
+ */
+async function finalize(
+  ctx: OperatorContext,
+  ds: DS,
+  workers: SyncWorkers | undefined,
+  rc: ReconcileContext,
+): Promise<void> {
+  if (!(ds.metadata.finalizers ?? []).includes(WORKERS_FINALIZER)) return;
+  const { deleted, failed } = await cleanupDataSetWorkers(ctx, ds, workers?.namespace);
+  const blocking = failed.filter(
+    (f) => ctx.remote.unreachableForMs(f.cluster) < ctx.settings.clusterLostTimeoutMs,
+  );
+  if (blocking.length)
+    throw new Error(
+      `could not delete the sync workers of ${ds.metadata.name} on ${blocking.map((f) => f.cluster).join(", ")}: ${
+        blocking[0]!.error instanceof Error ? blocking[0]!.error.message : String(blocking[0]!.error)
+      }`,
+    );
+  try {
+    await ctx.mgmt.patch(SpillwayResources.DataSet, ds.metadata.name!, ds.metadata.namespace, {
+      metadata: {
+        finalizers: (ds.metadata.finalizers ?? []).filter((f) => f !== WORKERS_FINALIZER),
+        resourceVersion: ds.metadata.resourceVersion,
+      },
+    });
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  rc.log.info("sync workers removed; finalizer released", { deleted, leftToCollector: failed.length });
 }
 
 /** Per DataSet key and replica: the finish time of the last sync announced by an Event. */

@@ -12,7 +12,7 @@ import {
   type EventType,
   type OperatorContext,
 } from "../../../operator/controllers/context.ts";
-import type { RemoteClusters } from "../../../operator/controllers/remote/clusters.ts";
+import { RemoteClusters } from "../../../operator/controllers/remote/clusters.ts";
 import { KubeClient } from "../../../operator/runtime/client.ts";
 import { Informer } from "../../../operator/runtime/informer.ts";
 import { silentLogger } from "../../../operator/runtime/logging.ts";
@@ -47,15 +47,18 @@ export interface Harness {
   events: RecordedEvent[];
   azurite: AzuriteEmulator;
   s3: S3rverEmulator;
+  /** With `{ remote: true }`: the Azure provider's cluster (its kubeconfig in `azure-kubeconfig`). */
+  aks?: ApiServer;
   close(): Promise<void>;
 }
 
-export async function startHarness(): Promise<Harness> {
+export async function startHarness(opts: { remote?: boolean } = {}): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), "spillway-ds-"));
-  const [server, azurite, s3] = await Promise.all([
+  const [server, azurite, s3, aks] = await Promise.all([
     startApiServer({ name: "mgmt" }),
     AzuriteEmulator.start({ dir: join(dir, "azurite"), containers: ["datasets"] }),
     S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["spillway-datasets"] }),
+    opts.remote ? startApiServer({ name: "aks" }) : undefined,
   ]);
   const client = KubeClient.fromKubeconfig(server.kubeconfig(), { rateLimit: { qps: 1000, burst: 1000 } });
   for (const file of readdirSync(join(ROOT, "crds")).filter((f) => f.endsWith(".yaml"))) {
@@ -66,6 +69,8 @@ export async function startHarness(): Promise<Harness> {
   }
   await client.create(Resources.Namespace, { metadata: { name: NAMESPACE } });
   await client.create(Resources.Namespace, { metadata: { name: TEAM } });
+  if (aks)
+    await client.create(Resources.Secret, secret("azure-kubeconfig", { kubeconfig: aks.kubeconfig() }));
   const inf = <T extends KubeObject>(r: typeof Resources.Secret, namespace?: string) =>
     new Informer<T>(client, r, namespace ? { namespace } : {});
   const caches = {
@@ -80,10 +85,20 @@ export async function startHarness(): Promise<Harness> {
   for (const i of informers) i.start();
   await Promise.all(informers.map((i) => i.waitForSync()));
   const events: RecordedEvent[] = [];
+  const remote = aks
+    ? new RemoteClusters({
+        origin: "test",
+        qps: 1000,
+        burst: 1000,
+        now: () => Date.now(),
+        log: silentLogger(),
+        onJobEvent: () => undefined,
+      })
+    : ({} as RemoteClusters);
   const ctx: OperatorContext = {
     mgmt: client,
     caches,
-    remote: {} as RemoteClusters,
+    remote,
     responderFor: () => undefined,
     provisionerFor: () => undefined,
     events: {
@@ -103,9 +118,11 @@ export async function startHarness(): Promise<Harness> {
     events,
     azurite,
     s3,
+    ...(aks ? { aks } : {}),
     async close() {
       await Promise.all(informers.map((i) => i.stop()));
-      await Promise.all([server.close(), azurite.stop(), s3.stop()]);
+      if (aks) await remote.stop();
+      await Promise.all([server.close(), azurite.stop(), s3.stop(), aks?.close()]);
       rmSync(dir, { recursive: true, force: true });
     },
   };

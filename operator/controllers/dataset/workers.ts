@@ -1,0 +1,807 @@
+/**
+ * Sync workers: a replica whose source is above `syncPolicy.workerThresholdBytes` is synced by
+ * an Indexed `batch/v1` Job of `spillway sync SRC DST --shard $(JOB_COMPLETION_INDEX)/N`
+ * workers on a cluster near the data, instead of in the operator (docs/dataset-workers.md).
+ *
+ * - **Where**: the source provider's own cluster (`spec.cluster.existing`): reads stay inside
+ *   the source's cloud and region, and for the Azure primary that cluster always exists. When
+ *   it has none or does not answer, the replica provider's existing cluster; when neither is
+ *   there, the runner declines and the sync runs in the operator. Provisioned clusters are
+ *   not used: they belong to runs and are destroyed when idle.
+ * - **What**: in the Spillway-owned namespace `spillway-sync` (a setting) a Secret holding only
+ *   the two stores' credentials as the SDKs' environment variables, and the Job reading it
+ *   through `envFrom`: credentials are never in args, status, events or logs. Names are a
+ *   digest of the DataSet's uid and the replica, so a restarted operator finds (adopts) the Job
+ *   it created instead of starting a second one. Pods run restricted (non-root, no
+ *   capabilities, read-only root, RuntimeDefault seccomp, no service-account token).
+ * - **Progress**: indexes completed (`status.completedIndexes`); each finished worker has
+ *   committed its shard manifest at the destination, which is read for objects and bytes.
+ * - **Result**: when every index succeeded, the shard manifests are merged
+ *   (`mergeShardManifests`) into the replica's manifest, and the merged manifest is checked
+ *   against a fresh listing of the source (keys, sizes, etags or sha256): the replica is
+ *   Synced only when its version is the source's. A failed Job gives the failed indexes and
+ *   the worker's own last line. Job and Secret are then deleted (uid preconditions).
+ * - **Deletion**: the DataSet carries the `spillway.dev/sync-workers` finalizer from its first
+ *   worker Job on; the controller deletes every worker Job and Secret of the DataSet before
+ *   removing it. `collectWorkerOrphans` removes those of DataSets that are gone anyway.
+ */
+import { createHash } from "node:crypto";
+import type { CloudProvider, DataSet } from "../../api/v1alpha1/index.ts";
+import { locationForProvider } from "../../dataplane/credentials.ts";
+import {
+  loadManifest,
+  type Manifest,
+  META_PREFIX,
+  manifestKey,
+  mergeShardManifests,
+} from "../../dataplane/manifest.ts";
+import type { ShardedSyncOutcome, ShardedSyncRequest, ShardedSyncRunner } from "../../dataplane/stager.ts";
+import { normaliseKey, type ObjectStore, type StoreLocation } from "../../dataplane/store.ts";
+import { isAlreadyExists, isConflict, isNotFound, type KubeClient } from "../../runtime/client.ts";
+import { safeMessage } from "../../runtime/events.ts";
+import type { Informer } from "../../runtime/informer.ts";
+import { type KubeObject, Resources, SpillwayResources } from "../../runtime/resources.ts";
+import { type OperatorContext, readSecret } from "../context.ts";
+import { clusterId, type RemoteJob } from "../remote/clusters.ts";
+import { LABEL_MANAGED_BY, LABEL_ORIGIN, MANAGED_BY } from "../remote/manifests.ts";
+import { jobState } from "../trainingrun/remote.ts";
+import { EXISTING_CLUSTER } from "../trainingrun/targets.ts";
+
+export const LABEL_DATASET_UID = "spillway.dev/dataset-uid";
+export const LABEL_DATASET_NAME = "spillway.dev/dataset-name";
+export const LABEL_DATASET_NAMESPACE = "spillway.dev/dataset-namespace";
+export const LABEL_REPLICA = "spillway.dev/replica-provider";
+export const LABEL_COMPONENT = "app.kubernetes.io/component";
+export const COMPONENT_SYNC_WORKER = "sync-worker";
+/** Digest of what the Job does (URIs, shard count, flags, image): a changed one is replaced. */
+export const ANNOTATION_SYNC_SPEC = "spillway.dev/sync-spec";
+export const WORKERS_FINALIZER = "spillway.dev/sync-workers";
+export const DEFAULT_WORKER_NAMESPACE = "spillway-sync";
+/** The chart's image (repository and appVersion) when neither the option nor SPILLWAY_IMAGE says otherwise. */
+export const DEFAULT_WORKER_IMAGE = "ghcr.io/spillway-dev/spillway:0.1.0";
+/** Exit code of `spillway sync` for bad input (URI, credentials, missing bucket): no retry helps. */
+const EXIT_BAD_INPUT = 2;
+
+export interface SyncWorkerOptions {
+  /** The workers' image: the operator's own. Default `$SPILLWAY_IMAGE`, else DEFAULT_WORKER_IMAGE. */
+  image?: string;
+  /** Namespace on the remote cluster. Default `spillway-sync`. */
+  namespace?: string;
+  /** Pod failures tolerated per index (backoffLimitPerIndex). Default 2. */
+  backoffLimitPerIndex?: number;
+  /** The whole Job's time limit. Default 6 h. */
+  activeDeadlineSeconds?: number;
+  /** Kubernetes removes a finished Job after this long if the operator never comes back. Default 1 day. */
+  ttlSecondsAfterFinished?: number;
+  /** Container resources of each worker. Default: requests 500m CPU / 256Mi, limit 1Gi memory. */
+  resources?: Record<string, Record<string, string>>;
+  /** How often a running Job is looked at when no watch event came. Default 2 s. */
+  pollMs?: number;
+}
+
+/** Environment variable per key of a provider's credentials Secret (as the CLI reads them). */
+const STORE_ENV: Record<"azure" | "s3", Record<string, string>> = {
+  azure: {
+    connectionString: "AZURE_STORAGE_CONNECTION_STRING",
+    accountKey: "AZURE_STORAGE_KEY",
+    sas: "AZURE_STORAGE_SAS_TOKEN",
+  },
+  s3: {
+    accessKeyId: "AWS_ACCESS_KEY_ID",
+    secretAccessKey: "AWS_SECRET_ACCESS_KEY",
+    sessionToken: "AWS_SESSION_TOKEN",
+  },
+};
+
+const short = (s: string, n: number) => createHash("sha256").update(s).digest("hex").slice(0, n);
+
+/** The Job's (and its Secret's) name: a DNS label, deterministic per DataSet uid and replica. */
+export function workerJobName(ds: DataSet, provider: string): string {
+  const base = `sync-${ds.metadata?.name ?? ""}`
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, "-")
+    .slice(0, 40)
+    .replace(/-+$/, "");
+  return `${base}-${short(`${ds.metadata?.uid ?? ""}/${provider}`, 10)}`;
+}
+
+export function workerLabels(ds: DataSet, provider: string, origin: string): Record<string, string> {
+  return {
+    [LABEL_DATASET_UID]: ds.metadata?.uid ?? "",
+    [LABEL_DATASET_NAME]: ds.metadata?.name ?? "",
+    [LABEL_DATASET_NAMESPACE]: ds.metadata?.namespace ?? "",
+    [LABEL_REPLICA]: provider,
+    [LABEL_COMPONENT]: COMPONENT_SYNC_WORKER,
+    [LABEL_ORIGIN]: origin,
+    [LABEL_MANAGED_BY]: MANAGED_BY,
+  };
+}
+
+/** A store URI the CLI parses back to `loc` (no credentials in it: they travel by environment). */
+export function storeUri(loc: StoreLocation): string {
+  const path = (p: string) => p.split("/").map(encodeURIComponent).join("/");
+  const q = new URLSearchParams();
+  switch (loc.kind) {
+    case "azblob":
+      if (loc.endpoint) q.set("endpoint", loc.endpoint);
+      return `azblob://${loc.account}/${loc.container}/${path(loc.prefix)}${q.size ? `?${q}` : ""}`;
+    case "s3":
+      q.set("region", loc.region);
+      if (loc.endpoint) q.set("endpoint", loc.endpoint);
+      return `s3://${loc.bucket}/${path(loc.prefix)}?${q}`;
+    case "file":
+      return `file://${path(loc.root)}`;
+  }
+}
+
+/**
+ * The workers' environment: each store's credentials under the names the CLI reads. Two stores
+ * of one kind needing different values cannot share one environment: undefined, with why.
+ */
+export function workerEnv(
+  ends: { provider: CloudProvider; secret: Record<string, string> }[],
+): { env: Record<string, string> } | { conflict: string } {
+  const env: Record<string, string> = {};
+  for (const { provider, secret } of ends) {
+    const kind = provider.spec.storage?.azureBlob ? "azure" : "s3";
+    for (const [key, name] of Object.entries(STORE_ENV[kind])) {
+      const v = secret[key];
+      if (!v) continue;
+      if (env[name] !== undefined && env[name] !== v)
+        return {
+          conflict: `source and replica are both ${kind} stores with different credentials (${name}); one worker environment cannot hold both`,
+        };
+      env[name] = v;
+    }
+  }
+  return { env };
+}
+
+export interface WorkerJobInputs {
+  ds: DataSet;
+  provider: string;
+  origin: string;
+  namespace: string;
+  image: string;
+  workers: number;
+  src: string;
+  dst: string;
+  options: SyncWorkerOptions;
+}
+
+/** The Indexed Job of sync workers (pure: the same inputs render the same object). */
+export function renderWorkerJob(i: WorkerJobInputs): KubeObject & Record<string, unknown> {
+  const name = workerJobName(i.ds, i.provider);
+  const labels = workerLabels(i.ds, i.provider, i.origin);
+  const policy = i.ds.spec.syncPolicy ?? {};
+  const command = [
+    "spillway",
+    "sync",
+    i.src,
+    i.dst,
+    "--shard",
+    `$(JOB_COMPLETION_INDEX)/${i.workers}`,
+    "--json",
+    "--no-progress",
+    ...(policy.concurrency ? ["--concurrency", String(policy.concurrency)] : []),
+    ...(policy.delete ? ["--delete"] : []),
+  ];
+  const spec = short(JSON.stringify({ command, image: i.image }), 16);
+  const perIndex = i.options.backoffLimitPerIndex ?? 2;
+  return {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: { name, namespace: i.namespace, labels, annotations: { [ANNOTATION_SYNC_SPEC]: spec } },
+    spec: {
+      completionMode: "Indexed",
+      completions: i.workers,
+      parallelism: i.workers,
+      // Each shard retries on its own; the global limit caps the whole Job (and is what a
+      // cluster without per-index limits honours).
+      backoffLimitPerIndex: perIndex,
+      backoffLimit: perIndex * i.workers,
+      podFailurePolicy: {
+        rules: [
+          // Bad input fails the same way every time: the index fails without retries.
+          {
+            action: "FailIndex",
+            onExitCodes: { containerName: "sync", operator: "In", values: [EXIT_BAD_INPUT] },
+          },
+          { action: "Ignore", onPodConditions: [{ type: "DisruptionTarget" }] },
+        ],
+      },
+      activeDeadlineSeconds: i.options.activeDeadlineSeconds ?? 6 * 3600,
+      ttlSecondsAfterFinished: i.options.ttlSecondsAfterFinished ?? 86_400,
+      template: {
+        metadata: { labels },
+        spec: {
+          restartPolicy: "Never",
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: 65532,
+            runAsGroup: 65532,
+            seccompProfile: { type: "RuntimeDefault" },
+          },
+          containers: [
+            {
+              name: "sync",
+              image: i.image,
+              imagePullPolicy: "IfNotPresent",
+              command,
+              env: [{ name: "HOME", value: "/tmp" }],
+              envFrom: [{ secretRef: { name } }],
+              // The summary (or the error line) becomes the pod's termination message.
+              terminationMessagePolicy: "FallbackToLogsOnError",
+              resources: i.options.resources ?? {
+                requests: { cpu: "500m", memory: "256Mi" },
+                limits: { memory: "1Gi" },
+              },
+              securityContext: {
+                allowPrivilegeEscalation: false,
+                readOnlyRootFilesystem: true,
+                runAsNonRoot: true,
+                capabilities: { drop: ["ALL"] },
+                seccompProfile: { type: "RuntimeDefault" },
+              },
+              volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
+            },
+          ],
+          volumes: [{ name: "tmp", emptyDir: { sizeLimit: "64Mi" } }],
+        },
+      },
+    },
+  };
+}
+
+export function renderWorkerSecret(
+  ds: DataSet,
+  provider: string,
+  origin: string,
+  namespace: string,
+  env: Record<string, string>,
+): KubeObject & { stringData: Record<string, string>; type: string } {
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    type: "Opaque",
+    metadata: { name: workerJobName(ds, provider), namespace, labels: workerLabels(ds, provider, origin) },
+    stringData: env,
+  };
+}
+
+/** `"0-2,5"` → [0,1,2,5] (the Job API's index-list format). */
+export function parseIndexes(s: string | undefined): number[] {
+  const out: number[] = [];
+  for (const part of (s ?? "").split(",")) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) continue;
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    for (let n = a; n <= b && out.length < 10_000; n++) out.push(n);
+  }
+  return out;
+}
+
+/** Where worker Jobs of a replica may run, best first (see the file comment). */
+export function workerClusterCandidates(
+  ctx: OperatorContext,
+  ds: DataSet,
+  provider: string,
+): { id: string; provider: string; kubeconfig: string }[] {
+  const out: { id: string; provider: string; kubeconfig: string }[] = [];
+  for (const name of [ds.spec.source.provider, provider]) {
+    const p = ctx.caches.providers.get(name);
+    const ref = p?.spec.cluster.existing?.kubeconfigSecretRef;
+    const kubeconfig = ref ? readSecret(ctx, ref)?.[ref.key ?? "kubeconfig"] : undefined;
+    if (kubeconfig && !out.some((c) => c.provider === name))
+      out.push({ id: clusterId(name, EXISTING_CLUSTER), provider: name, kubeconfig });
+  }
+  return out;
+}
+
+type Remote = { client: KubeClient; jobs: Informer<RemoteJob> };
+
+/** Runs large syncs as sync-worker Jobs (the DataSet controller binds it to the sync registry). */
+export class SyncWorkers implements ShardedSyncRunner {
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly watched = new WeakSet<Informer<RemoteJob>>();
+  private readonly namespacesSeen = new WeakMap<KubeClient, Set<string>>();
+  /** Uids of worker Jobs this process deleted (bounded: only the latest are kept). */
+  private readonly deleted = new Set<string>();
+
+  constructor(
+    private readonly ctx: OperatorContext,
+    private readonly opts: SyncWorkerOptions = {},
+  ) {}
+
+  get namespace(): string {
+    return this.opts.namespace ?? DEFAULT_WORKER_NAMESPACE;
+  }
+
+  get image(): string {
+    return this.opts.image ?? process.env.SPILLWAY_IMAGE ?? DEFAULT_WORKER_IMAGE;
+  }
+
+  async run(req: ShardedSyncRequest): Promise<ShardedSyncOutcome> {
+    const { dataset: ds, provider, signal } = req;
+    if (ds.metadata?.deletionTimestamp)
+      return { kind: "done", complete: false, message: "the DataSet is being deleted" };
+    const cluster = workerClusterCandidates(this.ctx, ds, provider).find(
+      (c) => this.ctx.remote.unreachableForMs(c.id) === 0,
+    );
+    if (!cluster) return { kind: "declined", reason: "no reachable cluster near the data for sync workers" };
+    const ends = [ds.spec.source.provider, provider].map((name) => {
+      const p = this.ctx.caches.providers.get(name)!;
+      const ref = p.spec.storage?.credentialsSecretRef;
+      return { provider: p, secret: (ref ? readSecret(this.ctx, ref) : {}) ?? {} };
+    });
+    const env = workerEnv(ends);
+    if ("conflict" in env) return { kind: "declined", reason: env.conflict };
+    const loc = (p: CloudProvider, prefix: string) => locationForProvider(p, {}, prefix).location;
+    const src = storeUri(loc(ends[0]!.provider, ds.spec.source.prefix ?? ""));
+    const listed = ds.spec.replicas?.find((r) => r.provider === provider);
+    const dst = storeUri(loc(ends[1]!.provider, listed?.prefix ?? ds.spec.source.prefix ?? ""));
+    const workers = ds.spec.syncPolicy?.workers ?? 4;
+
+    await this.ensureFinalizer(ds);
+    const remote = this.ctx.remote.connect(cluster.id, cluster.kubeconfig);
+    this.watch(remote.jobs);
+    const secret = renderWorkerSecret(ds, provider, this.ctx.settings.origin, this.namespace, env.env);
+    const job = renderWorkerJob({
+      ds,
+      provider,
+      origin: this.ctx.settings.origin,
+      namespace: this.namespace,
+      image: this.image,
+      workers,
+      src,
+      dst,
+      options: this.opts,
+    });
+    const where = `${workers} sync workers on ${cluster.id}`;
+    req.report(`starting ${where}`);
+    await this.ensureNamespace(remote.client);
+    await this.putSecret(remote.client, secret);
+    const name = job.metadata.name!;
+    const key = `${this.namespace}/${name}`;
+    const done = new Map<number, { objects: number; bytes: number }>();
+    // A Job we deleted (or that is being deleted) is not this sync's, even while a cache still shows it.
+    const going = (j: RemoteJob) =>
+      j.metadata.deletionTimestamp !== undefined || this.deleted.has(j.metadata.uid ?? "");
+    for (;;) {
+      if (signal.aborted)
+        // The Job keeps running: a restarted operator adopts it; a deleted DataSet's
+        // finalizer removes it.
+        return { kind: "done", complete: false, message: "sync interrupted" };
+      let current = remote.jobs.get(key);
+      if (!current || going(current))
+        current = await remote.client.tryGet<RemoteJob>(Resources.Job, name, this.namespace);
+      if (current && current.metadata.labels?.[LABEL_DATASET_UID] !== ds.metadata?.uid)
+        return { kind: "declined", reason: `Job ${key} on ${cluster.id} is not this DataSet's` };
+      if (
+        current &&
+        !going(current) &&
+        current.metadata.annotations?.[ANNOTATION_SYNC_SPEC] !==
+          job.metadata.annotations?.[ANNOTATION_SYNC_SPEC]
+      ) {
+        // Left from a sync with other settings (workers, prefixes, image): replaced.
+        await deleteOwned(remote.client, Resources.Job, current);
+        this.deleted.add(current.metadata.uid ?? "");
+        current = undefined;
+      }
+      if (!current) {
+        try {
+          current = await remote.client.create<RemoteJob>(Resources.Job, job);
+        } catch (err) {
+          if (!isAlreadyExists(err)) throw err; // the previous one is still going away
+        }
+      }
+      if (current && !going(current)) {
+        const { state } = jobState(current);
+        const count = current.spec?.completions ?? workers;
+        if (state === "Succeeded" || state === "Failed") {
+          const outcome =
+            state === "Succeeded"
+              ? await this.finish(req, count, where)
+              : await this.failure(remote.client, current, count, where);
+          try {
+            await this.cleanup(remote.client, ds, provider);
+          } catch (err) {
+            // The result stands; a leftover is removed by the next sync, the finalizer or its TTL.
+            this.ctx.log.warn("could not delete a finished sync-worker Job", {
+              cluster: cluster.id,
+              job: key,
+              err,
+            });
+          }
+          return outcome;
+        }
+        await this.progress(req, current, count, done, where);
+      }
+      await this.wait(key, signal);
+    }
+  }
+
+  /** Reads the shard manifests of newly completed indexes for objects and bytes synced. */
+  private async progress(
+    req: ShardedSyncRequest,
+    job: RemoteJob,
+    count: number,
+    done: Map<number, { objects: number; bytes: number }>,
+    where: string,
+  ): Promise<void> {
+    const status = job.status as (RemoteJob["status"] & { completedIndexes?: string }) | undefined;
+    for (const index of parseIndexes(status?.completedIndexes)) {
+      if (done.has(index) || index >= count) continue;
+      const m = await loadManifest(req.dst, manifestKey({ index, count }), req.signal).catch(() => undefined);
+      if (!m) continue;
+      let bytes = 0;
+      for (const e of m.values()) bytes += e.size;
+      done.set(index, { objects: m.size, bytes });
+    }
+    let objects = 0;
+    let bytes = 0;
+    for (const d of done.values()) {
+      objects += d.objects;
+      bytes += d.bytes;
+    }
+    req.report(
+      `${done.size}/${count} shards done, ${status?.active ?? 0} running${status?.failed ? `, ${status.failed} pod failures` : ""} (${where})`,
+      { objects, bytes, listingDone: true },
+    );
+  }
+
+  /** Every index succeeded: merge the shard manifests, then check the result against the source. */
+  private async finish(req: ShardedSyncRequest, count: number, where: string): Promise<ShardedSyncOutcome> {
+    req.report(`merging ${count} shard manifests (${where})`);
+    const version = await mergeShardManifests(req.dst, count, req.signal);
+    const merged = await loadManifest(req.dst, manifestKey(), req.signal);
+    if (!merged)
+      return { kind: "done", complete: false, message: "the merged manifest could not be read back" };
+    const mismatch = await compareWithSource(req.src, merged, req.signal);
+    let bytes = 0;
+    for (const e of merged.values()) bytes += e.size;
+    if (mismatch)
+      return {
+        kind: "done",
+        complete: false,
+        message: `the workers finished but the replica does not hold the source's current version: ${mismatch}`,
+      };
+    return {
+      kind: "done",
+      complete: true,
+      version,
+      objects: merged.size,
+      bytes,
+      message: `${merged.size} objects synced by ${where}`,
+    };
+  }
+
+  private async failure(
+    client: KubeClient,
+    job: RemoteJob,
+    count: number,
+    where: string,
+  ): Promise<ShardedSyncOutcome> {
+    const status = job.status as
+      | (RemoteJob["status"] & { failedIndexes?: string; completedIndexes?: string })
+      | undefined;
+    const failed = parseIndexes(status?.failedIndexes);
+    const completed = new Set(parseIndexes(status?.completedIndexes));
+    const missing = failed.length ? failed : [...Array(count).keys()].filter((i) => !completed.has(i));
+    const { message } = jobState(job);
+    const worker = await workerMessage(client, job).catch(() => undefined);
+    return {
+      kind: "done",
+      complete: false,
+      terminal: worker?.exitCode === EXIT_BAD_INPUT,
+      message: safeMessage(
+        `sync workers failed (${where}): index${missing.length === 1 ? "" : "es"} ${missing.join(",")} of ${count} failed` +
+          `${message ? ` (${message})` : ""}${worker?.line ? `: ${worker.line}` : ""}`,
+      ),
+    };
+  }
+
+  /** Deletes this replica's worker Job and Secret (uid preconditions). */
+  private async cleanup(client: KubeClient, ds: DataSet, provider: string): Promise<void> {
+    const uids = await deleteWorkerObjects(
+      client,
+      this.namespace,
+      `${LABEL_DATASET_UID}=${ds.metadata?.uid ?? ""},${LABEL_REPLICA}=${provider}`,
+    );
+    for (const uid of uids) this.deleted.add(uid);
+    while (this.deleted.size > 1_000) this.deleted.delete(this.deleted.values().next().value ?? "");
+  }
+
+  /** Adds the finalizer before the first Job exists (retried on a conflicting write). */
+  private async ensureFinalizer(ds: DataSet): Promise<void> {
+    const name = ds.metadata?.name ?? "";
+    const namespace = ds.metadata?.namespace;
+    for (let attempt = 0; ; attempt++) {
+      const current =
+        attempt === 0
+          ? (this.ctx.caches.datasets.get(`${namespace}/${name}`) ?? (ds as DataSet & KubeObject))
+          : await this.ctx.mgmt.get<DataSet & KubeObject>(SpillwayResources.DataSet, name, namespace);
+      if ((current.metadata.finalizers ?? []).includes(WORKERS_FINALIZER)) return;
+      try {
+        await this.ctx.mgmt.patch(SpillwayResources.DataSet, name, namespace, {
+          metadata: {
+            finalizers: [...(current.metadata.finalizers ?? []), WORKERS_FINALIZER],
+            resourceVersion: current.metadata.resourceVersion,
+          },
+        });
+        return;
+      } catch (err) {
+        if (!isConflict(err) || attempt >= 4) throw err;
+      }
+    }
+  }
+
+  private async ensureNamespace(client: KubeClient): Promise<void> {
+    let seen = this.namespacesSeen.get(client);
+    if (!seen) {
+      seen = new Set();
+      this.namespacesSeen.set(client, seen);
+    }
+    if (seen.has(this.namespace)) return;
+    try {
+      await client.create(Resources.Namespace, {
+        apiVersion: "v1",
+        kind: "Namespace",
+        metadata: {
+          name: this.namespace,
+          labels: {
+            [LABEL_MANAGED_BY]: MANAGED_BY,
+            // The workers meet the restricted Pod Security Standard; the namespace enforces it.
+            "pod-security.kubernetes.io/enforce": "restricted",
+          },
+        },
+      });
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+    }
+    seen.add(this.namespace);
+  }
+
+  /** Creates the Secret, or replaces its data (rotated credentials reach the next workers). */
+  private async putSecret(client: KubeClient, secret: KubeObject): Promise<void> {
+    const { name, namespace } = secret.metadata;
+    const existing = await client.tryGet(Resources.Secret, name!, namespace);
+    if (!existing) {
+      try {
+        await client.create(Resources.Secret, secret);
+        return;
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+      }
+    }
+    const latest = existing ?? (await client.get(Resources.Secret, name!, namespace));
+    await client.update(Resources.Secret, {
+      ...secret,
+      metadata: { ...secret.metadata, resourceVersion: latest.metadata.resourceVersion },
+      data: {},
+    } as KubeObject);
+  }
+
+  /** Wakes the waiters of a Job on its watch events. */
+  private watch(jobs: Informer<RemoteJob>): void {
+    if (this.watched.has(jobs)) return;
+    this.watched.add(jobs);
+    const wake = (j: RemoteJob) => {
+      for (const w of this.waiters.get(`${j.metadata.namespace}/${j.metadata.name}`) ?? []) w();
+    };
+    jobs.addHandler({ add: wake, update: (_o, j) => wake(j), delete: wake });
+  }
+
+  private wait(key: string, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      let set = this.waiters.get(key);
+      if (!set) {
+        set = new Set();
+        this.waiters.set(key, set);
+      }
+      const s = set;
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        s.delete(done);
+        if (s.size === 0) this.waiters.delete(key);
+        resolve();
+      };
+      const timer = setTimeout(done, this.opts.pollMs ?? 2_000);
+      signal.addEventListener("abort", done, { once: true });
+      s.add(done);
+    });
+  }
+}
+
+/**
+ * Whether `merged` is what the source holds now: the same keys, sizes and content (sha256
+ * when the source records one, else the etag the workers copied). Undefined when it is; else why not.
+ */
+export async function compareWithSource(
+  src: ObjectStore,
+  merged: Manifest,
+  signal?: AbortSignal,
+): Promise<string | undefined> {
+  let seen = 0;
+  for await (const o of src.list(signal ? { signal } : {})) {
+    if (o.key.startsWith(META_PREFIX)) continue;
+    let key: string;
+    try {
+      key = normaliseKey(o.key);
+    } catch {
+      continue; // keys a sync rejects are in no version
+    }
+    const e = merged.get(key);
+    if (!e) return `${key} is not in the replica's manifest`;
+    const same = e.size === o.size && (o.sha256 ? o.sha256 === e.sha256 : e.srcEtag === o.etag);
+    if (!same) return `${key} changed at the source during the sync`;
+    seen++;
+  }
+  if (seen !== merged.size)
+    return `${merged.size - seen} objects of the replica's manifest are gone from the source`;
+  return undefined;
+}
+
+/** The failed worker's exit code and last line (its termination message), if a pod says. */
+async function workerMessage(
+  client: KubeClient,
+  job: RemoteJob,
+): Promise<{ exitCode?: number; line?: string } | undefined> {
+  interface PodLike extends KubeObject {
+    status?: {
+      phase?: string;
+      containerStatuses?: {
+        state?: { terminated?: { exitCode?: number; message?: string; reason?: string } };
+      }[];
+    };
+  }
+  const pods = await client.list<PodLike>(Resources.Pod, {
+    namespace: job.metadata.namespace,
+    labelSelector: `batch.kubernetes.io/job-name=${job.metadata.name}`,
+  });
+  for (const pod of pods.items) {
+    const t = pod.status?.containerStatuses?.[0]?.state?.terminated;
+    if (!t || t.exitCode === 0) continue;
+    return {
+      ...(t.exitCode !== undefined ? { exitCode: t.exitCode } : {}),
+      ...lastLine(t.message ?? t.reason),
+    };
+  }
+  return undefined;
+}
+
+/** A worker's `--json` summary gives its first error; otherwise the last line it printed. */
+function lastLine(text: string | undefined): { line?: string } {
+  if (!text) return {};
+  const lines = text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
+  for (const l of [...lines].reverse()) {
+    try {
+      const doc = JSON.parse(l) as {
+        errors?: { key: string; message: string }[];
+        failed?: { objects: number };
+      };
+      const first = doc.errors?.[0];
+      if (first)
+        return { line: `${doc.failed?.objects ?? 0} objects failed, first: ${first.key}: ${first.message}` };
+    } catch {
+      // not the JSON summary
+    }
+  }
+  const last = lines.at(-1);
+  return last ? { line: last.slice(0, 512) } : {};
+}
+
+async function deleteOwned(
+  client: KubeClient,
+  r: (typeof Resources)["Job"] | (typeof Resources)["Secret"],
+  obj: KubeObject,
+): Promise<void> {
+  try {
+    await client.delete(r, obj.metadata.name!, obj.metadata.namespace, {
+      ...(obj.metadata.uid ? { uid: obj.metadata.uid } : {}),
+      propagationPolicy: "Background",
+    });
+  } catch (err) {
+    // 404: gone already; 409: the uid precondition failed — another object has the name now.
+    if (!isNotFound(err) && !isConflict(err)) throw err;
+  }
+}
+
+/** Deletes the worker Jobs and Secrets matching `selector` in `namespace`; returns their uids. */
+export async function deleteWorkerObjects(
+  client: KubeClient,
+  namespace: string,
+  selector: string,
+): Promise<string[]> {
+  const labelSelector = `${selector},${LABEL_COMPONENT}=${COMPONENT_SYNC_WORKER}`;
+  const uids: string[] = [];
+  for (const r of [Resources.Job, Resources.Secret]) {
+    let items: KubeObject[];
+    try {
+      items = (await client.list<KubeObject>(r, { namespace, labelSelector })).items;
+    } catch (err) {
+      if (isNotFound(err)) continue;
+      throw err;
+    }
+    for (const obj of items) {
+      await deleteOwned(client, r, obj);
+      uids.push(obj.metadata.uid ?? "");
+    }
+  }
+  return uids;
+}
+
+/**
+ * The finalizer's work: every worker Job and Secret of the DataSet on every cluster they may be
+ * on. Returns clusters that could not be cleaned (unreachable), so the caller keeps the finalizer.
+ */
+export async function cleanupDataSetWorkers(
+  ctx: OperatorContext,
+  ds: DataSet,
+  namespace = DEFAULT_WORKER_NAMESPACE,
+): Promise<{ deleted: number; failed: { cluster: string; error: unknown }[] }> {
+  const providers = new Set<string>([
+    ...(ds.spec.replicas ?? []).map((r) => r.provider),
+    ...ctx.caches.providers.list().map((p) => p.metadata.name ?? ""),
+  ]);
+  const seen = new Set<string>();
+  let deleted = 0;
+  const failed: { cluster: string; error: unknown }[] = [];
+  for (const provider of providers) {
+    for (const c of workerClusterCandidates(ctx, ds, provider)) {
+      if (seen.has(c.id)) continue;
+      seen.add(c.id);
+      const remote: Remote = ctx.remote.connect(c.id, c.kubeconfig);
+      try {
+        deleted += (
+          await deleteWorkerObjects(
+            remote.client,
+            namespace,
+            `${LABEL_DATASET_UID}=${ds.metadata?.uid ?? ""}`,
+          )
+        ).length;
+      } catch (error) {
+        failed.push({ cluster: c.id, error });
+      }
+    }
+  }
+  return { deleted, failed };
+}
+
+/**
+ * The orphan collector's part for sync workers: Jobs (and their Secrets) on connected clusters
+ * whose DataSet is gone — deleted while the operator was down or with its finalizer removed
+ * by hand. Only this management cluster's objects (origin label) are in the Job caches.
+ */
+export async function collectWorkerOrphans(
+  ctx: OperatorContext,
+  namespace = DEFAULT_WORKER_NAMESPACE,
+): Promise<{ cluster: string; job: string }[]> {
+  const out: { cluster: string; job: string }[] = [];
+  if (!ctx.caches.datasets.hasSynced()) return out;
+  for (const id of ctx.remote.ids()) {
+    const entry = ctx.remote.get(id);
+    if (!entry?.jobs.hasSynced()) continue;
+    for (const job of entry.jobs.list(namespace)) {
+      const labels = job.metadata.labels ?? {};
+      const uid = labels[LABEL_DATASET_UID];
+      if (labels[LABEL_COMPONENT] !== COMPONENT_SYNC_WORKER || !uid || ctx.caches.datasets.getByUid(uid))
+        continue;
+      try {
+        await deleteWorkerObjects(entry.client, namespace, `${LABEL_DATASET_UID}=${uid}`);
+        out.push({ cluster: id, job: `${job.metadata.namespace}/${job.metadata.name}` });
+        ctx.log.info("orphaned sync-worker Job deleted", { cluster: id, job: job.metadata.name });
+      } catch (err) {
+        ctx.log.warn("could not delete an orphaned sync-worker Job; will retry", { cluster: id, err });
+      }
+    }
+  }
+  return out;
+}
