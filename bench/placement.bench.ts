@@ -1,7 +1,9 @@
 /**
  * Placement throughput (issue 4's target): 1,000 TrainingRuns applied at once against the
- * sandbox with zero-latency clouds; the operator runs as its own process (`spillway
- * operator`), so its memory is its own. Reports runs placed per second, p50/p99 time from
+ * sandbox with zero-latency clouds. Four processes, so no part measures another's work: the
+ * operator (`spillway operator`, compiled), the sandbox host (management API server,
+ * simulated AKS, ARM emulator), the alternative's simulated cluster, and this process (the
+ * load generator and the watcher that times placements). Reports runs placed per second, p50/p99 time from
  * create to placement, API requests per run and the operator's peak RSS.
  *
  * Peer, from the same run: the same operator and runs with no primary eligible (the runs name
@@ -10,20 +12,26 @@
  *
  * Target (issue 4): all 1,000 placed within 20 s (≥ 50 runs/s) and operator memory < 300 MiB.
  */
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
+import type { TrainingRun } from "../operator/api/v1alpha1/index.ts";
 import { KubeClient } from "../operator/runtime/client.ts";
 import { Informer } from "../operator/runtime/informer.ts";
-import { type KubeObject, Resources, SpillwayResources } from "../operator/runtime/resources.ts";
-import { SimulatedCluster } from "../operator/sandbox/cluster/index.ts";
+import { type KubeObject, SpillwayResources } from "../operator/runtime/resources.ts";
 import { demoRun } from "../operator/sandbox/demo.ts";
-import { startSandbox } from "../operator/sandbox/sandbox.ts";
 import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
-import { installSandboxClouds, OPERATOR_NAMESPACE, startSandboxArm } from "../operator/sandbox/wiring.ts";
-import { memMiB, percentile, ROOT, scrapeRequests, startOperatorProcess } from "./lib/operator.ts";
+import {
+  buildOperator,
+  cpuSeconds,
+  loadAverage,
+  memMiB,
+  percentile,
+  scrapeHeap,
+  scrapeRequests,
+  startOperatorProcess,
+  startWorld,
+} from "./lib/operator.ts";
 
 const N = Number(process.env.BENCH_RUNS ?? 1000);
 type Run = TrainingRun & KubeObject;
@@ -35,23 +43,16 @@ interface Figures {
   p99: number;
   requestsPerRun: number;
   peakRssMiB: number;
+  idleRssMiB: number;
+  /** V8 heap in use when every run was placed. */
+  heapUsedMiB: number;
   onPrimary: number;
+  /** CPU cores used per process while the runs were placed (1.0 = one core busy throughout). */
+  cpu: { operator: number; sandbox: number; alternative: number; bench: number };
+  /** Load average at the end, for the record. */
+  load: string;
 }
 
-/**
- * The operator as shipped: compiled JavaScript (the container image runs `npm run build`'s
- * output), not the TypeScript sources through tsx, whose transform caches would be counted
- * as the operator's memory. Built once per benchmark run under .spillway/ (gitignored).
- */
-function buildOperator(): string {
-  const out = join(ROOT, ".spillway", "bench-dist");
-  const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
-  const r = spawnSync(process.execPath, [tsc, "-p", join(ROOT, "tsconfig.build.json"), "--outDir", out], {
-    stdio: "inherit",
-  });
-  if (r.status !== 0) throw new Error("tsc build of the operator failed");
-  return join(out, "operator", "cli", "main.js");
-}
 const OPERATOR_MAIN = buildOperator();
 
 async function measure(label: string, withPrimary: boolean): Promise<Figures> {
@@ -67,33 +68,24 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     { region: "eastus", family: "standardNDSH100v5Family", limit: 96 * N },
   ];
   scenario.demo = { namespace: "bench", runs: [] };
-  const sandbox = await startSandbox({ stateDir: dir, scenario, startArm: startSandboxArm });
-  const oci = await SimulatedCluster.start({
-    name: "oci-bench",
-    pools: [{ name: "gpu", nodes: N + 10, gpusPerNode: 8, gpuType: "H100" }],
-    podStartupMs: 100,
-    jobDurationMs: 600_000,
+  // The sandbox and the alternative's cluster in processes of their own (bench/lib/host.ts).
+  const world = await startWorld({
+    dir,
+    scenario,
+    namespaces: ["bench"],
+    alternative: { nodes: N + 10, podStartupMs: 100, jobDurationMs: 600_000 },
+    ...(withPrimary ? {} : { alternativeJurisdiction: "CA" }),
   });
-  const client = KubeClient.fromKubeconfig(sandbox.management.kubeconfig());
-  await installSandboxClouds(sandbox, client, ["bench"]);
-  await client.create(Resources.Secret, {
-    metadata: { name: "oci-bench-kubeconfig", namespace: OPERATOR_NAMESPACE },
-    stringData: { kubeconfig: oci.kubeconfig() },
-  } as KubeObject);
-  const p = await client.get<CloudProvider & KubeObject>(SpillwayResources.CloudProvider, "oci-ashburn");
-  p.spec.cluster = {
-    existing: { kubeconfigSecretRef: { name: "oci-bench-kubeconfig", namespace: OPERATOR_NAMESPACE } },
-  };
-  if (!withPrimary) p.spec.jurisdiction = "CA";
-  await client.update(SpillwayResources.CloudProvider, p);
+  const client = KubeClient.fromKubeconfig(world.kubeconfig, { rateLimit: { qps: 5_000, burst: 10_000 } });
 
-  const op = await startOperatorProcess(sandbox, dir, {
+  const op = await startOperatorProcess(world, {
     main: OPERATOR_MAIN,
-    // The heap a 384 MiB container gives it; see docs.
-    nodeArgs: [`--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`],
+    // The heap a 384 MiB container gives it; see docs/performance.md.
+    nodeArgs: [`--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`, "--expose-gc"],
     maxConcurrentReconciles: process.env.BENCH_CONCURRENCY ?? "32",
     ...(process.env.BENCH_OPERATOR_LOG ? { logFile: process.env.BENCH_OPERATOR_LOG } : {}),
   });
+  const idleRss = memMiB(op.pid).rss;
   const baseline = (await scrapeRequests(op.metrics)).total;
   const created = new Map<string, number>();
   const placed = new Map<string, number>();
@@ -108,6 +100,12 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   watcher.start();
   await watcher.waitForSync();
 
+  const cpu0 = {
+    op: cpuSeconds(op.pid),
+    api: cpuSeconds(world.sandbox.pid),
+    alt: cpuSeconds(world.alternative.pid),
+    bench: process.cpuUsage(),
+  };
   const t0 = Date.now();
   const runs = Array.from({ length: N }, (_, i) => {
     const r = demoRun(
@@ -141,8 +139,16 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   const latencies = [...placed.entries()]
     .map(([name, t]) => (t - (created.get(name) ?? t0)) / 1000)
     .sort((a, b) => a - b);
+  const elapsed = (Date.now() - t0) / 1000;
+  const cpu = {
+    operator: (cpuSeconds(op.pid) - cpu0.op) / elapsed,
+    sandbox: (cpuSeconds(world.sandbox.pid) - cpu0.api) / elapsed,
+    alternative: (cpuSeconds(world.alternative.pid) - cpu0.alt) / elapsed,
+    bench: ((u) => (u.user + u.system) / 1e6 / elapsed)(process.cpuUsage(cpu0.bench)),
+  };
   const requests = (await scrapeRequests(op.metrics)).total - baseline;
   const rss = memMiB(op.pid).peak;
+  const heap = await scrapeHeap(op.metrics);
   const onPrimary = watcher.list().filter((r) => r.status?.placement?.provider === "azure-eastus").length;
   const offers = await client.listAll<KubeObject & { status?: { outcome?: string; reason?: string } }>(
     SpillwayResources.CapacityOffer,
@@ -156,8 +162,7 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   if (answers.size) console.log(`${label}: offers ${[...answers].map(([k, v]) => `${k} ${v}`).join(", ")}`);
   await watcher.stop();
   await op.stop();
-  await oci.stop();
-  await sandbox.stop();
+  await world.stop();
   rmSync(dir, { recursive: true, force: true });
   if (placed.size < N) console.log(`${label}: only ${placed.size} of ${N} placed within 180 s`);
   return {
@@ -167,15 +172,25 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     p99: percentile(latencies, 99),
     requestsPerRun: requests / N,
     peakRssMiB: rss,
+    idleRssMiB: idleRss,
+    heapUsedMiB: heap.used,
     onPrimary,
+    cpu,
+    load: loadAverage(),
   };
 }
 
 const ours = await measure("ROFR", true);
 const peer = await measure("direct", false);
 const row = (name: string, f: Figures) =>
-  `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run  ${f.peakRssMiB.toFixed(0).padStart(4)} MiB  on primary ${f.onPrimary}`;
-console.log(`placement of ${N} runs applied at once (operator as its own process, zero-latency clouds)`);
+  `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run  RSS idle ${f.idleRssMiB.toFixed(0)} / peak ${f.peakRssMiB.toFixed(0).padStart(4)} MiB, heap used ${f.heapUsedMiB.toFixed(0)} MiB  on primary ${f.onPrimary}`;
+const cpuRow = (name: string, f: Figures) =>
+  `${"".padEnd(34)} CPU cores busy: operator ${f.cpu.operator.toFixed(2)}, sandbox host (API server, AKS, ARM) ${f.cpu.sandbox.toFixed(2)}, alternative's cluster ${f.cpu.alternative.toFixed(2)}, load generator ${f.cpu.bench.toFixed(2)}; load average ${f.load} (${name})`;
+console.log(
+  `placement of ${N} runs applied at once (zero-latency clouds; separate processes: operator, sandbox host, alternative's cluster, load generator)`,
+);
 console.log(row("spillway, right of first refusal", ours));
 console.log(row("peer: same operator, no offer", peer));
+console.log(cpuRow("ROFR", ours));
+console.log(cpuRow("peer", peer));
 console.log(`target: ${N} placed ≤ 20 s (≥ 50 runs/s), operator < 300 MiB`);

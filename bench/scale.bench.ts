@@ -1,6 +1,7 @@
 /**
  * Scale (issue 9): 10,000 TrainingRuns applied at once against the sandbox — so 10,000
- * CapacityOffers — with the operator as its own process (`spillway operator`). Runs are short
+ * CapacityOffers — with the operator as its own process (`spillway operator`, compiled) and
+ * the sandbox and the alternative's cluster in processes of their own (bench/lib/host.ts). Runs are short
  * (2 s jobs) so they finish; then every run is deleted. Reports placement throughput, p50/p99
  * time from create to placement, API requests per run (and how many were LISTs: the operator
  * must not re-list per reconcile), offers per run, and the operator's memory: at start, peak,
@@ -13,16 +14,23 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CloudProvider, TrainingRun } from "../operator/api/v1alpha1/index.ts";
+import type { TrainingRun } from "../operator/api/v1alpha1/index.ts";
 import { KubeClient } from "../operator/runtime/client.ts";
 import { Informer } from "../operator/runtime/informer.ts";
-import { type KubeObject, Resources, SpillwayResources } from "../operator/runtime/resources.ts";
-import { SimulatedCluster } from "../operator/sandbox/cluster/index.ts";
+import { type KubeObject, SpillwayResources } from "../operator/runtime/resources.ts";
 import { demoRun } from "../operator/sandbox/demo.ts";
-import { startSandbox } from "../operator/sandbox/sandbox.ts";
 import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
-import { installSandboxClouds, OPERATOR_NAMESPACE, startSandboxArm } from "../operator/sandbox/wiring.ts";
-import { memMiB, percentile, ROOT, scrapeRequests, startOperatorProcess } from "./lib/operator.ts";
+import {
+  buildOperator,
+  forceGc,
+  loadAverage,
+  memMiB,
+  percentile,
+  scrapeHeap,
+  scrapeRequests,
+  startOperatorProcess,
+  startWorld,
+} from "./lib/operator.ts";
 
 const N = Number(process.env.BENCH_RUNS ?? 10_000);
 /** Only ends a hung bench; never a pass/fail limit. */
@@ -53,35 +61,33 @@ scenario.clouds.azure.cluster = { nodes: 200, gpusPerNode: 8, gpuType: "H100" };
   { region: "eastus", family: "standardNDSH100v5Family", limit: 96 * N },
 ];
 scenario.demo = { namespace: "scale", runs: [] };
-const sandbox = await startSandbox({ stateDir: dir, scenario, startArm: startSandboxArm });
-const oci = await SimulatedCluster.start({
-  name: "oci-scale",
-  pools: [{ name: "gpu", nodes: 400, gpusPerNode: 8, gpuType: "H100" }],
-  podStartupMs: 100,
-  jobDurationMs: 2_000,
+// The sandbox and the alternative's cluster in processes of their own (bench/lib/host.ts).
+const world = await startWorld({
+  dir,
+  scenario,
+  namespaces: ["scale"],
+  alternative: { nodes: 400, podStartupMs: 100, jobDurationMs: 2_000 },
 });
-const client = KubeClient.fromKubeconfig(sandbox.management.kubeconfig(), {
+const client = KubeClient.fromKubeconfig(world.kubeconfig, {
   rateLimit: { qps: 5_000, burst: 10_000 },
 });
-await installSandboxClouds(sandbox, client, ["scale"]);
-await client.create(Resources.Secret, {
-  metadata: { name: "oci-scale-kubeconfig", namespace: OPERATOR_NAMESPACE },
-  stringData: { kubeconfig: oci.kubeconfig() },
-} as KubeObject);
-const provider = await client.get<CloudProvider & KubeObject>(SpillwayResources.CloudProvider, "oci-ashburn");
-provider.spec.cluster = {
-  existing: { kubeconfigSecretRef: { name: "oci-scale-kubeconfig", namespace: OPERATOR_NAMESPACE } },
-};
-await client.update(SpillwayResources.CloudProvider, provider);
 
-const op = await startOperatorProcess(sandbox, dir, {
-  main: join(ROOT, "bin", "spillway.mjs"),
+// The compiled operator, as the container image runs it (tsx's transform caches would be
+// counted as the operator's memory otherwise); --expose-gc so the bench can force a full GC
+// before reading memory after the runs are deleted.
+const op = await startOperatorProcess(world, {
+  main: buildOperator(),
+  nodeArgs: [
+    "--expose-gc",
+    ...(process.env.BENCH_HEAP_MIB ? [`--max-old-space-size=${process.env.BENCH_HEAP_MIB}`] : []),
+  ],
   maxConcurrentReconciles: "16",
 });
 const { metrics } = op;
 const pid = op.pid;
 await new Promise((r) => setTimeout(r, 2_000));
 const atStart = memMiB(pid);
+const heapAtStart = await scrapeHeap(metrics);
 const base = await scrapeRequests(metrics);
 
 const created = new Map<string, number>();
@@ -156,11 +162,18 @@ await Promise.all(
 await waitUntil("every run to be gone", () => watcher.list().length === 0);
 await new Promise((r) => setTimeout(r, 30_000));
 const afterDelete = memMiB(pid);
+const heapAfterDelete = await scrapeHeap(metrics);
+// A forced full GC: if the heap falls back and RSS does not, V8 is keeping freed pages (not
+// a leak); if the heap stays up, something still holds the objects.
+const gcOk = await forceGc(metrics);
+await new Promise((r) => setTimeout(r, 2_000));
+const afterGc = memMiB(pid);
+const heapAfterGc = await scrapeHeap(metrics);
+const load = loadAverage();
 
 await watcher.stop();
 await op.stop();
-await oci.stop();
-await sandbox.stop();
+await world.stop();
 rmSync(dir, { recursive: true, force: true });
 
 const reqs = afterRuns.total - base.total;
@@ -180,5 +193,9 @@ console.log(
   `  API requests to the management cluster: ${(reqs / N).toFixed(1)} per run, LISTs ${afterRuns.lists - base.lists} in all`,
 );
 console.log(
-  `  operator memory: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB`,
+  `  operator RSS: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB, after a forced GC ${afterGc.rss.toFixed(0)} MiB`,
 );
+console.log(
+  `  operator V8 heap used: start ${heapAtStart.used.toFixed(0)} MiB, runs deleted +30 s ${heapAfterDelete.used.toFixed(0)} MiB (of ${heapAfterDelete.total.toFixed(0)} MiB allocated), after a forced GC ${gcOk ? `${heapAfterGc.used.toFixed(0)} MiB (of ${heapAfterGc.total.toFixed(0)})` : "n/a (no --expose-gc)"}`,
+);
+console.log(`  load average at the end: ${load}`);

@@ -10,6 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { collectDefaultMetrics } from "prom-client";
 import type {
   CapacityOffer,
   CloudProvider,
@@ -102,6 +103,10 @@ export class Manager {
   constructor(private readonly opts: ManagerOptions) {
     this.log = opts.logger ?? createLogger({ level: opts.logLevel ?? "info" });
     this.metrics = new RuntimeMetrics();
+    // Node's own series (heap used/total by space, RSS, event-loop lag, GC): memory is part of
+    // the operator's budget (docs/performance.md), and heap vs RSS tells retention from pages
+    // V8 keeps after a burst.
+    collectDefaultMetrics({ register: this.metrics.registry });
     this.identity = `${opts.identity ?? "spillway-operator"}-${randomBytes(3).toString("hex")}`;
     const clientOpts = {
       cluster: "management",
@@ -270,6 +275,15 @@ export class Manager {
       const { host, port } = parseAddress(addr);
       const server = createServer((req, res) => {
         const url = req.url ?? "/";
+        if (which === "metrics" && url === "/debug/gc" && req.method === "POST") {
+          // Only with node --expose-gc (benchmarks): a full GC on demand, so heap in use can
+          // be told apart from pages V8 keeps after a burst. Without the flag: 404.
+          const gc = (globalThis as { gc?: () => void }).gc;
+          if (gc) gc();
+          res.writeHead(gc ? 204 : 404);
+          res.end();
+          return;
+        }
         if (which === "metrics" && url.startsWith("/metrics")) {
           this.metrics.registry
             .metrics()

@@ -1,16 +1,160 @@
 /**
- * What the operator benchmarks share: `spillway operator` started as its own process against
- * a sandbox (so its memory is its own), its request counters read from /metrics, its memory
- * read from /proc, and percentiles.
+ * What the operator benchmarks share: the world (sandbox and the alternative's cluster) in
+ * child processes of their own, `spillway operator` started as its own process against it (so
+ * its memory and CPU are its own), its request counters and heap read from /metrics, memory
+ * and CPU time read from /proc, and percentiles.
+ *
+ * Three kinds of process, so none measures another's work: the bench process (load generator
+ * and the watcher timing placements), the hosts (API servers, simulated kubelets, ARM
+ * emulator), and the operator.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Sandbox } from "../../operator/sandbox/sandbox.ts";
-import { armEmulator, OPERATOR_NAMESPACE } from "../../operator/sandbox/wiring.ts";
+import type { Scenario } from "../../operator/sandbox/scenario.ts";
+import { OPERATOR_NAMESPACE } from "../../operator/sandbox/wiring.ts";
+import type { ClusterHostSpec, SandboxHostSpec } from "./host.ts";
 
 export const ROOT = join(import.meta.dirname, "..", "..");
 
+/** A running host child (bench/lib/host.ts) and what it printed when ready. */
+export interface Host<I> {
+  pid: number;
+  info: I;
+  stop(): Promise<void>;
+}
+
+async function startHost<I>(role: "cluster" | "sandbox", spec: object, dir: string): Promise<Host<I>> {
+  const specFile = join(dir, `${role}-host.json`);
+  writeFileSync(specFile, JSON.stringify(spec));
+  const child = spawn(
+    process.execPath,
+    [join(ROOT, "bin", "run-ts.mjs"), join(ROOT, "bench", "lib", "host.ts"), role, specFile],
+    { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
+  );
+  const info = await new Promise<I>((resolve, reject) => {
+    let buf = "";
+    const onData = (d: Buffer) => {
+      buf += d.toString("utf8");
+      for (const line of buf.split("\n")) {
+        if (line.startsWith('{"ready":')) {
+          child.stdout!.off("data", onData);
+          child.stdout!.resume();
+          resolve(JSON.parse(line) as I);
+        }
+      }
+      buf = buf.slice(buf.lastIndexOf("\n") + 1);
+    };
+    child.stdout!.on("data", onData);
+    child.once("exit", (code) => reject(new Error(`bench ${role} host exited ${code}`)));
+  });
+  return {
+    pid: child.pid!,
+    info,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+export interface World {
+  /** Management cluster kubeconfig (text and path) and the ARM emulator's CA file. */
+  kubeconfig: string;
+  kubeconfigPath: string;
+  caFile: string;
+  sandbox: Host<unknown>;
+  alternative: Host<unknown>;
+  stop(): Promise<void>;
+}
+
+/**
+ * The sandbox (management API server, AKS, ARM) in one child process and the alternative's
+ * simulated cluster in another, the alternative provider pointed at the latter.
+ */
+export async function startWorld(opts: {
+  dir: string;
+  scenario: Scenario;
+  namespaces: string[];
+  alternative: Omit<ClusterHostSpec, "name">;
+  alternativeJurisdiction?: string;
+}): Promise<World> {
+  const alternative = await startHost<{ kubeconfig: string }>(
+    "cluster",
+    { name: "oci-bench", ...opts.alternative } satisfies ClusterHostSpec,
+    opts.dir,
+  );
+  try {
+    const sandbox = await startHost<{ kubeconfig: string; kubeconfigPath: string; caFile: string }>(
+      "sandbox",
+      {
+        dir: opts.dir,
+        scenario: opts.scenario,
+        namespaces: opts.namespaces,
+        alternativeKubeconfig: alternative.info.kubeconfig,
+        ...(opts.alternativeJurisdiction ? { alternativeJurisdiction: opts.alternativeJurisdiction } : {}),
+      } satisfies SandboxHostSpec,
+      opts.dir,
+    );
+    return {
+      ...sandbox.info,
+      sandbox,
+      alternative,
+      stop: async () => {
+        await sandbox.stop();
+        await alternative.stop();
+      },
+    };
+  } catch (e) {
+    await alternative.stop();
+    throw e;
+  }
+}
+
+/** User + system CPU time a process has used so far, seconds. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** The 1-minute load average, for the record next to every figure. */
+export function loadAverage(): string {
+  return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+}
+
+/** The operator's V8 heap in use and total, MiB (prom-client's default Node.js series). */
+export async function scrapeHeap(metricsAddr: string): Promise<{ used: number; total: number }> {
+  const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
+  const v = (name: string) =>
+    Number(new RegExp(`^${name} ([0-9.e+]+)`, "m").exec(text)?.[1] ?? Number.NaN) / 2 ** 20;
+  return { used: v("nodejs_heap_size_used_bytes"), total: v("nodejs_heap_size_total_bytes") };
+}
+
+/** Asks the operator for a full GC (served only when it runs with --expose-gc). */
+export async function forceGc(metricsAddr: string): Promise<boolean> {
+  const res = await fetch(`http://${metricsAddr}/debug/gc`, { method: "POST" });
+  await res.text();
+  return res.ok;
+}
+
+/**
+ * The operator as shipped: compiled JavaScript (the container image runs `npm run build`'s
+ * output), not the TypeScript sources through tsx, whose transform caches would be counted
+ * as the operator's memory. Built once per benchmark run under .spillway/ (gitignored).
+ */
+export function buildOperator(): string {
+  const out = join(ROOT, ".spillway", "bench-dist");
+  const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
+  const r = spawnSync(process.execPath, [tsc, "-p", join(ROOT, "tsconfig.build.json"), "--outDir", out], {
+    stdio: "inherit",
+  });
+  if (r.status !== 0) throw new Error("tsc build of the operator failed");
+  return join(out, "operator", "cli", "main.js");
+}
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
@@ -57,19 +201,17 @@ export interface OperatorProcessOptions {
 
 /** Starts `spillway operator` against the sandbox, tuned for throughput; resolves once it leads. */
 export async function startOperatorProcess(
-  sandbox: Sandbox,
-  dir: string,
+  world: Pick<World, "kubeconfigPath" | "caFile">,
   opts: OperatorProcessOptions,
 ): Promise<OperatorProcess> {
-  const caFile = join(dir, "arm-ca.pem");
-  writeFileSync(caFile, armEmulator(sandbox)!.ca);
+  const { caFile } = world;
   const child = spawn(
     process.execPath,
     [
       ...(opts.nodeArgs ?? []),
       opts.main,
       "operator",
-      ...["--kubeconfig", sandbox.management.kubeconfigPath, "--namespace", OPERATOR_NAMESPACE],
+      ...["--kubeconfig", world.kubeconfigPath, "--namespace", OPERATOR_NAMESPACE],
       ...["--azure-ca-file", caFile, "--metrics-bind-address", "127.0.0.1:0"],
       ...["--health-probe-bind-address", "0", "--log-level", "info"],
       ...["--max-concurrent-reconciles", opts.maxConcurrentReconciles ?? "16"],
