@@ -16,6 +16,7 @@ import { type KubeObject, Resources, SpillwayResources } from "../../operator/ru
 import { SIM_DURATION_ENV } from "../../operator/sandbox/cluster/index.ts";
 import { checkpointName } from "../../operator/sandbox/trainer/trainer.ts";
 import { trainerCheckpoint } from "../checkpoints/fixtures.ts";
+import { exampleOf } from "../helpers/examples.ts";
 import {
   AZURE_SKU,
   type E2E,
@@ -231,4 +232,86 @@ describe("failback", () => {
     });
     await e.client.delete(SpillwayResources.TrainingRun, "returner", "ml-team");
   }, 180_000);
+});
+
+// Reliability findings 8 and 9 (docs/reliability.md), in this file to share its sandbox.
+describe("placement preconditions and the running run's timer", () => {
+  test("a run whose DataSet does not exist waits before any offer or cluster, and goes on once it exists", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
+    const run = trainingRun("data-waiter");
+    run.spec.data = { dataset: "late-corpus", mountPath: "/data" };
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+    const waiting = await eventually(
+      () => getRun(e, "data-waiter"),
+      (r) => r.status?.conditions?.some((c) => c.type === "Placed" && c.reason === "DataSetMissing") ?? false,
+      "DataSetMissing",
+      30_000,
+    );
+    expect(waiting.status?.phase).toBe("Pending");
+    expect(waiting.status?.conditions?.find((c) => c.type === "Placed")?.message).toMatch(
+      /DataSet late-corpus does not exist in ml-team/,
+    );
+    expect(waiting.status?.placement).toBeUndefined();
+    expect(await offersOf(e, "data-waiter")).toEqual([]);
+    const clusters = await e.client.list<ProvisionedCluster & KubeObject>(
+      SpillwayResources.ProvisionedCluster,
+    );
+    expect(
+      clusters.items.filter(
+        (pc) => pc.metadata.labels?.["spillway.dev/created-for-run-uid"] === waiting.metadata.uid,
+      ),
+    ).toEqual([]);
+
+    // The DataSet appears: the run is offered to the primary at once (its creation enqueues it).
+    const ds = exampleOf("DataSet", "pretrain-corpus");
+    ds.metadata = { name: "late-corpus", namespace: "ml-team" };
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(ds))).code).toBe(0);
+    const offers = await eventually(
+      () => offersOf(e, "data-waiter"),
+      (os) => os.length === 1,
+      "an offer",
+      30_000,
+    );
+    expect(offers.map((o) => o.metadata.name)).toEqual(["data-waiter-a1"]);
+    await e.client.delete(SpillwayResources.TrainingRun, "data-waiter", "ml-team");
+  }, 90_000);
+
+  test("a run naming an alternative that does not exist says which name is unknown", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
+    const run = trainingRun("typo-alt");
+    run.spec.placement = { ...run.spec.placement, alternatives: ["oci-nowhere"] };
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+    const r = await eventually(
+      () => getRun(e, "typo-alt"),
+      (x) => x.status?.conditions?.some((c) => c.reason === "NoEligibleAlternative") ?? false,
+      "NoEligibleAlternative",
+      30_000,
+    );
+    expect(r.status?.conditions?.find((c) => c.type === "Placed")?.message).toMatch(
+      /oci-nowhere: CloudProvider not found/,
+    );
+    await e.client.delete(SpillwayResources.TrainingRun, "typo-alt", "ml-team");
+  }, 60_000);
+
+  test("a running run without checkpoints is not reconciled on a poll timer", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
+    const run = trainingRun("quiet");
+    run.spec.template.spec.containers[0]!.env = [{ name: SIM_DURATION_ENV, value: "30s" }];
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+    await eventually(() => getRun(e, "quiet"), phaseIs("Running"), "running", 60_000);
+    const reconciles = async () => {
+      const text = await e.manager!.metrics.registry.getSingleMetricAsString("spillway_reconcile_total");
+      return [
+        ...text.matchAll(/spillway_reconcile_total\{[^}]*controller="trainingrun"[^}]*\} (\d+)/g),
+      ].reduce((sum, m) => sum + Number(m[1]), 0);
+    };
+    // Let the settling writes of the start pass, then count over 12 poll periods (500 ms each).
+    await new Promise((r) => setTimeout(r, 1_000));
+    const before = await reconciles();
+    await new Promise((r) => setTimeout(r, 6_000));
+    // A timer at remotePollMs would have reconciled it about 12 times.
+    expect((await reconciles()) - before).toBeLessThanOrEqual(3);
+    expect((await getRun(e, "quiet")).status?.phase).toBe("Running");
+    await e.client.delete(SpillwayResources.TrainingRun, "quiet", "ml-team");
+  }, 90_000);
 });

@@ -73,6 +73,8 @@ import {
 export const RUN_FINALIZER = "spillway.dev/remote-cleanup";
 /** Index of the run cache: runs by `provider/cluster` of their placement. */
 export const RUNS_BY_CLUSTER = "placement-cluster";
+/** Index of the run cache: unplaced runs by `namespace/dataset` they train on. */
+const UNPLACED_RUNS_BY_DATASET = "unplaced-dataset";
 const MAX_OFFERS_LISTED = 64;
 
 type Run = TrainingRun & KubeObject;
@@ -102,25 +104,86 @@ export interface TrainingRunControllerOptions {
   checkpoints?: CheckpointPlanner;
 }
 
+/**
+ * How often a Running run is looked at when nothing happens: its remote Job's events (and the
+ * remote Job informer's own resync) enqueue it, so this is only a safety net. Stretched by up
+ * to 20 % at random so runs started together do not come back together.
+ */
+export const RUNNING_RESYNC_MS = 10 * 60_000;
+
+/**
+ * The TrainingRun controller plus a cluster watchdog: a lost cluster sends no Job events, so
+ * every `remotePollMs` the watchdog looks at each connected cluster (O(clusters), not O(runs))
+ * and enqueues the runs placed on one that has not answered for longer than
+ * `clusterLostTimeoutMs`. This is what lets running runs go without a poll timer of their own
+ * (reliability finding 8: a timer per run was O(runs) reconciles per poll period).
+ */
+class RunController extends Controller {
+  private watchdog?: ReturnType<typeof setInterval>;
+
+  constructor(
+    opts: ConstructorParameters<typeof Controller>[0],
+    private readonly ctx: OperatorContext,
+  ) {
+    super(opts);
+  }
+
+  override start(): void {
+    super.start();
+    if (this.watchdog) return;
+    const every = Math.max(
+      100,
+      Math.min(this.ctx.settings.remotePollMs, this.ctx.settings.clusterLostTimeoutMs),
+    );
+    this.watchdog = setInterval(() => this.enqueueRunsOnLostClusters(), every);
+    this.watchdog.unref?.();
+  }
+
+  override async stop(timeoutMs?: number): Promise<boolean> {
+    clearInterval(this.watchdog);
+    this.watchdog = undefined;
+    return super.stop(timeoutMs);
+  }
+
+  private enqueueRunsOnLostClusters(): void {
+    if (!this.running) return;
+    for (const id of this.ctx.remote.ids()) {
+      if (this.ctx.remote.unreachableForMs(id) <= this.ctx.settings.clusterLostTimeoutMs) continue;
+      for (const run of this.ctx.caches.runs.byIndex(RUNS_BY_CLUSTER, id)) {
+        if (!isFinished(run)) this.enqueue(keyOf(run));
+      }
+    }
+  }
+}
+
 export function trainingRunController(
   ctx: OperatorContext,
   opts: TrainingRunControllerOptions = {},
 ): Controller {
   const r = new RunReconciler(ctx, opts);
-  const controller = new Controller({
-    name: "trainingrun",
-    reconcile: (key, rc) => r.reconcile(key, rc),
-    concurrency: opts.concurrency ?? 8,
-    logContext: (key) => ({ run: key }),
-    logger: ctx.log,
-    metrics: ctx.metrics,
-  });
+  const controller = new RunController(
+    {
+      name: "trainingrun",
+      reconcile: (key, rc) => r.reconcile(key, rc),
+      concurrency: opts.concurrency ?? 8,
+      logContext: (key) => ({ run: key }),
+      logger: ctx.log,
+      metrics: ctx.metrics,
+    },
+    ctx,
+  );
   const runs = ctx.caches.runs;
   runs.addIndex(RUNS_BY_CLUSTER, (run) => {
     const p = run.status?.placement;
     return p?.cluster ? [clusterId(p.provider, p.cluster)] : [];
   });
+  runs.addIndex(UNPLACED_RUNS_BY_DATASET, (run) =>
+    run.spec.data && !run.status?.placement ? [`${run.metadata.namespace}/${run.spec.data.dataset}`] : [],
+  );
   controller.watch(runs);
+  // A DataSet appearing unblocks the runs waiting for it (only unplaced ones: a placed run's
+  // staging is driven by its own reconciles, not by every progress update of the DataSet).
+  controller.watch(ctx.caches.datasets, (ds) => runs.byIndex(UNPLACED_RUNS_BY_DATASET, keyOf(ds)).map(keyOf));
   // An offer's answer moves its run on.
   controller.watch(ctx.caches.offers, (o) =>
     o.metadata.namespace ? [`${o.metadata.namespace}/${o.spec.run.name}`] : [],
@@ -221,6 +284,20 @@ class RunReconciler {
 
   private async place(run: Run, attempt: number, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
     const now = this.ctx.now();
+    // A run whose DataSet does not exist cannot start anywhere: it waits before any offer is
+    // made or any cluster provisioned (reliability finding 9). The DataSet's creation enqueues it.
+    if (
+      run.spec.data &&
+      !this.ctx.caches.datasets.get(`${run.metadata.namespace}/${run.spec.data.dataset}`)
+    ) {
+      await this.setWaiting(
+        run,
+        "Pending",
+        "DataSetMissing",
+        `DataSet ${run.spec.data.dataset} does not exist in ${run.metadata.namespace}; the run waits for it before it is offered or placed`,
+      );
+      return { requeueAfter: 60_000 };
+    }
     const providers = this.ctx.caches.providers.list();
     const primaries = conflictingPrimaries(providers);
     if (primaries.length > 1) {
@@ -297,7 +374,13 @@ class RunReconciler {
         );
         const due = answered + decision.retryAfterMs - now.getTime();
         if (due <= 0) return this.newAttempt(run, attempt, "re-offering to the primary");
-        await this.setWaiting(run, "Pending", decision.reason, decision.message);
+        // Say why each alternative is out (e.g. a name that is not a CloudProvider).
+        const out = eligibility.ineligible.filter((i) => i.provider !== eligibility.primary?.metadata.name);
+        const message =
+          decision.reason === "NoEligibleAlternative" && out.length > 0
+            ? `${decision.message} (${out.map((i) => `${i.provider}: ${i.reason}`).join("; ")})`
+            : decision.message;
+        await this.setWaiting(run, "Pending", decision.reason, message);
         return { requeueAfter: due };
       }
       case "place":
@@ -718,11 +801,17 @@ class RunReconciler {
       await deleteRemote(remote, run, job);
       return undefined;
     }
-    let next = this.ctx.settings.remotePollMs;
+    // No poll timer per run (reliability finding 8): Job events enqueue the run, the cluster
+    // watchdog enqueues it when its cluster is lost, and a long jittered resync is the safety
+    // net. Two things still need a clock: copying new checkpoints to the primary's store (a
+    // commit in a store sends no event) and the next failback check.
+    let next = Math.round(RUNNING_RESYNC_MS * (1 + 0.2 * Math.random()));
     if (state === "Running") {
+      if (this.opts.checkpoints?.mirror && run.spec.checkpoints)
+        next = Math.min(next, this.ctx.settings.remotePollMs);
       const due = await this.checkFailback(stored, rc);
       if (due !== undefined) next = Math.min(next, due);
-    }
+    } else next = Math.min(next, this.ctx.settings.remotePollMs); // Pending pods: look again soon.
     return { requeueAfter: next };
   }
 
