@@ -15,6 +15,27 @@ export const LABEL_MANAGED_BY = "app.kubernetes.io/managed-by";
 export const LABEL_ORIGIN = "spillway.dev/origin";
 export const MANAGED_BY = "spillway";
 
+/**
+ * The sandbox's trainer stand-in: a container of the Spillway image running
+ * `spillway checkpoint workload` (restore → checkpoint agent → trainer, one process; see
+ * operator/sandbox/trainer/workload.ts). The simulated kubelet runs it for real. It needs
+ * nothing beyond what every checkpointed run's pod gets (the environment contract of
+ * operator/checkpoints/README.md, the store Secret, a writable checkpoint volume).
+ */
+export const TRAINER_STAND_IN_COMMAND = ["spillway", "checkpoint", "workload"] as const;
+
+export function isTrainerStandIn(container: { command?: unknown }): boolean {
+  const cmd = container.command;
+  return (
+    Array.isArray(cmd) &&
+    cmd.length >= TRAINER_STAND_IN_COMMAND.length &&
+    TRAINER_STAND_IN_COMMAND.every((w, i) => cmd[i] === w)
+  );
+}
+
+/** Name of the emptyDir volume Spillway adds at the checkpoint path when nothing is mounted there. */
+export const CHECKPOINT_VOLUME = "spillway-checkpoints";
+
 /** torchrun's default rendezvous port. */
 export const RENDEZVOUS_PORT = 29500;
 
@@ -140,14 +161,52 @@ function rendezvousEnv(run: TrainingRun, inputs: DispatchInputs): Env[] {
   }
   if (inputs.checkpoints) {
     env.push(
-      { name: "SPILLWAY_CHECKPOINT_DIR", value: run.spec.checkpoints?.path ?? "/checkpoints" },
+      { name: "SPILLWAY_CHECKPOINT_DIR", value: checkpointPath(run) },
       { name: "SPILLWAY_CHECKPOINT_STORE", value: inputs.checkpoints.uri },
+      { name: "SPILLWAY_CHECKPOINT_KEEP", value: String(run.spec.checkpoints?.keep ?? 3) },
     );
     if (inputs.checkpoints.resumeStep !== undefined) {
       env.push({ name: "SPILLWAY_RESUME_STEP", value: String(inputs.checkpoints.resumeStep) });
     }
   }
   return env;
+}
+
+function checkpointPath(run: TrainingRun): string {
+  return run.spec.checkpoints?.path ?? "/checkpoints";
+}
+
+type Mount = { name?: unknown; mountPath?: unknown };
+
+/** Whether one of the mounts holds `path` (the path itself or a directory above it). */
+function mounted(mounts: Mount[], path: string): boolean {
+  return mounts.some((m) => {
+    const at = typeof m.mountPath === "string" ? m.mountPath.replace(/\/+$/, "") : undefined;
+    return at !== undefined && (path === at || path.startsWith(`${at}/`) || at === "");
+  });
+}
+
+/**
+ * The checkpoint path must be a volume: the checkpoint agent (a sidecar) reads what the
+ * trainer writes, and the trainer stand-in needs it writable. When the user mounted nothing
+ * there, an emptyDir goes at that path in the first container (and in the stand-in's).
+ */
+function addCheckpointVolume(
+  podSpec: Record<string, unknown> & { containers: Array<Record<string, unknown>> },
+  path: string,
+): void {
+  const volumes = Array.isArray(podSpec.volumes) ? (podSpec.volumes as Array<{ name?: unknown }>) : [];
+  let added = false;
+  podSpec.containers = podSpec.containers.map((c, i) => {
+    if (i !== 0 && !isTrainerStandIn(c)) return c;
+    const mounts = Array.isArray(c.volumeMounts) ? (c.volumeMounts as Mount[]) : [];
+    if (mounted(mounts, path)) return c;
+    added = true;
+    return { ...c, volumeMounts: [...mounts, { name: CHECKPOINT_VOLUME, mountPath: path }] };
+  });
+  if (added && !volumes.some((v) => v.name === CHECKPOINT_VOLUME)) {
+    podSpec.volumes = [...volumes, { name: CHECKPOINT_VOLUME, emptyDir: {} }];
+  }
 }
 
 function mergeEnv(existing: unknown, added: Env[]): Env[] {
@@ -196,6 +255,7 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
     }
     return container;
   });
+  if (inputs.checkpoints) addCheckpointVolume(podSpec, checkpointPath(run));
   podSpec.subdomain = name;
   podSpec.restartPolicy = "Never";
   podSpec.automountServiceAccountToken = podSpec.automountServiceAccountToken ?? false;

@@ -39,6 +39,21 @@ export interface ContainerExit {
 }
 
 const LOG_TAIL_BYTES = 256 * 1024;
+/** Containers of deleted pods whose logs and exits are still kept (as a node keeps dead containers' logs for a while). */
+const RETIRED_KEPT = 64;
+
+/** One container the kubelet ran (or runs): what `SimulatedCluster.containerRuns` reports. */
+export interface ContainerRun {
+  namespace: string;
+  pod: string;
+  uid: string;
+  container: string;
+  startedAt: Date;
+  /** Absent while it runs. */
+  exit?: ContainerExit;
+  /** stdout and stderr, interleaved as written (the newest 256 KiB). */
+  logs: string;
+}
 
 /** The node binary and the arguments before the CLI's own (`spillway …` → these + the rest). */
 export function spillwayEntry(): { node: string; prefix: string[] } {
@@ -125,6 +140,18 @@ class ContainerProcess {
   }
 }
 
+function runsOf(pod: PodProcesses): ContainerRun[] {
+  return [...pod.containers.values()].map((c) => ({
+    namespace: pod.namespace,
+    pod: pod.name,
+    uid: pod.uid,
+    container: c.name,
+    startedAt: c.startedAt,
+    ...(c.exit ? { exit: c.exit } : {}),
+    logs: c.logs(),
+  }));
+}
+
 /** The running (and exited) containers of one pod. */
 export class PodProcesses {
   readonly containers = new Map<string, ContainerProcess>();
@@ -175,6 +202,7 @@ export interface ExecutorOptions {
 
 export class Executor {
   private readonly pods = new Map<string, PodProcesses>();
+  private readonly retired: ContainerRun[] = [];
   private root: string | undefined;
   private stopped = false;
 
@@ -233,7 +261,18 @@ export class Executor {
     pod.kill();
     await pod.waitForExit();
     this.pods.delete(uid);
+    this.retire(pod);
     await rm(pod.dir, { recursive: true, force: true });
+  }
+
+  private retire(pod: PodProcesses): void {
+    this.retired.push(...runsOf(pod));
+    this.retired.splice(0, Math.max(0, this.retired.length - RETIRED_KEPT));
+  }
+
+  /** The containers run so far: those of deleted pods (the newest 64), then the current ones. */
+  history(): ContainerRun[] {
+    return [...this.retired, ...[...this.pods.values()].flatMap(runsOf)];
   }
 
   logs(namespace: string, name: string, container?: string): string | undefined {
@@ -263,6 +302,7 @@ export class Executor {
   async stop(): Promise<void> {
     this.stopped = true;
     await this.killAll();
+    for (const pod of this.pods.values()) this.retire(pod);
     this.pods.clear();
     if (this.root) rmSync(this.root, { recursive: true, force: true });
   }

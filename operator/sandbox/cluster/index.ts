@@ -8,7 +8,7 @@ export {
   PathMap,
   SPILLWAY_COMMAND,
 } from "./containers.ts";
-export { type ContainerLogLine, spillwayEntry } from "./executor.ts";
+export { type ContainerExit, type ContainerLogLine, type ContainerRun, spillwayEntry } from "./executor.ts";
 export { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
 export {
   COMPLETION_INDEX,

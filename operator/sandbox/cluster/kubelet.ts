@@ -50,7 +50,7 @@ import {
   isSpillwayContainer,
   planContainer,
 } from "./containers.ts";
-import { type ContainerLogLine, Executor } from "./executor.ts";
+import { type ContainerLogLine, type ContainerRun, Executor } from "./executor.ts";
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 export const COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index";
@@ -145,6 +145,11 @@ export class Kubelet {
   /** The log (stdout and stderr, newest 256 KiB) of an executed pod's container. */
   containerLogs(namespace: string, pod: string, container?: string): string | undefined {
     return this.executor.logs(namespace, pod, container);
+  }
+
+  /** Containers run for real so far (deleted pods' too, the newest 64), with exit and logs. */
+  containerRuns(): ContainerRun[] {
+    return this.executor.history();
   }
 
   /** Pids of the container processes still running. */

@@ -9,7 +9,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { type ApiServer, startApiServer } from "../apiserver/index.ts";
-import type { ContainerLogLine } from "./executor.ts";
+import type { ContainerLogLine, ContainerRun } from "./executor.ts";
 import { clientKubeconfig, kubeConfigFromYaml } from "./kubeconfig.ts";
 import { Kubelet } from "./kubelet.ts";
 import { ensureNodes, type NodePoolShape, setNodeReadyCondition } from "./nodes.ts";
@@ -149,6 +149,14 @@ export class SimulatedCluster {
    */
   containerLogs(namespace: string, pod: string, container?: string): string | undefined {
     return this.kubelet.containerLogs(namespace, pod, container);
+  }
+
+  /**
+   * The containers this cluster's kubelet ran for real (also of deleted pods and after the
+   * cluster stopped), optionally of one namespace: exit codes and logs.
+   */
+  containerRuns(namespace?: string): ContainerRun[] {
+    return this.kubelet.containerRuns().filter((r) => namespace === undefined || r.namespace === namespace);
   }
 
   /** Pids of the container processes still running on this cluster. */

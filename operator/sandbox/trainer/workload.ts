@@ -8,6 +8,7 @@
  *   SPILLWAY_RESUME_STEP       step the operator replicated there for this attempt (optional)
  *   SPILLWAY_RUN_UID           recorded in every manifest; other runs' checkpoints are refused
  *   SPILLWAY_NNODES            world size (default 2)
+ *   SPILLWAY_CHECKPOINT_KEEP   committed checkpoints kept in the store (spec.checkpoints.keep; default 3)
  *   SPILLWAY_TRAINER_STEPS / _EVERY / _STEP_DELAY / _TENSOR_BYTES (stand-in only; tensors of
  *   2 MiB or more get chunks of their own, so only the changed quarter of the model is resent)
  *
@@ -80,6 +81,7 @@ export function workloadFromEnv(env: NodeJS.ProcessEnv = process.env): WorkloadO
     steps: intFrom(env, "SPILLWAY_TRAINER_STEPS", 100),
     every: Math.max(1, intFrom(env, "SPILLWAY_TRAINER_EVERY", 10)),
     stepDelayMs: parseDuration(env.SPILLWAY_TRAINER_STEP_DELAY || "0ms"),
+    ...(env.SPILLWAY_CHECKPOINT_KEEP ? { keep: Math.max(1, intFrom(env, "SPILLWAY_CHECKPOINT_KEEP")) } : {}),
     ...(env.SPILLWAY_TRAINER_TENSOR_BYTES
       ? { tensorBytes: Math.max(4, intFrom(env, "SPILLWAY_TRAINER_TENSOR_BYTES")) }
       : {}),
