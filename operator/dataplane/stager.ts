@@ -78,6 +78,12 @@ export type ShardedSyncOutcome =
 /** Runs a large sync elsewhere (see the file comment). */
 export interface ShardedSyncRunner {
   run(req: ShardedSyncRequest): Promise<ShardedSyncOutcome>;
+  /**
+   * The replica is about to be synced in the operator: anything the runner left for it (a
+   * Job adopted from before a restart that the new settings no longer want) must not keep
+   * writing beside it.
+   */
+  release?(dataset: DataSet, provider: string): Promise<void>;
 }
 
 /** The state of one dataset → provider sync, as the controllers report it. */
@@ -316,6 +322,7 @@ export class DatasetSyncs implements DataStager {
           }
         }
         s.via = "operator";
+        await this.runner?.release?.(ds, provider);
         const summary = await syncStores(src, dst, {
           ...this.opts.sync,
           delete: ds.spec.syncPolicy?.delete ?? false,

@@ -424,6 +424,23 @@ export class SyncWorkers implements ShardedSyncRunner {
     }
   }
 
+  /**
+   * The replica is synced in the operator now: worker Jobs and Secrets left for it (by a
+   * previous operator, or with other settings) are deleted. Only DataSets that ever had
+   * workers (the finalizer) are looked for; a failure is logged, the finalizer still holds.
+   */
+  async release(ds: DataSet, provider: string): Promise<void> {
+    if (!(ds.metadata?.finalizers ?? []).includes(WORKERS_FINALIZER)) return;
+    for (const c of workerClusterCandidates(this.ctx, ds, provider)) {
+      try {
+        const remote = this.ctx.remote.connect(c.id, c.kubeconfig);
+        await this.cleanup(remote.client, ds, provider);
+      } catch (err) {
+        this.ctx.log.warn("could not delete leftover sync workers", { cluster: c.id, err });
+      }
+    }
+  }
+
   /** Reads the shard manifests of newly completed indexes for objects and bytes synced. */
   private async progress(
     req: ShardedSyncRequest,

@@ -468,6 +468,30 @@ describe("sync workers", () => {
     expect(kubelet.played(first.metadata.name!)).toEqual([first.metadata.uid]);
   });
 
+  it("removes a Job left from before a restart when the new settings sync the replica in the operator", async () => {
+    kubelet.mode = { kind: "hold" };
+    try {
+      await seed("shrunk", 3);
+      await h.client.create(SpillwayResources.DataSet, dataset("shrunk", 10, 2));
+      const uid = (await get("shrunk")).metadata.uid!;
+      await eventually(async () => (await workerObjects(uid)).jobs[0]);
+      await stopController();
+      const d = await get("shrunk");
+      d.spec.syncPolicy = { ...d.spec.syncPolicy, workerThresholdBytes: 1_000_000 };
+      await h.client.update(SpillwayResources.DataSet, d);
+      startController();
+      const ds = await eventually(async () => {
+        const x = await get("shrunk");
+        return x.status?.replicasSynced === 1 && x.metadata.generation === x.status.observedGeneration && x;
+      });
+      expect(ds.status?.replicas?.[0]?.message).not.toContain("sync workers");
+      const left = await workerObjects(uid);
+      expect(left.jobs.length + left.secrets.length).toBe(0);
+    } finally {
+      kubelet.mode = { kind: "run" };
+    }
+  });
+
   it("deletes a running Job and its Secret before a deleted DataSet goes (finalizer)", async () => {
     kubelet.mode = { kind: "hold" };
     try {
