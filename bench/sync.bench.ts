@@ -14,11 +14,13 @@
  * are single-threaded Node servers: on 2 cores they, not the clients, set the ceiling, so only
  * the comparison within this run means anything. Never fails on a time.
  *
- * `SYNC_BENCH_SMALL=N` changes the object count of (b) (default 5000).
+ * `SYNC_BENCH_SMALL=N` changes the object count of (b) (default 5000);
+ * `SYNC_BENCH_ONLY=a` (or `b`, comma-separated `a,b`) runs only the large or the small scenarios;
+ * `SYNC_BENCH_PROFILE=DIR` writes a V8 CPU profile of every Spillway run to DIR.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -34,6 +36,10 @@ const root = join(here, "..");
 interface Run {
   seconds: number;
   peakRssMiB?: number;
+  /** User + system CPU seconds of the process: steadier than wall time on a shared machine. */
+  cpuSeconds?: number;
+  /** CPU seconds both emulators spent serving the run (how hard the tool's requests are to serve). */
+  emulatorCpuSeconds?: number;
   ok: boolean;
   detail: string;
 }
@@ -44,17 +50,28 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Run {
   const useTime = existsSync("/usr/bin/time");
   const t0 = process.hrtime.bigint();
   const r = useTime
-    ? spawnSync("/usr/bin/time", ["-f", "__RSS_KB__ %M", cmd, ...args], { env, encoding: "utf8" })
+    ? spawnSync("/usr/bin/time", ["-f", "__RSS_KB__ %M %U %S", cmd, ...args], { env, encoding: "utf8" })
     : spawnSync(cmd, args, { env, encoding: "utf8" });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const rss = /__RSS_KB__ (\d+)/.exec(r.stderr ?? "");
-  const detail = `${r.stdout ?? ""}${(r.stderr ?? "").replace(/__RSS_KB__ \d+\s*/, "")}`.trim();
+  const rss = /__RSS_KB__ (\d+) ([\d.]+) ([\d.]+)/.exec(r.stderr ?? "");
+  const detail = `${r.stdout ?? ""}${(r.stderr ?? "").replace(/__RSS_KB__ [\d. ]+\s*/, "")}`.trim();
   return {
     seconds,
-    ...(rss ? { peakRssMiB: Number(rss[1]) / 1024 } : {}),
+    ...(rss ? { peakRssMiB: Number(rss[1]) / 1024, cpuSeconds: Number(rss[2]) + Number(rss[3]) } : {}),
     ok: r.status === 0,
     detail: detail.slice(-600),
   };
+}
+
+/** utime + stime of a process, in seconds (0 when unreadable). */
+function cpuOf(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
 }
 
 /**
@@ -100,6 +117,9 @@ async function main(): Promise<void> {
   const { AzuriteEmulator, S3rverEmulator } = await import("../operator/sandbox/emulators/index.ts");
   const dir = mkdtempSync(join(tmpdir(), "spillway-bench-sync-"));
   const smallCount = Number(process.env.SYNC_BENCH_SMALL ?? 5000);
+  const only = (process.env.SYNC_BENCH_ONLY ?? "a,b").split(",").map((s) => s.trim());
+  const runLarge = only.includes("a");
+  const runSmall = only.includes("b");
   const [az, s3] = await Promise.all([
     AzuriteEmulator.start({ dir: join(dir, "azurite"), containers: ["large", "small"] }),
     S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["ours", "rclone"] }),
@@ -131,33 +151,40 @@ async function main(): Promise<void> {
         b.writeUInt32LE((Math.imul(i + 1, 2654435761) ^ (n * 7919 + seed)) >>> 0, i);
       return b;
     };
-    await put("large", [
-      ...Array.from({ length: 200 }, (_, n): [string, Buffer] => [
-        `mid/${String(n).padStart(4, "0")}.bin`,
-        fill(n, MiB, 1),
-      ]),
-      ["big/0.bin", fill(1, 100 * MiB, 2)],
-      ["big/1.bin", fill(2, 100 * MiB, 3)],
-    ]);
-    await put(
-      "small",
-      Array.from({ length: smallCount }, (_, n): [string, Buffer] => [
-        `s/${String(n).padStart(5, "0")}.dat`,
-        fill(n, 4096, 4),
-      ]),
-      32,
-    );
+    if (runLarge)
+      await put("large", [
+        ...Array.from({ length: 200 }, (_, n): [string, Buffer] => [
+          `mid/${String(n).padStart(4, "0")}.bin`,
+          fill(n, MiB, 1),
+        ]),
+        ["big/0.bin", fill(1, 100 * MiB, 2)],
+        ["big/1.bin", fill(2, 100 * MiB, 3)],
+      ]);
+    if (runSmall)
+      await put(
+        "small",
+        Array.from({ length: smallCount }, (_, n): [string, Buffer] => [
+          `s/${String(n).padStart(5, "0")}.dat`,
+          fill(n, 4096, 4),
+        ]),
+        32,
+      );
     console.log(`source populated in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     // ── the two tools ───────────────────────────────────────────────────────────────────
     const worker = await bundleWorker(dir);
     const enc = encodeURIComponent;
-    const ours = (container: string, prefix: string, extra: string[] = []): Run => {
+    const ours = (container: string, prefix: string, extra: string[] = []): Run =>
+      measured(() => oursRaw(container, prefix, extra));
+    const oursRaw = (container: string, prefix: string, extra: string[] = []): Run => {
       const src = `azblob://${az.accountName}/${container}/?endpoint=${enc(az.blobEndpoint)}`;
       const dst = `s3://ours/${prefix}?endpoint=${enc(s3.endpoint)}&region=${s3.region}`;
+      const profile = process.env.SYNC_BENCH_PROFILE
+        ? ["--cpu-prof", "--cpu-prof-dir", process.env.SYNC_BENCH_PROFILE]
+        : [];
       const r = timed(
         process.execPath,
-        [...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra],
+        [...profile, ...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra],
         {
           ...process.env,
           AZURE_STORAGE_KEY: az.accountKey,
@@ -189,7 +216,9 @@ async function main(): Promise<void> {
     const rcloneConfig = join(dir, "rclone.conf");
     writeFileSync(rcloneConfig, "");
     const { AWS_CA_BUNDLE: _drop, ...rcloneEnv } = process.env;
-    const rclone = (container: string, prefix: string, extra: string[] = []): Run => {
+    const rclone = (container: string, prefix: string, extra: string[] = []): Run =>
+      measured(() => rcloneRaw(container, prefix, extra));
+    const rcloneRaw = (container: string, prefix: string, extra: string[] = []): Run => {
       const src = `:azureblob,sas_url='${az.blobEndpoint}/${container}?${sas(container)}':${container}`;
       const dst = `:s3,provider=Other,access_key_id=${s3.accessKeyId},secret_access_key=${s3.secretAccessKey},endpoint='${s3.endpoint}',force_path_style=true,no_check_bucket=true:rclone/${prefix}`;
       return timed("rclone", ["sync", src, dst, "--config", rcloneConfig, "--stats", "0", ...extra], {
@@ -197,63 +226,85 @@ async function main(): Promise<void> {
       });
     };
 
-    const rows: { scenario: string; tool: string; run: Run; bytes: number; objects: number }[] = [];
+    const rows: { scenario: string; tool: string; run: Run; bytes: number; objects: number; load: number }[] =
+      [];
+    // The 1-minute load average after each run: other work on a shared machine moves the figures.
+    const emuCpu = () => cpuOf(az.pid) + cpuOf(s3.pid);
+    const measured = (f: () => Run): Run => {
+      const before = emuCpu();
+      const r = f();
+      r.emulatorCpuSeconds = emuCpu() - before;
+      return r;
+    };
     const record = (scenario: string, tool: string, run: Run, objects: number, bytes: number) => {
-      rows.push({ scenario, tool, run, objects, bytes });
+      rows.push({ scenario, tool, run, objects, bytes, load: loadavg()[0]! });
       if (!run.ok) console.log(`  ! ${tool} ${scenario} failed: ${run.detail}`);
     };
     const largeBytes = 200 * MiB + 200 * MiB;
     const smallBytes = smallCount * 4096;
     const t16 = ["--transfers", "16", "--checkers", "16"];
 
-    record("(a) cold 200×1MiB+2×100MiB", "spillway", ours("large", "a/"), 202, largeBytes);
-    if (rcloneAvailable)
-      record(
-        "(a) cold 200×1MiB+2×100MiB",
-        "rclone --transfers 16",
-        rclone("large", "a/", t16),
-        202,
-        largeBytes,
-      );
-    record(`(b) cold ${smallCount}×4KiB`, "spillway", ours("small", "b/"), smallCount, smallBytes);
-    if (rcloneAvailable)
-      record(
-        `(b) cold ${smallCount}×4KiB`,
-        "rclone --transfers 16",
-        rclone("small", "b/", t16),
-        smallCount,
-        smallBytes,
-      );
-    record("(c) no-op resync of (b)", "spillway", ours("small", "b/"), smallCount, 0);
-    if (rcloneAvailable) {
-      record("(c) no-op resync of (b)", "rclone (default)", rclone("small", "b/"), smallCount, 0);
-      record(
-        "(c) no-op resync of (b)",
-        "rclone --checksum",
-        rclone("small", "b/", ["--checksum", ...t16]),
-        smallCount,
-        0,
-      );
+    // (a) is repeated SYNC_BENCH_REPEAT times (default 1), the two tools alternating, each time
+    // into a fresh prefix; the best run of each is kept (figures vary with other load).
+    const repeat = Math.max(1, Number(process.env.SYNC_BENCH_REPEAT ?? 1));
+    const best = (runs: Run[]): Run => {
+      const b = runs.reduce((x, y) => (y.ok && (!x.ok || y.seconds < x.seconds) ? y : x));
+      if (runs.length > 1) b.detail += `; runs ${runs.map((r) => r.seconds.toFixed(1)).join(", ")} s`;
+      return b;
+    };
+    if (runLarge) {
+      const mine: Run[] = [];
+      const peer: Run[] = [];
+      for (let i = 0; i < repeat; i++) {
+        const prefix = repeat === 1 ? "a/" : `a${i}/`;
+        mine.push(ours("large", prefix));
+        if (rcloneAvailable) peer.push(rclone("large", prefix, t16));
+      }
+      record("(a) cold 200×1MiB+2×100MiB", "spillway", best(mine), 202, largeBytes);
+      if (rcloneAvailable)
+        record("(a) cold 200×1MiB+2×100MiB", "rclone --transfers 16", best(peer), 202, largeBytes);
     }
-    // 50 objects change (same size, new content).
-    await put(
-      "small",
-      Array.from({ length: 50 }, (_, i): [string, Buffer] => {
-        const n = Math.floor((i * smallCount) / 50);
-        return [`s/${String(n).padStart(5, "0")}.dat`, fill(n, 4096, 99)];
-      }),
-    );
-    record("(d) resync of (b), 50 changed", "spillway", ours("small", "b/"), 50, 50 * 4096);
-    if (rcloneAvailable)
-      record("(d) resync of (b), 50 changed", "rclone (default)", rclone("small", "b/"), 50, 50 * 4096);
-    // Verification of the copies: Spillway's second run compares every object's size and etag.
-    const verifyRun = ours("small", "b/", ["--verify", "list"]);
-    record("(e) resync of (b) with --verify list", "spillway", verifyRun, smallCount, 0);
+    if (runSmall) {
+      record(`(b) cold ${smallCount}×4KiB`, "spillway", ours("small", "b/"), smallCount, smallBytes);
+      if (rcloneAvailable)
+        record(
+          `(b) cold ${smallCount}×4KiB`,
+          "rclone --transfers 16",
+          rclone("small", "b/", t16),
+          smallCount,
+          smallBytes,
+        );
+      record("(c) no-op resync of (b)", "spillway", ours("small", "b/"), smallCount, 0);
+      if (rcloneAvailable) {
+        record("(c) no-op resync of (b)", "rclone (default)", rclone("small", "b/"), smallCount, 0);
+        record(
+          "(c) no-op resync of (b)",
+          "rclone --checksum",
+          rclone("small", "b/", ["--checksum", ...t16]),
+          smallCount,
+          0,
+        );
+      }
+      // 50 objects change (same size, new content).
+      await put(
+        "small",
+        Array.from({ length: 50 }, (_, i): [string, Buffer] => {
+          const n = Math.floor((i * smallCount) / 50);
+          return [`s/${String(n).padStart(5, "0")}.dat`, fill(n, 4096, 99)];
+        }),
+      );
+      record("(d) resync of (b), 50 changed", "spillway", ours("small", "b/"), 50, 50 * 4096);
+      if (rcloneAvailable)
+        record("(d) resync of (b), 50 changed", "rclone (default)", rclone("small", "b/"), 50, 50 * 4096);
+      // Verification of the copies: Spillway's second run compares every object's size and etag.
+      const verifyRun = ours("small", "b/", ["--verify", "list"]);
+      record("(e) resync of (b) with --verify list", "spillway", verifyRun, smallCount, 0);
+    }
 
     // ── table ──────────────────────────────────────────────────────────────────────────
     const pad = (s: string, n: number) => s.padEnd(n);
     console.log(
-      `\n${pad("scenario", 36)}${pad("tool", 24)}${pad("seconds", 10)}${pad("MB/s", 9)}${pad("objects/s", 11)}${pad("peak RSS", 10)}detail`,
+      `\n${pad("scenario", 36)}${pad("tool", 24)}${pad("seconds", 10)}${pad("MB/s", 9)}${pad("objects/s", 11)}${pad("CPU s", 7)}${pad("emu CPU", 9)}${pad("peak RSS", 10)}${pad("load", 6)}detail`,
     );
     for (const r of rows) {
       const s = r.run.seconds;
@@ -263,8 +314,11 @@ async function main(): Promise<void> {
           pad(s.toFixed(2), 10) +
           pad(r.bytes ? (r.bytes / 1e6 / s).toFixed(1) : "-", 9) +
           pad((r.objects / s).toFixed(0), 11) +
+          pad(r.run.cpuSeconds !== undefined ? r.run.cpuSeconds.toFixed(1) : "?", 7) +
+          pad(r.run.emulatorCpuSeconds !== undefined ? r.run.emulatorCpuSeconds.toFixed(1) : "?", 9) +
           pad(r.run.peakRssMiB ? `${r.run.peakRssMiB.toFixed(0)} MiB` : "?", 10) +
-          (r.run.ok ? (r.tool === "spillway" ? r.run.detail : "") : "FAILED"),
+          pad(r.load.toFixed(1), 6) +
+          (r.run.ok ? (r.tool === "spillway" || r.run.detail.startsWith(";") ? r.run.detail : "") : "FAILED"),
       );
     }
     const find = (sc: string, tool: string) =>

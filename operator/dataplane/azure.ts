@@ -30,6 +30,8 @@ import {
   type StoreCredentials,
   StoreError,
   type StoreLocation,
+  type StreamPutResult,
+  type StreamWriteOptions,
   type WriteOptions,
 } from "./store.ts";
 
@@ -198,12 +200,14 @@ export class AzureBlobStore implements ObjectStore {
       for (const b of page.value.segment.blobItems) {
         if (!b.name.startsWith(this.prefix)) continue;
         const sha256 = b.metadata?.[SHA256_METADATA.azure];
+        const md5 = b.properties.contentMD5;
         yield {
           key: b.name.slice(this.prefix.length),
           size: b.properties.contentLength ?? 0,
           etag: unquote(b.properties.etag),
           lastModified: b.properties.lastModified,
           ...(sha256 ? { sha256 } : {}),
+          ...(md5 && md5.length === 16 ? { md5: Buffer.from(md5).toString("hex") } : {}),
         };
       }
     } while (token);
@@ -265,7 +269,7 @@ export class AzureBlobStore implements ObjectStore {
   }
 
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
-    const digest = md5(body);
+    const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);
     try {
       const r = await this.blob(key).upload(body, body.length, {
         metadata: this.metadataOf(options),
@@ -281,6 +285,49 @@ export class AzureBlobStore implements ObjectStore {
         throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
       return { etag: unquote(r.etag) };
     } catch (e) {
+      throw classifyAzureError(e, `put ${key}`);
+    }
+  }
+
+  /**
+   * One streamed Put Blob up to `maxPutSize`: no staged blocks to commit. The service checks
+   * a Content-MD5 given in advance and returns the MD5 it computed otherwise. A sha256 known
+   * only after the body was sent is added as metadata (no data rewrite; the etag changes, and
+   * the update is conditional on the etag just written).
+   */
+  async putStream(
+    key: string,
+    body: Readable,
+    size: number,
+    options: StreamWriteOptions = {},
+  ): Promise<StreamPutResult> {
+    const blob = this.blob(key);
+    const given = options.md5 ? Buffer.from(options.md5, "hex") : undefined;
+    try {
+      const r = await blob.upload(() => body, size, {
+        metadata: this.metadataOf(options),
+        conditions: this.conditionsOf(options),
+        blobHTTPHeaders: {
+          ...(given ? { blobContentMD5: given } : {}),
+          ...(options.contentType ? { blobContentType: options.contentType } : {}),
+        },
+        ...(given ? { transactionalContentMD5: given } : {}),
+        ...(options.signal ? { abortSignal: options.signal } : {}),
+      });
+      let etag = unquote(r.etag);
+      const md5 =
+        r.contentMD5 && r.contentMD5.length === 16 ? Buffer.from(r.contentMD5).toString("hex") : undefined;
+      const late = options.sha256 ? undefined : options.sha256After?.();
+      if (late) {
+        const m = await blob.setMetadata(this.metadataOf(options, late), {
+          conditions: { ifMatch: `"${etag}"` },
+          ...(options.signal ? { abortSignal: options.signal } : {}),
+        });
+        etag = unquote(m.etag);
+      }
+      return { etag, ...(md5 ? { md5 } : {}) };
+    } catch (e) {
+      body.destroy();
       throw classifyAzureError(e, `put ${key}`);
     }
   }

@@ -25,6 +25,7 @@ export {
   ByteBudget,
   DEFAULT_CONCURRENCY,
   DEFAULT_PART_SIZE,
+  DEFAULT_UPLOAD_CUTOFF,
   type SyncOptions,
   type SyncProgress,
   type SyncSummary,

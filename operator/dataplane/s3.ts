@@ -41,6 +41,8 @@ import {
   type StoreCredentials,
   StoreError,
   type StoreLocation,
+  type StreamPutResult,
+  type StreamWriteOptions,
   type WriteOptions,
 } from "./store.ts";
 
@@ -273,7 +275,9 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const Key = this.full(key);
     try {
-      const digest = md5(body);
+      const digest = options.md5
+        ? { hex: options.md5, b64: Buffer.from(options.md5, "hex").toString("base64") }
+        : md5(body);
       const command = new PutObjectCommand({
         Bucket: this.bucket,
         Key,
@@ -294,6 +298,43 @@ export class S3Store implements ObjectStore {
         throw new StoreError("Integrity", `put ${key}: stored MD5 ${etag} differs from the data sent`);
       return { etag };
     } catch (e) {
+      throw classifyS3Error(e, `put ${key}`);
+    }
+  }
+
+  /**
+   * One streamed PUT (what rclone does below its 200 MiB upload cutoff): no part files for the
+   * store to reassemble — s3rver re-reads and rewrites every part at CompleteMultipartUpload.
+   * Integrity: Content-MD5 when the source said its MD5, the sha256 as the SigV4 payload hash
+   * when the source carried it (S3 rejects a body that differs), and the returned single-part
+   * ETag (the MD5 of what was stored) for the caller to compare with what it sent.
+   */
+  async putStream(
+    key: string,
+    body: Readable,
+    size: number,
+    options: StreamWriteOptions = {},
+  ): Promise<StreamPutResult> {
+    const Key = this.full(key);
+    try {
+      const command = new PutObjectCommand({
+        Bucket: this.bucket,
+        Key,
+        Body: body,
+        ContentLength: size,
+        ...(options.md5 ? { ContentMD5: Buffer.from(options.md5, "hex").toString("base64") } : {}),
+        Metadata: this.metadataOf(options),
+        ...(options.contentType ? { ContentType: options.contentType } : {}),
+        ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+        ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+      });
+      const r = await this.client.send(withPayloadHash(command, options.sha256 ?? "UNSIGNED-PAYLOAD"), {
+        abortSignal: options.signal,
+      });
+      const etag = unquote(r.ETag);
+      return { etag, ...(/^[0-9a-f]{32}$/.test(etag) ? { md5: etag } : {}) };
+    } catch (e) {
+      body.destroy();
       throw classifyS3Error(e, `put ${key}`);
     }
   }

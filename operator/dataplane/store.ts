@@ -41,6 +41,12 @@ export interface ObjectInfo {
   lastModified?: Date;
   /** Spillway's content sha256 (hex), when the store returned it. */
   sha256?: string;
+  /**
+   * The content MD5 (hex), when the listing says it for certain: Azure's Content-MD5 property,
+   * an S3 ETag of a single-part upload. Sent as Content-MD5 on a streamed copy, so the
+   * destination checks the bytes it receives.
+   */
+  md5?: string;
 }
 
 export interface ObjectHead extends ObjectInfo {
@@ -74,6 +80,12 @@ export interface WriteOptions {
    * be the body's: S3 receives it as the SigV4 payload hash and rejects a body that differs.
    */
   sha256?: string;
+  /**
+   * The body's MD5 (hex) when the source said it (its listing): sent as Content-MD5 instead of
+   * hashing the body once more, and compared with the MD5 the store reports. A source whose
+   * bytes differ from its own MD5 fails with Integrity.
+   */
+  md5?: string;
   /** Extra user metadata; names lowercase `[a-z0-9]+` so every store accepts them. */
   metadata?: Record<string, string>;
   contentType?: string;
@@ -88,6 +100,19 @@ export interface WriteOptions {
 
 export interface PutResult {
   etag: string;
+}
+
+export interface StreamWriteOptions extends WriteOptions {
+  /**
+   * When `sha256` was not known before sending: called once the body was sent, for the hash to
+   * store as metadata where the store can add it without rewriting the data (Azure).
+   */
+  sha256After?: () => string | undefined;
+}
+
+export interface StreamPutResult extends PutResult {
+  /** The MD5 (hex) the store computed over what it received, when it reports one. */
+  md5?: string;
 }
 
 /** One uploaded part, as returned by `uploadPart`; pass them all, in any order, to `commit`. */
@@ -143,6 +168,18 @@ export interface ObjectStore {
   read(key: string, options?: ReadOptions): Promise<Readable>;
   /** Writes a whole object in one atomic request. */
   put(key: string, body: Uint8Array, options?: WriteOptions): Promise<PutResult>;
+  /**
+   * Writes a whole object from a stream of exactly `size` bytes in one atomic request, without
+   * holding it in memory (one S3 PUT, one Azure Put Blob): an incomplete body leaves nothing
+   * visible. Optional; limited to `capabilities.maxPutSize`. The result's `md5` lets the caller
+   * compare what the store received with what it sent.
+   */
+  putStream?(
+    key: string,
+    body: Readable,
+    size: number,
+    options?: StreamWriteOptions,
+  ): Promise<StreamPutResult>;
   /** Starts a multipart upload; `sha256` may be given here or at commit. */
   startUpload(key: string, options?: WriteOptions): Promise<MultipartUpload>;
   /** Deletes; a missing object is not an error. */

@@ -58,8 +58,8 @@ describe("copying between clouds", () => {
     expect(r).toMatchObject({ complete: true, failed: { objects: 0 }, copied: { objects: 7 } });
     expect(r.version).toMatch(/^sha256:[0-9a-f]{64}$/);
     expectSameContents(await contents(dst), DATASET);
-    // The content hash is recorded beside the data (S3 fixes a multipart object's metadata
-    // before its hash is known), and travels as metadata on single puts.
+    // The content hash is recorded beside the data (S3 fixes an object's metadata before a
+    // streamed object's hash is known), and travels as metadata on buffered puts.
     const manifest = await loadManifest(dst, manifestKey());
     expect(manifest?.get("large.bin")?.sha256).toBe(sha(DATASET["large.bin"] as Buffer));
     expect((await dst.head("train/ok..dots"))?.sha256).toBe(sha(Buffer.from(DATASET["train/ok..dots"]!)));
@@ -70,7 +70,8 @@ describe("copying between clouds", () => {
     const src = await emu.open(emu.s3Uri("data", "s2a/src"));
     await putAll(src, DATASET);
     const dst = await emu.open(emu.azUri("data", "s2a/dst"));
-    const r = await syncStores(src, dst, { partSize: 5 * MiB, retry: FAST_RETRY });
+    // uploadCutoff 0: large.bin in staged blocks (the Azure → S3 case above streams it whole).
+    const r = await syncStores(src, dst, { partSize: 5 * MiB, uploadCutoff: 0, retry: FAST_RETRY });
     expect(r.complete).toBe(true);
     expect(r.version).toBe(version);
     expectSameContents(await contents(dst), DATASET);
@@ -232,10 +233,16 @@ describe("faults", () => {
       },
     };
     const dst = await emu.open(emu.s3Uri("data", "replaced/dst"));
-    const r = await syncStores(swapping, dst, { partSize: 5 * MiB, concurrency: 1, retry: FAST_RETRY });
+    // uploadCutoff 0: in parts (ranged reads), where two versions could meet.
+    const r = await syncStores(swapping, dst, {
+      partSize: 5 * MiB,
+      uploadCutoff: 0,
+      concurrency: 1,
+      retry: FAST_RETRY,
+    });
     expect(r).toMatchObject({ complete: false, failed: { objects: 1 } });
     expect(await dst.head("model.bin")).toBeUndefined();
-    const again = await syncStores(src, dst, { partSize: 5 * MiB });
+    const again = await syncStores(src, dst, { partSize: 5 * MiB, uploadCutoff: 0 }); // S3 multipart
     expect(again.complete).toBe(true);
     expect(sha((await contents(dst)).get("model.bin")!)).toBe(sha(v2));
   });
@@ -307,7 +314,7 @@ describe("confinement", () => {
 describe("large objects and memory", () => {
   it("streams a 1 GiB object in parts with data buffers bounded by concurrency × part size", async () => {
     // The source generates its bytes and the destination is a directory: what is measured is
-    // the engine's own buffering (the emulators' multipart paths are covered by large.bin).
+    // the engine's own buffering (the emulators' multipart paths are covered above).
     const src = new GeneratedSource("big/1GiB.bin", 1024 * MiB);
     const dst = await emu.open(emu.fileUri("huge"));
     let peakArrayBuffers = 0;

@@ -15,6 +15,7 @@ import { openStore, StoreError, type StoreErrorCode } from "../../dataplane/stor
 import {
   DEFAULT_CONCURRENCY,
   DEFAULT_PART_SIZE,
+  DEFAULT_UPLOAD_CUTOFF,
   type SyncOptions,
   type SyncProgress,
   type SyncSummary,
@@ -46,13 +47,13 @@ const UNITS: Record<string, number> = {
   gib: 1024 ** 3,
 };
 
-/** "8MiB", "5M", "1048576" → bytes. */
-export function parseSize(v: string): number {
+/** "8MiB", "5M", "1048576" → bytes (at least `min`). */
+export function parseSize(v: string, what = "--part-size", min = 1): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
   const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
-  if (!m || unit === undefined) throw new UsageError(`--part-size: not a size: ${v} (e.g. 8MiB)`);
+  if (!m || unit === undefined) throw new UsageError(`${what}: not a size: ${v} (e.g. 8MiB)`);
   const n = Math.floor(Number(m[1]) * unit);
-  if (n < 1) throw new UsageError(`--part-size must be at least 1 byte, got ${v}`);
+  if (n < min) throw new UsageError(`${what} must be at least ${min} byte${min === 1 ? "" : "s"}, got ${v}`);
   return n;
 }
 
@@ -128,6 +129,7 @@ function humanSummary(s: SyncSummary): string {
 export interface SyncCommandOptions {
   concurrency: string;
   partSize: string;
+  uploadCutoff?: string;
   delete?: boolean;
   dryRun?: boolean;
   shard?: string;
@@ -150,6 +152,9 @@ export async function runSync(src: string, dst: string, o: SyncCommandOptions): 
     const options: SyncOptions = {
       concurrency: positiveInt("--concurrency", o.concurrency),
       partSize: parseSize(o.partSize),
+      ...(o.uploadCutoff !== undefined
+        ? { uploadCutoff: parseSize(o.uploadCutoff, "--upload-cutoff", 0) }
+        : {}),
       delete: o.delete ?? false,
       dryRun: o.dryRun ?? false,
       verify,
@@ -200,6 +205,10 @@ export function register(program: Command): void {
     .argument("<dst>", "destination store URI")
     .option("--concurrency <n>", "objects and parts in flight", String(DEFAULT_CONCURRENCY))
     .option("--part-size <size>", "multipart part size, e.g. 8MiB", `${DEFAULT_PART_SIZE / 1024 / 1024}MiB`)
+    .option(
+      "--upload-cutoff <size>",
+      `objects up to this size are streamed in one request, larger ones in parts (default ${DEFAULT_UPLOAD_CUTOFF / 1024 / 1024}MiB; 0: parts above --part-size)`,
+    )
     .option(
       "--delete",
       "delete destination objects missing from the source (only after a sync with no error)",
