@@ -332,6 +332,9 @@ export class SyncWorkers implements ShardedSyncRunner {
       (c) => this.ctx.remote.unreachableForMs(c.id) === 0,
     );
     if (!cluster) return { kind: "declined", reason: "no reachable cluster near the data for sync workers" };
+    // A destination that cannot be written (missing bucket, refused credentials) fails here,
+    // as a configuration error, instead of in every worker of a Job.
+    await req.dst.check(signal, "write");
     const ends = [ds.spec.source.provider, provider].map((name) => {
       const p = this.ctx.caches.providers.get(name)!;
       const ref = p.spec.storage?.credentialsSecretRef;

@@ -423,6 +423,24 @@ describe("sync workers", () => {
     expect(ds.metadata.finalizers ?? []).not.toContain(WORKERS_FINALIZER);
   });
 
+  it("starts no Job for a replica whose bucket does not exist: the replica is Stalled", async () => {
+    const broken = providers(h)[1]!;
+    broken.metadata.name = "oci-nobucket";
+    (broken.spec.storage!.s3 as { bucket: string }).bucket = "no-such-bucket";
+    await h.client.create(SpillwayResources.CloudProvider, broken);
+    await seed("nobucket", 2);
+    const d = dataset("nobucket", 10, 2);
+    d.spec.replicas = [{ provider: "oci-nobucket", prefix: "x/" }];
+    await h.client.create(SpillwayResources.DataSet, d);
+    const ds = await eventually(async () => {
+      const x = await get("nobucket");
+      return x.status?.replicas?.[0]?.phase === "Failed" && x;
+    });
+    expect(cond(ds, "Stalled")).toMatchObject({ status: "True" });
+    expect(ds.status?.replicas?.[0]?.message).toContain("bucket not found");
+    expect((await workerObjects(ds.metadata.uid!)).jobs).toHaveLength(0);
+  });
+
   it("reports a failed worker index with the worker's message, and removes the Job and Secret", async () => {
     kubelet.mode = { kind: "fail", index: 1, message: "spillway sync: 2 objects failed: throttled" };
     try {
