@@ -6,6 +6,13 @@
  *
  * The story is read from the operator's caches, i.e. from the API server's watch stream: the
  * demo prints what a user would see with `kubectl get -w`, not what the code intended.
+ *
+ * Chapter 2 (when the ARM emulator runs): a run with checkpoints whose trainer runs for real
+ * (the trainer stand-in, executed by the simulated kubelet) trains on OCI while Azure has no
+ * capacity and commits checkpoints; then the OCI cluster is lost and Azure has capacity
+ * again: the run is offered to Azure first, accepted, restored from the checkpoint the
+ * operator replicated there, and trains on from that step to the last. The trainer's own
+ * output (read from the simulated clusters' container logs) shows the step counter.
  */
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
@@ -16,15 +23,27 @@ import { KubeClient } from "../runtime/client.ts";
 import { createLogger } from "../runtime/logging.ts";
 import { type KubeObject, SpillwayResources } from "../runtime/resources.ts";
 import { parseDuration } from "../util/duration.ts";
+import type { SimulatedCluster } from "./cluster/simulated-cluster.ts";
 import type { DemoOptions, Sandbox } from "./sandbox.ts";
 import type { ScenarioDemoRun } from "./scenario.ts";
-import { installSandboxClouds, OPERATOR_NAMESPACE, sandboxAdapters } from "./wiring.ts";
+import { parseWorkloadEvents, standInContainer } from "./trainer/standin.ts";
+import { armEmulator, installSandboxClouds, OPERATOR_NAMESPACE, sandboxAdapters } from "./wiring.ts";
 
 export interface DemoResult {
   runs: TrainingRun[];
   offers: CapacityOffer[];
   /** Whether every run reached the state its story expects before the time limit. */
   complete: boolean;
+  /** Chapter 2, when it ran: the failover run's outcome as its trainer reported it. */
+  failover?: FailoverResult;
+}
+
+export interface FailoverResult {
+  complete: boolean;
+  /** Step of the checkpoint the trainer restored on Azure. */
+  resumedFrom?: number;
+  /** Last step the trainer finished on Azure. */
+  finalStep?: number;
 }
 
 const sleep = (ms: number, signal: AbortSignal) =>
@@ -143,8 +162,29 @@ class Narrator {
           : phase === "Failed"
             ? ` — ${r.status?.conditions?.find((c) => c.type === "Failed")?.message ?? ""}`
             : "";
-      this.say(`${key}/phase`, phase, `${r.metadata.name}: ${phase}${extra}`);
+      // Per attempt: a run that moved is Running again on its new cluster.
+      this.say(`${key}/phase`, `${phase}/${p?.attempt ?? ""}`, `${r.metadata.name}: ${phase}${extra}`);
     }
+    const ckpt = r.status?.checkpoint;
+    if (ckpt) {
+      this.say(
+        `${key}/checkpoint`,
+        String(ckpt.step),
+        `${r.metadata.name}: status.checkpoint step ${ckpt.step}${ckpt.replicatedTo?.length ? ` (held by ${ckpt.replicatedTo.join(", ")})` : ""}`,
+      );
+    }
+    if (r.status?.moves) {
+      this.say(
+        `${key}/moves`,
+        String(r.status.moves),
+        `${r.metadata.name}: moved (${r.status.moves} so far)`,
+      );
+    }
+  }
+
+  /** A line of the story that is not a transition of an object (printed once per key). */
+  note(key: string, line: string): void {
+    this.say(`note/${key}`, "said", line);
   }
 
   cluster(pc: ProvisionedCluster): void {
@@ -166,6 +206,8 @@ export interface RunDemoOptions extends DemoOptions {
    * against the sandbox until `signal` aborts, so the user can go on with kubectl.
    */
   exitWhenDone?: boolean;
+  /** Chapter 2, the checkpointed failover; default: on when the ARM emulator runs. */
+  failover?: boolean;
 }
 
 export async function runDemo(sandbox: Sandbox, opts: RunDemoOptions): Promise<DemoResult> {
@@ -186,7 +228,8 @@ export async function runDemo(sandbox: Sandbox, opts: RunDemoOptions): Promise<D
       reofferBaseMs: 60_000,
       reofferMaxMs: 300_000,
       remotePollMs: 2_000,
-      clusterLostTimeoutMs: 20_000,
+      // Short, so chapter 2's lost cluster is noticed quickly (a real one would wait longer).
+      clusterLostTimeoutMs: 5_000,
     },
     ...sandboxAdapters(sandbox),
   });
@@ -248,6 +291,13 @@ export async function runDemo(sandbox: Sandbox, opts: RunDemoOptions): Promise<D
   out(runsTable(runs));
   out("");
   out(providersTable(providers, clusters));
+  let failover: FailoverResult | undefined;
+  if ((opts.failover ?? armEmulator(sandbox) !== undefined) && !signal.aborted) {
+    failover = await failoverChapter(sandbox, manager, client, namespace, { ...opts, started });
+    out("");
+    out("$ spillway status");
+    out(runsTable((await client.listAll<TrainingRun & KubeObject>(SpillwayResources.TrainingRun)).items));
+  }
   if (!opts.exitWhenDone && !signal.aborted) {
     out("");
     out(
@@ -258,5 +308,220 @@ export async function runDemo(sandbox: Sandbox, opts: RunDemoOptions): Promise<D
   }
   await manager.stop(5_000);
   await new Promise<void>((resolve) => logStream.end(resolve));
-  return { runs, offers, complete };
+  return {
+    runs,
+    offers,
+    complete: complete && (failover?.complete ?? true),
+    ...(failover ? { failover } : {}),
+  };
+}
+
+/** The failover run of chapter 2. */
+export const FAILOVER_RUN = "run-ckpt";
+const FAILOVER_STEPS = 60;
+const FAILOVER_EVERY = 5;
+
+/**
+ * Chapter 2 (see the file comment). Azure's capacity is changed through the ARM emulator;
+ * the OCI cluster is lost by stopping its simulated cluster (API server gone, processes
+ * killed), as the end-to-end tests do.
+ */
+async function failoverChapter(
+  sandbox: Sandbox,
+  manager: Manager,
+  client: KubeClient,
+  namespace: string,
+  opts: RunDemoOptions & { started: number },
+): Promise<FailoverResult> {
+  const { out, signal } = opts;
+  const arm = armEmulator(sandbox)!;
+  const azure = sandbox.scenario.clouds.azure;
+  const sku = azure.capacity.find((c) => c.type === azure.cluster.gpuType) ?? azure.capacity[0]!;
+  const caches = manager.ctx.caches;
+  const narrator = new Narrator(out, opts.started);
+  const key = `${namespace}/${FAILOVER_RUN}`;
+  const current = () => caches.runs.get(key);
+  out("");
+  out(
+    `Chapter 2 — ${FAILOVER_RUN}: a run with checkpoints whose trainer runs for real (spillway checkpoint workload, ${FAILOVER_STEPS} steps, a checkpoint every ${FAILOVER_EVERY}).`,
+  );
+  out(
+    "OCI will be lost mid-run while Azure gets capacity back: the run must come back to Azure and continue.",
+  );
+  arm.setCapacity(azure.region, sku.sku, 0);
+  narrator.note(
+    "azure-empty",
+    `${azure.name}: no free ${sku.type} node in ${azure.region} (ARM capacity set to 0)`,
+  );
+
+  const run = demoRun(
+    {
+      name: FAILOVER_RUN,
+      workloadClass: "training",
+      gpuType: sku.type,
+      gpusPerNode: sku.gpusPerNode,
+      nodes: 1,
+      startAfter: "0s",
+    },
+    namespace,
+  );
+  run.spec.checkpoints = { keep: 3 };
+  run.spec.template.spec.containers = [
+    standInContainer({ steps: FAILOVER_STEPS, every: FAILOVER_EVERY, stepDelay: "200ms" }),
+  ];
+  await client.create(SpillwayResources.TrainingRun, run);
+  narrator.note(
+    "applied",
+    `${FAILOVER_RUN}: applied (training, 1×${sku.gpusPerNode} ${sku.type}, checkpoints keep 3)`,
+  );
+
+  const trainers = new TrainerNarrator(narrator, namespace, FAILOVER_RUN);
+  const clusterOf = (r: TrainingRun | undefined): SimulatedCluster | undefined => {
+    const p = r?.status?.placement;
+    if (!p?.cluster) return undefined;
+    if (p.provider === azure.name) return sandbox.aks.cluster;
+    const pc = caches.clusters.list().find((c) => c.metadata.name === p.cluster);
+    return pc ? sandbox.provisioner.cluster(pc.spec.stackName) : undefined;
+  };
+  const watched = new Map<SimulatedCluster, string>();
+  const tell = () => {
+    for (const pc of caches.clusters.list()) narrator.cluster(pc);
+    for (const o of caches.offers.list()) if (o.spec.run.name === FAILOVER_RUN) narrator.offer(o);
+    const r = current();
+    if (r) narrator.run(r);
+    const c = clusterOf(r);
+    if (c && !watched.has(c)) watched.set(c, r!.status!.placement!.provider);
+    for (const [cluster, provider] of watched) trainers.tell(cluster, provider);
+  };
+  const ticker = setInterval(tell, 100);
+  const deadline = Date.now() + (opts.timeoutMs ?? 180_000);
+  try {
+    // Train on OCI until two checkpoints are committed there and the operator reports one.
+    const onOci = await waitFor(
+      () => {
+        const r = current();
+        const c = clusterOf(r);
+        if (r?.status?.placement?.provider === azure.name) return undefined;
+        return c && (r?.status?.checkpoint?.step ?? 0) >= 2 * FAILOVER_EVERY ? { r: r!, c } : undefined;
+      },
+      deadline,
+      signal,
+    );
+    if (!onOci) return { complete: false };
+    tell();
+    arm.setCapacity(azure.region, sku.sku, 2);
+    narrator.note(
+      "azure-free",
+      `${azure.name}: 2 ${sku.type} nodes free again in ${azure.region} (ARM capacity set to 2)`,
+    );
+    const provider = onOci.r.status!.placement!.provider;
+    await onOci.c.stop();
+    // The trainer's last lines (written before it was killed) come first.
+    tell();
+    narrator.note(
+      "oci-lost",
+      `${provider}: cluster ${onOci.r.status!.placement!.cluster} lost — its API server and nodes are gone, the trainer was killed (last committed step ${trainers.lastCommitted(onOci.c) ?? "?"})`,
+    );
+    const done = await waitFor(
+      () => {
+        const r = current();
+        return r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed" ? r : undefined;
+      },
+      deadline,
+      signal,
+    );
+    // The trainer's last lines arrive with its exit, before the Job completes.
+    tell();
+    const onAzure = trainers.summary(sandbox.aks.cluster);
+    const ok = done?.status?.phase === "Succeeded" && onAzure.finalStep === FAILOVER_STEPS;
+    out("");
+    out(
+      ok
+        ? `Chapter 2 is complete: ${FAILOVER_RUN} trained steps 1–${onAzure.resumedFrom} on OCI, was restored on Azure from checkpoint ${onAzure.resumedFrom} and trained ${onAzure.resumedFrom! + 1}–${onAzure.finalStep} there (${done?.status?.moves ?? 0} move).`
+        : signal.aborted
+          ? "Stopped."
+          : `Chapter 2 did not finish as expected (phase ${done?.status?.phase ?? "unknown"}).`,
+    );
+    return { complete: ok, ...onAzure };
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+async function waitFor<T>(
+  get: () => T | undefined,
+  deadline: number,
+  signal: AbortSignal,
+): Promise<T | undefined> {
+  while (!signal.aborted && Date.now() < deadline) {
+    const v = get();
+    if (v !== undefined) return v;
+    await sleep(200, signal);
+  }
+  return undefined;
+}
+
+/** Prints the trainer stand-in's own events (its stdout, as container logs), once each. */
+class TrainerNarrator {
+  constructor(
+    private readonly narrator: Narrator,
+    private readonly namespace: string,
+    private readonly run: string,
+  ) {}
+
+  private events(cluster: SimulatedCluster) {
+    return cluster
+      .containerRuns(this.namespace)
+      .filter((c) => c.pod.startsWith(`${this.run}-`))
+      .map((c) => ({ uid: c.uid, events: parseWorkloadEvents(c.logs), exit: c.exit }));
+  }
+
+  tell(cluster: SimulatedCluster, provider: string): void {
+    for (const { uid, events, exit } of this.events(cluster)) {
+      events.forEach((e, i) => {
+        const line = describe(e);
+        if (line) this.narrator.note(`${uid}/${i}`, `${this.run}: trainer on ${provider}: ${line}`);
+      });
+      if (exit && exit.exitCode !== 0)
+        this.narrator.note(
+          `${uid}/exit`,
+          `${this.run}: trainer on ${provider} exited ${exit.exitCode}${exit.signal ? ` (${exit.signal})` : ""}`,
+        );
+    }
+  }
+
+  lastCommitted(cluster: SimulatedCluster): number | undefined {
+    const steps = this.events(cluster).flatMap((r) =>
+      r.events.filter((e) => e.event === "committed").map((e) => e.step ?? 0),
+    );
+    return steps.length > 0 ? Math.max(...steps) : undefined;
+  }
+
+  summary(cluster: SimulatedCluster): { resumedFrom?: number; finalStep?: number } {
+    const events = this.events(cluster).flatMap((r) => r.events);
+    const restored = events.find((e) => e.event === "restored");
+    const finished = events.find((e) => e.event === "finished");
+    return {
+      ...(restored?.step !== undefined ? { resumedFrom: restored.step } : {}),
+      ...(finished?.step !== undefined ? { finalStep: finished.step } : {}),
+    };
+  }
+}
+
+function describe(
+  e: { event: string; step?: number; resumedFrom?: number } & Record<string, unknown>,
+): string | undefined {
+  const kib = (n: unknown) => `${Math.round(Number(n ?? 0) / 1024)} KiB`;
+  switch (e.event) {
+    case "fresh":
+      return "no committed checkpoint, starting at step 1";
+    case "restored":
+      return `restored checkpoint step ${e.step} (every file verified), training on from step ${(e.step ?? 0) + 1}`;
+    case "committed":
+      return `step ${e.step} committed (${kib(e.bytesSent)} uploaded)`;
+    case "finished":
+      return `finished at step ${e.step}${e.resumedFrom !== undefined ? ` (resumed from ${e.resumedFrom})` : ""}`;
+    default:
+      return undefined;
+  }
 }
