@@ -73,6 +73,8 @@ export type ShardedSyncOutcome =
       message: string;
       /** A failure no retry can fix (a worker's bad-input exit). */
       terminal?: boolean;
+      /** What failed: the Job itself, or the check of its result against the source. */
+      failure?: "job" | "version";
     };
 
 /** Runs a large sync elsewhere (see the file comment). */
@@ -114,6 +116,8 @@ export interface ReplicaSync {
   running: boolean;
   /** Who ran the current/last sync: this process, or sync workers (a `ShardedSyncRunner`). */
   via?: "operator" | "workers";
+  /** When the last sync by workers failed: whether their Job failed or its result was not the source's version. */
+  workerFailure?: "job" | "version";
 }
 
 export interface DatasetSyncsOptions {
@@ -390,6 +394,7 @@ export class DatasetSyncs implements DataStager {
       s.failures++;
       s.terminal = o.terminal ?? false;
     }
+    s.workerFailure = o.complete ? undefined : (o.failure ?? "job");
     s.message = aborted && !o.complete ? "sync interrupted" : o.message;
   }
 

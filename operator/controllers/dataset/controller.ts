@@ -228,7 +228,7 @@ async function reconcileDataSet(
     else set("Reconciling", "False", "Idle", "");
     // Only DataSets that ever used sync workers carry this condition.
     const byWorkers = states.filter((s) => s.via === "workers" && !s.running);
-    const jobFailed = byWorkers.filter((s) => s.phase === "Failed");
+    const jobFailed = byWorkers.filter((s) => s.phase === "Failed" && s.workerFailure === "job");
     if (jobFailed.length)
       set(
         "WorkersFailed",
@@ -240,7 +240,7 @@ async function reconcileDataSet(
       set(
         "WorkersFailed",
         "False",
-        "Succeeded",
+        "JobSucceeded",
         byWorkers.map((s) => `${s.provider}: ${s.message}`).join("; "),
       );
     if (stalled.length)

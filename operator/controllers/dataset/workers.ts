@@ -479,7 +479,12 @@ export class SyncWorkers implements ShardedSyncRunner {
     const version = await mergeShardManifests(req.dst, count, req.signal);
     const merged = await loadManifest(req.dst, manifestKey(), req.signal);
     if (!merged)
-      return { kind: "done", complete: false, message: "the merged manifest could not be read back" };
+      return {
+        kind: "done",
+        complete: false,
+        failure: "version",
+        message: "the merged manifest could not be read back",
+      };
     const mismatch = await compareWithSource(req.src, merged, req.signal);
     let bytes = 0;
     for (const e of merged.values()) bytes += e.size;
@@ -487,6 +492,7 @@ export class SyncWorkers implements ShardedSyncRunner {
       return {
         kind: "done",
         complete: false,
+        failure: "version",
         message: `the workers finished but the replica does not hold the source's current version: ${mismatch}`,
       };
     return {
@@ -517,6 +523,7 @@ export class SyncWorkers implements ShardedSyncRunner {
       kind: "done",
       complete: false,
       terminal: worker?.exitCode === EXIT_BAD_INPUT,
+      failure: "job",
       message: safeMessage(
         `sync workers failed (${where}): index${missing.length === 1 ? "" : "es"} ${missing.join(",")} of ${count} failed` +
           `${message ? ` (${message})` : ""}${worker?.line ? `: ${worker.line}` : ""}`,

@@ -49,7 +49,10 @@ let controller: Controller;
 let kubelet: PlayedKubelet;
 
 /** What the played kubelet does with a Job: run every shard, hold, or fail one index. */
-type Mode = { kind: "run" } | { kind: "hold" } | { kind: "fail"; index: number; message: string };
+type Mode =
+  | { kind: "run"; afterShards?: () => Promise<void> }
+  | { kind: "hold" }
+  | { kind: "fail"; index: number; message: string };
 
 class PlayedKubelet {
   private readonly seen = new Set<string>();
@@ -128,6 +131,7 @@ class PlayedKubelet {
       done.push(i);
     }
     this.ran.set(job.metadata.name!, done);
+    if (mode.kind === "run") await mode.afterShards?.();
     const latest = await this.client.get<Job>(Resources.Job, job.metadata.name!, WORKER_NS);
     const now = new Date().toISOString();
     const ranges = done.length ? (done.length === 1 ? `${done[0]}` : `${done[0]}-${done.at(-1)}`) : undefined;
@@ -439,6 +443,32 @@ describe("sync workers", () => {
     expect(cond(ds, "Stalled")).toMatchObject({ status: "True" });
     expect(ds.status?.replicas?.[0]?.message).toContain("bucket not found");
     expect((await workerObjects(ds.metadata.uid!)).jobs).toHaveLength(0);
+  });
+
+  it("does not mark the replica synced when the source changed while the workers ran", async () => {
+    await seed("moving", 6);
+    kubelet.mode = {
+      kind: "run",
+      afterShards: async () => {
+        await (await azure()).put("corpora/moving/part 0 é.jsonl", Buffer.from("changed meanwhile\n"));
+      },
+    };
+    try {
+      await h.client.create(SpillwayResources.DataSet, dataset("moving", 10, 3));
+      const ds = await eventually(async () => {
+        const d = await get("moving");
+        return d.status?.replicas?.[0]?.phase === "Failed" && d;
+      }, 30_000);
+      expect(ds.status?.replicas?.[0]?.message).toContain(
+        "part 0 é.jsonl changed at the source during the sync",
+      );
+      expect(ds.status?.replicasSynced).toBe(0);
+      expect(ds.status?.version).toBeUndefined();
+      // The Job itself succeeded: no WorkersFailed.
+      expect(cond(ds, "WorkersFailed")).toMatchObject({ status: "False", reason: "JobSucceeded" });
+    } finally {
+      kubelet.mode = { kind: "run" };
+    }
   });
 
   it("reports a failed worker index with the worker's message, and removes the Job and Secret", async () => {
