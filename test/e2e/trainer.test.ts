@@ -173,4 +173,23 @@ describe("a trainer that really runs", () => {
       "no process left on AKS",
     );
   }, 180_000);
+
+  test("stopping the sandbox while a trainer runs leaves no process behind", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+    const run = trainingRun("lingerer");
+    run.spec.checkpoints = { keep: 3 };
+    run.spec.template.spec.containers = [standInContainer({ steps: 100_000, every: 5, stepDelay: "100ms" })];
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+    const aks = e.sandbox.aks.cluster;
+    const pids = await eventually(
+      () => aks.processIds(),
+      (p) => p.length === 1,
+      "the trainer on AKS",
+      60_000,
+    );
+    expect(alive(pids[0]!)).toBe(true);
+    await e.stop();
+    expect(alive(pids[0]!)).toBe(false);
+    expect(aks.processIds()).toEqual([]);
+  }, 120_000);
 });

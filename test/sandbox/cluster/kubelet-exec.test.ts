@@ -6,7 +6,7 @@
  * process gets SIGTERM (and drains), a lost node or cluster kills its processes, and nothing
  * outlives the cluster. The process is the sandbox's trainer stand-in over a file:// store.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -218,6 +218,31 @@ describe("a spillway container runs for real", () => {
       .map((l) => JSON.parse(l.line) as { event: string; step?: number });
     expect(events.filter((e) => e.event === "finished")).toEqual([{ event: "finished", step: 4 }]);
     expect(cluster.containerLogs(ns, pod!.metadata!.name!)).toContain('"event":"finished"');
+  }, 60_000);
+
+  it("expands $(JOB_COMPLETION_INDEX) and maps mount paths in the args of each index's process", async () => {
+    const ns = await namespace("args");
+    const container: V1Container = {
+      name: "trainer",
+      image: "ghcr.io/spillway/spillway:dev",
+      command: ["spillway", "checkpoint", "trainer"],
+      // Index 0 trains to step 1, index 1 to step 11.
+      args: ["--path=/checkpoints/run", "--steps", "$(JOB_COMPLETION_INDEX)1", "--every", "5"],
+      volumeMounts: [{ name: "checkpoints", mountPath: "/checkpoints" }],
+      resources: { limits: { [GPU]: "8" }, requests: { [GPU]: "8" } },
+    };
+    await batch.createNamespacedJob({ namespace: ns, body: job("indexed", [container], { completions: 2 }) });
+    const done = await finishedJob(ns, "indexed");
+    expect(jobFinish(done)).toBe("Complete");
+    expect(done.status?.completedIndexes).toBe("0-1");
+    const finished = cluster
+      .containerRuns(ns)
+      .map((r) => /finished at step (\d+)/.exec(r.logs)?.[1])
+      .sort();
+    expect(finished).toEqual(["1", "11"]);
+    // The checkpoint directory was each pod's own volume on the host, not /checkpoints.
+    expect(cluster.containerRuns(ns).every((r) => r.exit?.exitCode === 0)).toBe(true);
+    expect(existsSync("/checkpoints/run")).toBe(false);
   }, 60_000);
 
   it("waits in CreateContainerConfigError while its Secret is missing, and starts once it exists", async () => {
