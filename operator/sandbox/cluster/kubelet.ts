@@ -22,7 +22,9 @@
  *   each `spillway` container runs as a child process of the CLI, and its exit code is the
  *   container's (pod Succeeded when every one exits 0, else Failed). A pod deletion sends
  *   SIGTERM and SIGKILL after the grace period, and the pod object goes once the processes
- *   have exited; a lost node (or a stopped cluster) SIGKILLs them at once.
+ *   have exited; a lost node (or a stopped cluster) SIGKILLs them at once. The `sim.*`
+ *   duration and exit-code settings do not apply to them; init containers are not run, and
+ *   restartPolicy is always Never (a Job's pods use no other).
  *
  * Level-triggered: every pass lists Jobs and Pods and moves each a step towards where it
  * should be. Passes are triggered by watches, by the next due transition, and by a periodic
