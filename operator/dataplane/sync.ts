@@ -61,7 +61,9 @@ export interface SyncOptions {
   shard?: ShardSpec;
   /**
    * Extra checks of objects the manifest says are current: "list" lists the destination and
-   * compares sizes and etags; "content" re-reads and hashes them. Default "none".
+   * compares sizes and etags; "content" re-reads and hashes them. Default "none", which
+   * becomes "list" for the first sync after one that did not end cleanly (see `verify` in
+   * the summary).
    */
   verify?: "none" | "list" | "content";
   signal?: AbortSignal;
@@ -120,6 +122,11 @@ export interface SyncSummary {
   durationMs: number;
   /** Highest number of data-buffer bytes held at once (the memory bound at work). */
   peakBufferBytes: number;
+  /**
+   * The check of unchanged objects this sync made: the requested one, or "list" when "none"
+   * was requested but the previous sync had not ended cleanly (its journal was found).
+   */
+  verify: "none" | "list" | "content";
 }
 
 /** A FIFO byte budget: the only source of data buffers, so memory is bounded by its capacity. */
@@ -192,7 +199,7 @@ export async function syncStores(
   const policy = options.retry ?? DEFAULT_RETRY;
   const signal = options.signal;
   const shard = options.shard && options.shard.count > 1 ? options.shard : undefined;
-  const verify = options.verify ?? "none";
+  const requestedVerify = options.verify ?? "none";
   const dryRun = options.dryRun ?? false;
   const budget = new ByteBudget(concurrency * Math.max(basePartSize, dst.capabilities.minPartSize));
 
@@ -222,6 +229,13 @@ export async function syncStores(
   const known: Manifest = new Map(committed ?? []);
   if (journal) for (const [k, e] of journal) known.set(k, e);
 
+  // A journal means the previous sync did not end cleanly: interrupted, objects failed, or a
+  // store error. Its records may claim writes the destination no longer holds (a store that
+  // lost acknowledged writes when it crashed, as Azurite does when killed before it persists
+  // its metadata; a bucket restored from a backup). So the first sync after such an end also
+  // checks the destination listing (`verify: "list"`): one listing, then objects that vanished
+  // or changed are copied again. A clean history keeps `none`'s cost: no listing.
+  const verify = requestedVerify === "none" && journal ? "list" : requestedVerify;
   let dstListing: Map<string, { size: number; etag: string }> | undefined;
   if (verify === "list") {
     dstListing = new Map();
@@ -634,6 +648,7 @@ export async function syncStores(
     aborted,
     durationMs: Date.now() - started,
     peakBufferBytes: budget.peak,
+    verify,
   };
 }
 

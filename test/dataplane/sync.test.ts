@@ -218,6 +218,27 @@ describe("faults", () => {
     expect([...(await contents(dst)).keys()].sort()).toEqual(["broken.txt", "keep.txt"]);
   });
 
+  it("after a sync that did not end cleanly, the next one finds writes the destination lost", async () => {
+    // Azurite as the destination, as in the chaos finding: a killed Azurite loses the last
+    // blobs it acknowledged. Here they are deleted behind the engine's back instead.
+    const src = await emu.open(emu.s3Uri("data", "lost/src"));
+    await putAll(src, { "a.txt": "a", "b.txt": "b", "c.txt": "c" });
+    const dst = await emu.open(emu.azUri("data", "lost/dst"));
+    const failing = faulty(src, {
+      failReads: new Map([["c.txt", new StoreError("Transient", "read c.txt: injected (HTTP 500)")]]),
+    });
+    const first = await syncStores(failing, dst, { retry: FAST_RETRY });
+    expect(first).toMatchObject({ complete: false, copied: { objects: 2 } }); // a and b journaled
+    await dst.delete("a.txt"); // an acknowledged write the store then lost
+
+    const next = await syncStores(src, dst, { retry: FAST_RETRY }); // verify "none" requested
+    expect(next).toMatchObject({ complete: true, verify: "list", copied: { objects: 2 } }); // a and c
+    expect([...(await contents(dst)).keys()].sort()).toEqual(["a.txt", "b.txt", "c.txt"]);
+
+    const clean = await syncStores(src, dst); // after a clean end, "none" stays "none"
+    expect(clean).toMatchObject({ complete: true, verify: "none", copied: { objects: 0 } });
+  });
+
   it("never mixes two versions of a large object replaced while its parts are read", async () => {
     const src = await emu.open(emu.azUri("data", "replaced/src"));
     const v1 = Buffer.alloc(12 * MiB, 1);
