@@ -118,6 +118,7 @@ describe("DataSet sync workers in the sandbox", () => {
       ],
       (left) => left.length === 0,
       "the worker Job and Secret deleted",
+      60_000,
     );
     // No credential in what a user can read.
     const shown = await e.kubectl(["get", "datasets.spillway.dev", "pretrain-big", "-n", NS, "-o", "yaml"]);
