@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { DataSet } from "../../operator/api/v1alpha1/index.ts";
 import { dataSetController } from "../../operator/controllers/dataset/controller.ts";
-import { LABEL_DATASET_UID, WORKERS_FINALIZER } from "../../operator/controllers/dataset/workers.ts";
+import { LABEL_DATASET_UID, WORKERS_FINALIZER } from "../../operator/controllers/dataset/worker-objects.ts";
 import { loadManifest, manifestDigest, manifestKey } from "../../operator/dataplane/manifest.ts";
 import { DatasetSyncs, SourceIndex } from "../../operator/dataplane/stager.ts";
 import { openStore } from "../../operator/dataplane/store.ts";

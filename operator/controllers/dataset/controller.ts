@@ -33,7 +33,8 @@ import { safeMessage } from "../../runtime/events.ts";
 import { type KubeObject, SpillwayResources } from "../../runtime/resources.ts";
 import { parseDuration } from "../../util/duration.ts";
 import { type OperatorContext, readSecret } from "../context.ts";
-import { cleanupDataSetWorkers, type SyncWorkerOptions, SyncWorkers, WORKERS_FINALIZER } from "./workers.ts";
+import { type SyncWorkerOptions, WORKERS_FINALIZER } from "./worker-objects.ts";
+import { cleanupDataSetWorkers, SyncWorkers } from "./workers.ts";
 
 type DS = DataSet & KubeObject;
 type Status = DataSetStatus;

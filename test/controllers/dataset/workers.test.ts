@@ -11,7 +11,6 @@ import { parseShard } from "../../../operator/cli/commands/sync.ts";
 import { dataSetController } from "../../../operator/controllers/dataset/controller.ts";
 import {
   COMPONENT_SYNC_WORKER,
-  collectWorkerOrphans,
   LABEL_COMPONENT,
   LABEL_DATASET_UID,
   renderWorkerJob,
@@ -19,7 +18,8 @@ import {
   WORKERS_FINALIZER,
   workerEnv,
   workerJobName,
-} from "../../../operator/controllers/dataset/workers.ts";
+} from "../../../operator/controllers/dataset/worker-objects.ts";
+import { collectWorkerOrphans } from "../../../operator/controllers/dataset/workers.ts";
 import { credentialsFromEnv } from "../../../operator/dataplane/credentials.ts";
 import { loadManifest, manifestDigest, manifestKey } from "../../../operator/dataplane/manifest.ts";
 import { parseStoreUri } from "../../../operator/dataplane/open.ts";
