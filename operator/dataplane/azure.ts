@@ -138,19 +138,20 @@ function unescapeXml(text: string): string {
   );
 }
 
-/** The text of the first `<tag>` element within `[from, to)` of `xml`, unescaped; undefined if absent. */
-function element(xml: string, tag: string, from: number, to: number): string | undefined {
-  let i = xml.indexOf(`<${tag}`, from);
-  while (i !== -1 && i < to) {
+/** The text of the first `<tag>` element of `xml` (a short segment), unescaped; undefined if absent. */
+function element(xml: string, tag: string): string | undefined {
+  let i = xml.indexOf(`<${tag}`);
+  while (i !== -1) {
     const after = xml.charCodeAt(i + tag.length + 1);
     if (after === 62 /* > */ || after === 32 /* space */ || after === 47 /* / */) break;
     i = xml.indexOf(`<${tag}`, i + 1);
   }
-  if (i === -1 || i >= to) return undefined;
+  if (i === -1) return undefined;
   const open = xml.indexOf(">", i);
+  if (open === -1) return undefined;
   if (xml.charCodeAt(open - 1) === 47) return ""; // <Tag />
   const close = xml.indexOf(`</${tag}>`, open);
-  if (close === -1 || close > to) return undefined;
+  if (close === -1) return undefined;
   const raw = unescapeXml(xml.slice(open + 1, close));
   // Names with characters XML cannot carry come percent-encoded, marked Encoded="true".
   return xml.slice(i, open).includes('Encoded="true"') ? decodeURIComponent(raw) : raw;
@@ -165,7 +166,12 @@ export interface ListedBlob {
   sha256?: string;
 }
 
-/** Parses a List Blobs response page: its blobs and the next marker ("" when it was the last). */
+/**
+ * Parses a List Blobs response page: its blobs and the next marker ("" when it was the last).
+ * Each `<Blob>` is cut out first and searched on its own (its name before `<Properties>`, the
+ * properties within them, Spillway's sha256 within `<Metadata>`), so a missing field costs a
+ * search of one entry, never of the rest of the page.
+ */
 export function parseBlobList(xml: string): { blobs: ListedBlob[]; nextMarker: string } {
   if (!xml.includes("<EnumerationResults")) throw new Error("not a List Blobs response");
   const blobs: ListedBlob[] = [];
@@ -174,28 +180,28 @@ export function parseBlobList(xml: string): { blobs: ListedBlob[]; nextMarker: s
   while (at !== -1 && (end === -1 || at < end)) {
     const stop = xml.indexOf("</Blob>", at);
     if (stop === -1) throw new Error("truncated List Blobs response");
-    const props = xml.indexOf("<Properties>", at);
-    const propsEnd = xml.indexOf("</Properties>", at);
-    const name = element(xml, "Name", at, props === -1 ? stop : props);
-    if (name === undefined || props === -1 || propsEnd === -1 || propsEnd > stop)
-      throw new Error("unexpected List Blobs entry");
-    const md5b64 = element(xml, "Content-MD5", props, propsEnd);
+    const entry = xml.slice(at, stop);
+    const p0 = entry.indexOf("<Properties>");
+    const p1 = entry.indexOf("</Properties>");
+    const name = p0 === -1 ? undefined : element(entry.slice(0, p0), "Name");
+    if (name === undefined || p1 === -1) throw new Error("unexpected List Blobs entry");
+    const props = entry.slice(p0, p1);
+    const md5b64 = element(props, "Content-MD5");
     const md5 = md5b64 ? Buffer.from(md5b64, "base64") : undefined;
-    const modified = element(xml, "Last-Modified", props, propsEnd);
-    const meta = xml.indexOf("<Metadata>", propsEnd);
-    const sha256 = meta !== -1 && meta < stop ? element(xml, SHA256_METADATA.azure, meta, stop) : undefined;
+    const modified = element(props, "Last-Modified");
+    const m0 = entry.indexOf("<Metadata>", p1);
+    const sha256 = m0 === -1 ? undefined : element(entry.slice(m0), SHA256_METADATA.azure);
     blobs.push({
       name,
-      size: Number(element(xml, "Content-Length", props, propsEnd) ?? 0),
-      etag: unquote(element(xml, "Etag", props, propsEnd)),
+      size: Number(element(props, "Content-Length") ?? 0),
+      etag: unquote(element(props, "Etag")),
       ...(modified ? { lastModified: new Date(modified) } : {}),
       ...(md5 && md5.length === 16 ? { md5: md5.toString("hex") } : {}),
       ...(sha256 ? { sha256 } : {}),
     });
     at = xml.indexOf("<Blob>", stop);
   }
-  const tail = end === -1 ? 0 : end;
-  return { blobs, nextMarker: element(xml, "NextMarker", tail, xml.length) ?? "" };
+  return { blobs, nextMarker: element(xml.slice(end === -1 ? 0 : end), "NextMarker") ?? "" };
 }
 
 export class AzureBlobStore implements ObjectStore {

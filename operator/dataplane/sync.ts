@@ -220,13 +220,18 @@ export async function syncStores(
   const mKey = manifestKey(shard);
   const jKey = journalKey(shard);
   let committed = await retry("read manifest", () => loadManifest(dst, mKey, signal));
+  const ownManifest = committed !== undefined;
   if (!committed && shard) {
     const main = await retry("read manifest", () => loadManifest(dst, manifestKey(), signal));
     if (main) for (const k of [...main.keys()]) if (shardOf(k, shard.count) !== shard.index) main.delete(k);
     committed = main;
   }
   const journal = await retry("read journal", () => loadManifest(dst, jKey, signal));
-  const known: Manifest = new Map(committed ?? []);
+  // What the destination holds, taken out entry by entry as the listing reaches each key (into
+  // `next`), so the two maps together hold each object once. What is left at the end was not
+  // in the source.
+  const committedCount = committed?.size ?? 0;
+  const known: Manifest = committed ?? new Map();
   if (journal) for (const [k, e] of journal) known.set(k, e);
 
   // A journal means the previous sync did not end cleanly: interrupted, objects failed, or a
@@ -294,7 +299,9 @@ export async function syncStores(
   const writeJournal = () => {
     if (dryRun || !journalDirty) return journalWrite;
     journalDirty = false;
-    const snapshot: Manifest = new Map(known);
+    // The journal holds what the committed manifest does not: the previous journal and this
+    // run's copies — not a copy of the whole manifest at every checkpoint.
+    const snapshot: Manifest = new Map(journal ?? []);
     for (const [k, e] of done) snapshot.set(k, e);
     // Not bound to `signal`: an aborted sync still journals what it finished, so a rerun resumes.
     journalWrite = journalWrite
@@ -562,6 +569,7 @@ export async function syncStores(
         continue;
       }
       const entry = known.get(key);
+      if (entry) known.delete(key);
       if (isUnchanged(obj, entry) && verify !== "content") {
         const listed = dstListing?.get(key);
         if (!dstListing || (listed && listed.size === entry.size && listed.etag === entry.dstEtag)) {
@@ -615,7 +623,10 @@ export async function syncStores(
       }
       phase = "committing";
       version = manifestDigest(next);
-      const unchanged = committed && !journal && done.size === 0 && manifestDigest(committed) === version;
+      // Nothing to write when the new manifest is the committed one: no journal, no copy, every
+      // committed entry carried over unchanged and nothing else added.
+      const unchanged =
+        ownManifest && !journal && done.size === 0 && known.size === 0 && next.size === committedCount;
       if (!unchanged)
         await retry("write manifest", () =>
           saveManifest(dst, mKey, next, { source: src.displayUri, ...(shard ? { shard } : {}) }, signal),
