@@ -475,6 +475,49 @@ describe("sync workers", () => {
   );
 
   it(
+    "runs the workers on the replica's cluster when the source's provider has none (S3 → Azure)",
+    async () => {
+      const src = await oci("corpora/s3src/");
+      for (let i = 0; i < 5; i++) await src.put(`obj-${i}.bin`, Buffer.alloc(100 + i, i));
+      const d = dataset("s3src", 10, 2);
+      d.spec.source = { provider: "oci-ashburn", prefix: "corpora/s3src/" };
+      d.spec.replicas = [{ provider: "azure-eastus", prefix: "replicas/s3src/" }];
+      await h.client.create(SpillwayResources.DataSet, d);
+      const ds = await eventually(async () => {
+        const x = await get("s3src");
+        return x.status?.replicasSynced === 1 && x;
+      }, LIMIT);
+      expect(ds.status?.replicas?.[0]?.message).toContain("2 sync workers on azure-eastus/existing");
+      expect(ds.status?.version).toMatchObject({ objects: 5 });
+    },
+    TEST_LIMIT,
+  );
+
+  it(
+    "syncs in the operator, saying why, when no cluster near the data is known",
+    async () => {
+      const other = providers(h)[1]!;
+      other.metadata.name = "oci-other";
+      await h.client.create(SpillwayResources.CloudProvider, other);
+      const src = await oci("corpora/nocluster/");
+      for (let i = 0; i < 3; i++) await src.put(`o-${i}`, Buffer.alloc(50, i));
+      const d = dataset("nocluster", 10, 2);
+      d.spec.source = { provider: "oci-ashburn", prefix: "corpora/nocluster/" };
+      d.spec.replicas = [{ provider: "oci-other", prefix: "replicas/nocluster/" }];
+      await h.client.create(SpillwayResources.DataSet, d);
+      const ds = await eventually(async () => {
+        const x = await get("nocluster");
+        return x.status?.replicasSynced === 1 && x;
+      }, LIMIT);
+      expect(ds.status?.replicas?.[0]?.message).toContain(
+        "(in the operator: no reachable cluster near the data for sync workers)",
+      );
+      expect((await workerObjects(ds.metadata.uid!)).jobs).toHaveLength(0);
+    },
+    TEST_LIMIT,
+  );
+
+  it(
     "starts no Job for a replica whose bucket does not exist: the replica is Stalled",
     async () => {
       const broken = providers(h)[1]!;
