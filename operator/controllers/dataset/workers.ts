@@ -106,8 +106,7 @@ export class SyncWorkers implements ShardedSyncRunner {
 
   async run(req: ShardedSyncRequest): Promise<ShardedSyncOutcome> {
     const { dataset: ds, provider, signal } = req;
-    if (ds.metadata?.deletionTimestamp)
-      return { kind: "done", complete: false, message: "the DataSet is being deleted" };
+    if (this.deleting(ds)) return { kind: "done", complete: false, message: "the DataSet is being deleted" };
     const cluster = workerClusterCandidates(this.ctx, ds, provider).find(
       (c) => this.ctx.remote.unreachableForMs(c.id) === 0,
     );
@@ -146,6 +145,7 @@ export class SyncWorkers implements ShardedSyncRunner {
     const where = `${workers} sync workers on ${cluster.id}`;
     req.report(`starting ${where}`);
     await this.ensureNamespace(remote.client);
+    if (this.deleting(ds)) return { kind: "done", complete: false, message: "the DataSet is being deleted" };
     await this.putSecret(remote.client, secret);
     const name = job.metadata.name!;
     const key = `${this.namespace}/${name}`;
@@ -175,6 +175,9 @@ export class SyncWorkers implements ShardedSyncRunner {
         current = undefined;
       }
       if (!current) {
+        // Never a new Job for a DataSet being deleted (its finalizer may have cleaned up already).
+        if (this.deleting(ds))
+          return { kind: "done", complete: false, message: "the DataSet is being deleted" };
         try {
           current = await remote.client.create<RemoteJob>(Resources.Job, job);
         } catch (err) {
@@ -205,6 +208,12 @@ export class SyncWorkers implements ShardedSyncRunner {
       }
       await this.wait(key, signal);
     }
+  }
+
+  /** Whether the DataSet (as given, or as the cache knows it now) is being deleted. */
+  private deleting(ds: DataSet): boolean {
+    const live = this.ctx.caches.datasets.getByUid(ds.metadata?.uid ?? "");
+    return ds.metadata?.deletionTimestamp !== undefined || live?.metadata.deletionTimestamp !== undefined;
   }
 
   /**
