@@ -24,9 +24,11 @@ import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
 import {
   buildOperator,
   cpuSeconds,
+  eventsDrained,
   loadAverage,
   memMiB,
   percentile,
+  requestMix,
   scrapeHeap,
   scrapeRequests,
   startOperatorProcess,
@@ -81,12 +83,18 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   const op = await startOperatorProcess(world, {
     main: OPERATOR_MAIN,
     // The heap a 384 MiB container gives it; see docs/performance.md.
-    nodeArgs: [`--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`, "--expose-gc"],
+    // BENCH_OPERATOR_NODE_ARGS: e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
+    nodeArgs: [
+      `--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`,
+      "--expose-gc",
+      ...(process.env.BENCH_OPERATOR_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+    ],
     maxConcurrentReconciles: process.env.BENCH_CONCURRENCY ?? "32",
     ...(process.env.BENCH_OPERATOR_LOG ? { logFile: process.env.BENCH_OPERATOR_LOG } : {}),
   });
   const idleRss = memMiB(op.pid).rss;
-  const baseline = (await scrapeRequests(op.metrics)).total;
+  const before = await scrapeRequests(op.metrics);
+  const baseline = before.total;
   const created = new Map<string, number>();
   const placed = new Map<string, number>();
   const watcher = new Informer<Run>(client, SpillwayResources.TrainingRun, { namespace: "bench" });
@@ -146,7 +154,14 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     alternative: (cpuSeconds(world.alternative.pid) - cpu0.alt) / elapsed,
     bench: ((u) => (u.user + u.system) / 1e6 / elapsed)(process.cpuUsage(cpu0.bench)),
   };
-  const requests = (await scrapeRequests(op.metrics)).total - baseline;
+  const tDrain = Date.now();
+  await eventsDrained(op.metrics);
+  console.log(
+    `${label}: events written ${((Date.now() - tDrain) / 1000).toFixed(1)} s after the last placement`,
+  );
+  const after = await scrapeRequests(op.metrics);
+  const requests = after.total - baseline;
+  console.log(`${label}: requests per run: ${requestMix(before.byKind, after.byKind, N)}`);
   const rss = memMiB(op.pid).peak;
   const heap = await scrapeHeap(op.metrics);
   const onPrimary = watcher.list().filter((r) => r.status?.placement?.provider === "azure-eastus").length;
@@ -180,8 +195,10 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   };
 }
 
-const ours = await measure("ROFR", true);
-const peer = await measure("direct", false);
+// BENCH_ONLY=rofr|peer measures one side (profiling); the figures are compared only when both ran.
+const only = process.env.BENCH_ONLY;
+const ours = only === "peer" ? undefined : await measure("ROFR", true);
+const peer = only === "rofr" ? undefined : await measure("direct", false);
 const row = (name: string, f: Figures) =>
   `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run  RSS idle ${f.idleRssMiB.toFixed(0)} / peak ${f.peakRssMiB.toFixed(0).padStart(4)} MiB, heap used ${f.heapUsedMiB.toFixed(0)} MiB  on primary ${f.onPrimary}`;
 const cpuRow = (name: string, f: Figures) =>
@@ -189,8 +206,8 @@ const cpuRow = (name: string, f: Figures) =>
 console.log(
   `placement of ${N} runs applied at once (zero-latency clouds; separate processes: operator, sandbox host, alternative's cluster, load generator)`,
 );
-console.log(row("spillway, right of first refusal", ours));
-console.log(row("peer: same operator, no offer", peer));
-console.log(cpuRow("ROFR", ours));
-console.log(cpuRow("peer", peer));
+if (ours) console.log(row("spillway, right of first refusal", ours));
+if (peer) console.log(row("peer: same operator, no offer", peer));
+if (ours) console.log(cpuRow("ROFR", ours));
+if (peer) console.log(cpuRow("peer", peer));
 console.log(`target: ${N} placed ≤ 20 s (≥ 50 runs/s), operator < 300 MiB`);

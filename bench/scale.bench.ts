@@ -22,6 +22,7 @@ import { demoRun } from "../operator/sandbox/demo.ts";
 import { DEFAULT_SCENARIO } from "../operator/sandbox/scenario.ts";
 import {
   buildOperator,
+  eventsDrained,
   forceGc,
   loadAverage,
   memMiB,
@@ -133,6 +134,7 @@ const latencies = [...placed.entries()]
   .sort((a, b) => a - b);
 await waitUntil("every run to finish", () => finished.size >= N);
 const tFinished = (Date.now() - t0) / 1000;
+await eventsDrained(metrics);
 const afterRuns = await scrapeRequests(metrics);
 const whenFinished = memMiB(pid);
 

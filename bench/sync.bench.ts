@@ -120,6 +120,10 @@ async function main(): Promise<void> {
   const only = (process.env.SYNC_BENCH_ONLY ?? "a,b").split(",").map((s) => s.trim());
   const runLarge = only.includes("a");
   const runSmall = only.includes("b");
+  // m: memory in the object count — a cold copy of the small objects and a no-op resync, with
+  // rclone's --checksum no-op over the same copy (its default mode would re-touch every object
+  // we wrote, as they lack its mtime metadata). Run it at SYNC_BENCH_SMALL=5000 and 50000.
+  const runMemory = only.includes("m");
   const [az, s3] = await Promise.all([
     AzuriteEmulator.start({ dir: join(dir, "azurite"), containers: ["large", "small"] }),
     S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["ours", "rclone"] }),
@@ -160,7 +164,7 @@ async function main(): Promise<void> {
         ["big/0.bin", fill(1, 100 * MiB, 2)],
         ["big/1.bin", fill(2, 100 * MiB, 3)],
       ]);
-    if (runSmall)
+    if (runSmall || runMemory)
       await put(
         "small",
         Array.from({ length: smallCount }, (_, n): [string, Buffer] => [
@@ -217,10 +221,12 @@ async function main(): Promise<void> {
     writeFileSync(rcloneConfig, "");
     const { AWS_CA_BUNDLE: _drop, ...rcloneEnv } = process.env;
     const rclone = (container: string, prefix: string, extra: string[] = []): Run =>
-      measured(() => rcloneRaw(container, prefix, extra));
-    const rcloneRaw = (container: string, prefix: string, extra: string[] = []): Run => {
+      measured(() => rcloneRaw(container, "rclone", prefix, extra));
+    const rcloneAt = (container: string, bucket: string, prefix: string, extra: string[] = []): Run =>
+      measured(() => rcloneRaw(container, bucket, prefix, extra));
+    const rcloneRaw = (container: string, bucket: string, prefix: string, extra: string[] = []): Run => {
       const src = `:azureblob,sas_url='${az.blobEndpoint}/${container}?${sas(container)}':${container}`;
-      const dst = `:s3,provider=Other,access_key_id=${s3.accessKeyId},secret_access_key=${s3.secretAccessKey},endpoint='${s3.endpoint}',force_path_style=true,no_check_bucket=true:rclone/${prefix}`;
+      const dst = `:s3,provider=Other,access_key_id=${s3.accessKeyId},secret_access_key=${s3.secretAccessKey},endpoint='${s3.endpoint}',force_path_style=true,no_check_bucket=true:${bucket}/${prefix}`;
       return timed("rclone", ["sync", src, dst, "--config", rcloneConfig, "--stats", "0", ...extra], {
         ...rcloneEnv,
       });
@@ -263,6 +269,18 @@ async function main(): Promise<void> {
       record("(a) cold 200×1MiB+2×100MiB", "spillway", best(mine), 202, largeBytes);
       if (rcloneAvailable)
         record("(a) cold 200×1MiB+2×100MiB", "rclone --transfers 16", best(peer), 202, largeBytes);
+    }
+    if (runMemory) {
+      record(`(m) cold ${smallCount}×4KiB`, "spillway", ours("small", "m/"), smallCount, smallBytes);
+      record(`(m) no-op resync, ${smallCount}`, "spillway", ours("small", "m/"), smallCount, 0);
+      if (rcloneAvailable)
+        record(
+          `(m) no-op resync, ${smallCount}`,
+          "rclone --checksum",
+          rcloneAt("small", "ours", "m/", ["--checksum", "--exclude", ".spillway/**", ...t16]),
+          smallCount,
+          0,
+        );
     }
     if (runSmall) {
       record(`(b) cold ${smallCount}×4KiB`, "spillway", ours("small", "b/"), smallCount, smallBytes);

@@ -5,12 +5,12 @@
  */
 import { readFileSync } from "node:fs";
 import { StoreCheckpointPlanner } from "./checkpoints/index.ts";
-import { AzureResponder } from "./clouds/azure/index.ts";
 import { storeResolver } from "./controllers/context.ts";
 import { dataSetController } from "./controllers/dataset/controller.ts";
 import { provisionedClusterController } from "./controllers/provisionedcluster/index.ts";
 import { DatasetSyncs } from "./dataplane/stager.ts";
 import type { ManagerOptions } from "./manager.ts";
+import type { PrimaryResponder } from "./ports/index.ts";
 import type { Logger } from "./runtime/logging.ts";
 
 export interface AdapterOptions {
@@ -27,7 +27,13 @@ export type Adapters = Pick<
 
 export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
   const ca = opts.azureCaFile ? readFileSync(opts.azureCaFile, "utf8") : undefined;
-  const azure = new AzureResponder({ ...(ca ? { ca } : {}), logger: opts.log });
+  // The Azure SDKs (ARM compute, container service, identity: ~60 MiB resident) are loaded
+  // when the first offer to an Azure primary is answered, not at start: an operator with no
+  // Azure primary never loads them (docs/performance.md).
+  const azure = lazyResponder(async () => {
+    const { AzureResponder } = await import("./clouds/azure/index.ts");
+    return new AzureResponder({ ...(ca ? { ca } : {}), logger: opts.log });
+  });
   // The Pulumi state is encrypted with a passphrase the chart mounts from a Secret as an
   // environment variable; without it no cluster can be provisioned, and the
   // ProvisionedCluster controller says so in the cluster's conditions.
@@ -51,5 +57,25 @@ export async function buildAdapters(opts: AdapterOptions): Promise<Adapters> {
     stager: datasets,
     checkpointsFor: (ctx) => new StoreCheckpointPlanner(storeResolver(ctx)),
     extraControllers: (ctx) => [provisionedClusterController(ctx), dataSetController(ctx, datasets)],
+  };
+}
+
+/** A responder built on first use (its module imported then); every call waits for it. */
+export function lazyResponder(load: () => Promise<PrimaryResponder>): PrimaryResponder {
+  let loaded: Promise<PrimaryResponder> | undefined;
+  const get = () => {
+    loaded ??= load().catch((err: unknown) => {
+      loaded = undefined; // a failed import is tried again on the next call
+      throw err;
+    });
+    return loaded;
+  };
+  return {
+    respond: async (offer, provider, ctx) => (await get()).respond(offer, provider, ctx),
+    release: async (offer, provider, ctx) => (await get()).release(offer, provider, ctx),
+    managedReservations: async (provider, ctx) => (await get()).managedReservations?.(provider, ctx) ?? [],
+    releaseReservation: async (name, provider, ctx) => {
+      await (await get()).releaseReservation?.(name, provider, ctx);
+    },
   };
 }

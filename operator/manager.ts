@@ -10,7 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { collectDefaultMetrics } from "prom-client";
+import { collectDefaultMetrics, Gauge } from "prom-client";
 import type {
   CapacityOffer,
   CloudProvider,
@@ -74,6 +74,9 @@ export interface ManagerOptions {
   /** Client-side rate limit towards the management cluster. Default 200 QPS, burst 400. */
   kubeApiQps?: number;
   kubeApiBurst?: number;
+  /** Rate limit of Event writes (their own budget, beside kubeApiQps). Default 50 QPS, burst 4×. */
+  eventQps?: number;
+  eventBurst?: number;
   /** How often the orphan collector runs. Default 60 s. */
   collectIntervalMs?: number;
 }
@@ -93,6 +96,7 @@ export class Manager {
   private readonly controllers: Controller[] = [];
   private readonly byName = new Map<string, Controller>();
   private readonly elector?: LeaderElector;
+  private readonly recorder: EventRecorder;
   private readonly servers: Server[] = [];
   private collectTimer?: NodeJS.Timeout;
   private leading = false;
@@ -111,8 +115,8 @@ export class Manager {
     const clientOpts = {
       cluster: "management",
       rateLimit: { qps: opts.kubeApiQps ?? 200, burst: opts.kubeApiBurst ?? 400 },
-      onRequest: (cluster: string, verb: string, code: number) =>
-        this.metrics.apiRequests.inc({ cluster, verb, code: String(code) }),
+      onRequest: (cluster: string, verb: string, code: number, resource: string) =>
+        this.metrics.apiRequests.inc({ cluster, verb, code: String(code), resource }),
     };
     const mgmt = opts.kubeconfig
       ? KubeClient.fromKubeconfig(opts.kubeconfig, clientOpts)
@@ -132,12 +136,29 @@ export class Manager {
       secrets: inf(Resources.Secret, opts.namespace),
     };
     this.informers = Object.values(caches) as Informer<KubeObject>[];
-    const recorder = new EventRecorder(mgmt, { instance: this.identity, logger: this.log });
+    const recorder = new EventRecorder(mgmt, {
+      instance: this.identity,
+      logger: this.log,
+      metrics: this.metrics,
+      ...(opts.eventQps
+        ? { rateLimit: { qps: opts.eventQps, burst: opts.eventBurst ?? opts.eventQps * 4 } }
+        : {}),
+    });
+    this.recorder = recorder;
+    new Gauge({
+      name: "spillway_events_pending",
+      help: "Events posted and not yet written by the background writer.",
+      registers: [this.metrics.registry],
+      collect() {
+        this.set(recorder.backlog);
+      },
+    });
     const kinds: Record<string, ResourceType> = { ...SpillwayResources };
     const events: EventSink = {
+      // Posted, not awaited: the background writer sends them (runtime/events.ts).
       record: (obj, type, reason, message) => {
         const r = kinds[obj.kind ?? ""] ?? SpillwayResources.TrainingRun;
-        void recorder.record(r, obj, type, reason, message);
+        recorder.post(r, obj, type, reason, message);
       },
     };
     const settings: OperatorSettings = {
@@ -331,6 +352,8 @@ export class Manager {
     if (this.collectTimer) clearInterval(this.collectTimer);
     await Promise.all(this.controllers.map((c) => c.stop(timeoutMs)));
     this.leading = false;
+    // Events the controllers posted are written before the client goes (bounded wait).
+    await this.recorder.flush(Math.min(timeoutMs, 5_000));
     if (this.elector) {
       await this.elector.stop();
       await this.elector.release();

@@ -134,6 +134,20 @@ export async function scrapeHeap(metricsAddr: string): Promise<{ used: number; t
   return { used: v("nodejs_heap_size_used_bytes"), total: v("nodejs_heap_size_total_bytes") };
 }
 
+/**
+ * Waits until the operator has written every Event it posted (they are written in the
+ * background, so requests per run are counted after the backlog is gone). Bounded.
+ */
+export async function eventsDrained(metricsAddr: string, limitMs = 180_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (Date.now() < deadline) {
+    const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
+    const pending = Number(/^spillway_events_pending ([0-9.e+]+)/m.exec(text)?.[1] ?? 0);
+    if (pending === 0) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** Asks the operator for a full GC (served only when it runs with --expose-gc). */
 export async function forceGc(metricsAddr: string): Promise<boolean> {
   const res = await fetch(`http://${metricsAddr}/debug/gc`, { method: "POST" });
@@ -167,18 +181,38 @@ export function memMiB(pid: number): { rss: number; peak: number } {
   return { rss: kb("VmRSS"), peak: kb("VmHWM") };
 }
 
-/** The operator's API requests so far (all clusters), and how many were LISTs. */
-export async function scrapeRequests(metricsAddr: string): Promise<{ total: number; lists: number }> {
+/**
+ * The operator's API requests so far (all clusters), how many were LISTs, and the count per
+ * `cluster verb resource` (remote clusters' requests are labelled with the cluster only).
+ */
+export async function scrapeRequests(
+  metricsAddr: string,
+): Promise<{ total: number; lists: number; byKind: Map<string, number> }> {
   const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
   let total = 0;
   let lists = 0;
+  const byKind = new Map<string, number>();
   for (const line of text.split("\n")) {
     if (!line.startsWith("spillway_api_requests_total{")) continue;
     const v = Number(line.split(" ").pop());
     total += v;
     if (line.includes('verb="list"')) lists += v;
+    const label = (k: string) => new RegExp(`${k}="([^"]*)"`).exec(line)?.[1] ?? "";
+    const kind =
+      `${label("cluster") === "management" ? "mgmt" : "remote"} ${label("verb")} ${label("resource")}`.trim();
+    byKind.set(kind, (byKind.get(kind) ?? 0) + v);
   }
-  return { total, lists };
+  return { total, lists, byKind };
+}
+
+/** Requests per run by kind, largest first, as one line ("mgmt update trainingruns 3.0, …"). */
+export function requestMix(before: Map<string, number>, after: Map<string, number>, runs: number): string {
+  return [...after]
+    .map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / runs] as const)
+    .filter(([, v]) => v >= 0.05)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+    .join(", ");
 }
 
 export interface OperatorProcess {

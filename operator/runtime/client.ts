@@ -95,7 +95,7 @@ export interface ClientOptions {
   rateLimit?: Partial<RateLimitOptions>;
   clock?: Clock;
   /** Called after every request (the manager wires this to the API-requests metric). */
-  onRequest?: (cluster: string, verb: Verb, code: number) => void;
+  onRequest?: (cluster: string, verb: Verb, code: number, resource: string) => void;
 }
 
 export interface ListOptions {
@@ -281,6 +281,10 @@ export class KubeClient {
   ): Promise<void> {
     const { namespace, ...query } = opts;
     await this.throttle(signal);
+    // Aborted before the request went out (an informer stopped right after its list): no
+    // watch at all. Started anyway, its abort listener would never fire and the stop would
+    // wait for the server's first byte.
+    if (signal?.aborted) return;
     this.stats.record("watch", r.plural);
     const w = new Watch(this.kubeConfig);
     let controller: AbortController | undefined;
@@ -293,16 +297,16 @@ export class KubeClient {
         if (signal?.aborted) return resolve();
         if (!err) {
           // A normal close by the server (its timeout): it was there.
-          if (!answered) this.onRequest?.(this.cluster, "watch", 200);
+          if (!answered) this.onRequest?.(this.cluster, "watch", 200, r.plural);
           return resolve();
         }
         const code = (err as { statusCode?: unknown }).statusCode;
         if (typeof code === "number") {
-          this.onRequest?.(this.cluster, "watch", code);
+          this.onRequest?.(this.cluster, "watch", code, r.plural);
           reject(new ApiError(code, "", `watch ${r.plural}: ${(err as Error).message}`));
         } else {
           // No HTTP answer (refused, reset): code 0 for reachability tracking.
-          this.onRequest?.(this.cluster, "watch", 0);
+          this.onRequest?.(this.cluster, "watch", 0, r.plural);
           reject(err);
         }
       };
@@ -313,7 +317,7 @@ export class KubeClient {
           // The server is answering: the first event (a bookmark at least) counts as a success.
           if (!answered) {
             answered = true;
-            this.onRequest?.(this.cluster, "watch", 200);
+            this.onRequest?.(this.cluster, "watch", 200, r.plural);
           }
           onEvent({ type: type as WatchEvent<T>["type"], object: object as T });
         },
@@ -376,10 +380,10 @@ export class KubeClient {
       resp = await this.http.send(ctx).toPromise();
     } catch (err) {
       // No answer at all (refused, reset, timed out): code 0, so reachability tracking sees it.
-      if (!opts.signal?.aborted) this.onRequest?.(this.cluster, verb, 0);
+      if (!opts.signal?.aborted) this.onRequest?.(this.cluster, verb, 0, r.plural);
       throw err;
     }
-    this.onRequest?.(this.cluster, verb, resp.httpStatusCode);
+    this.onRequest?.(this.cluster, verb, resp.httpStatusCode, r.plural);
     const text = await resp.body.text();
     let data: unknown;
     try {

@@ -44,6 +44,25 @@ export interface InformerOptions {
   random?: () => number;
   logger?: Logger;
   metrics?: RuntimeMetrics;
+  /**
+   * Applied to every object before it is stored (client-go's TransformFunc): what the cache
+   * keeps is what the controllers read. Default `stripManagedFields`; pass `(o) => o` to keep
+   * objects whole.
+   */
+  transform?: <O extends KubeObject>(obj: O) => O;
+}
+
+/**
+ * Drops `metadata.managedFields` (server-side apply's per-manager field sets). No controller
+ * reads them, and on objects written by several managers they are often the largest part of
+ * the object: kept, they would be held once per cached object for the life of the process.
+ */
+export function stripManagedFields<O extends KubeObject>(obj: O): O {
+  // Not in Spillway's ObjectMeta type (no controller reads it): looked up by name.
+  const meta = obj.metadata as O["metadata"] & { managedFields?: unknown };
+  if (meta?.managedFields === undefined) return obj;
+  const { managedFields: _dropped, ...metadata } = meta;
+  return { ...obj, metadata };
 }
 
 /** Thrown inside the watch loop to restart it. */
@@ -73,6 +92,7 @@ export class Informer<T extends KubeObject = KubeObject> {
   private readonly random: () => number;
   private readonly log: Logger;
   private readonly backoff: BackoffOptions;
+  private readonly transform: <O extends KubeObject>(obj: O) => O;
 
   constructor(
     private readonly client: KubeClient,
@@ -84,6 +104,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     this.random = opts.random ?? Math.random;
     this.log = (opts.logger ?? silentLogger()).child({ informer: resource.plural, cluster: client.cluster });
     this.backoff = opts.backoff ?? { baseMs: 500, maxMs: 30_000, jitter: 0.2 };
+    this.transform = opts.transform ?? stripManagedFields;
   }
 
   // ---- lifecycle ------------------------------------------------------------------------
@@ -225,7 +246,8 @@ export class Informer<T extends KubeObject = KubeObject> {
     const { namespace, labelSelector, fieldSelector } = this.opts;
     const list = await this.client.listAll<T>(this.resource, { namespace, labelSelector, fieldSelector });
     const seen = new Set<string>();
-    for (const obj of list.items) {
+    for (const item of list.items) {
+      const obj = this.transform(item);
       const key = objectKey(obj);
       seen.add(key);
       this.upsert(key, obj);
@@ -247,6 +269,9 @@ export class Informer<T extends KubeObject = KubeObject> {
   /** One watch from `this.rv`; resolves on a normal close, throws to restart. */
   private async watchOnce(signal: AbortSignal): Promise<boolean> {
     const { namespace, labelSelector, fieldSelector } = this.opts;
+    // Stopped during the list: an abort listener added now would never fire, and the watch
+    // would run until the server's timeout (minutes), holding up `stop()`.
+    if (signal.aborted) return false;
     const watchAbort = new AbortController();
     const onOuterAbort = () => watchAbort.abort();
     signal.addEventListener("abort", onOuterAbort, { once: true });
@@ -276,7 +301,7 @@ export class Informer<T extends KubeObject = KubeObject> {
             watchAbort.abort();
             return;
           }
-          this.apply(event.type, event.object);
+          this.apply(event.type, event.type === "BOOKMARK" ? event.object : this.transform(event.object));
         },
         watchAbort.signal,
       );

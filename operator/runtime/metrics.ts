@@ -16,12 +16,13 @@ export class RuntimeMetrics {
   readonly reconcileTotal: Counter<"controller" | "result">;
   readonly queueDepth: Gauge<"controller">;
   readonly queueRetries: Counter<"controller">;
-  readonly apiRequests: Counter<"cluster" | "verb" | "code">;
+  readonly apiRequests: Counter<"cluster" | "verb" | "code" | "resource">;
   readonly informerRestarts: Counter<"resource" | "reason">;
   readonly isLeader: Gauge<"lease">;
   readonly offers: Counter<"provider" | "outcome" | "reason">;
   readonly placements: Counter<"provider">;
   readonly timeToPlacement: Histogram<"provider">;
+  readonly events: Counter<"outcome">;
 
   constructor(registry: Registry = new Registry()) {
     this.registry = registry;
@@ -59,8 +60,8 @@ export class RuntimeMetrics {
     });
     this.apiRequests = new Counter({
       name: "spillway_api_requests_total",
-      help: "Kubernetes API requests made by the operator, by cluster, verb and HTTP status code.",
-      labelNames: ["cluster", "verb", "code"],
+      help: "Kubernetes API requests made by the operator, by cluster, verb, HTTP status code and resource.",
+      labelNames: ["cluster", "verb", "code", "resource"],
       registers,
     });
     this.informerRestarts = new Counter({
@@ -85,6 +86,12 @@ export class RuntimeMetrics {
       name: "spillway_placements_total",
       help: "Training runs placed, by provider.",
       labelNames: ["provider"],
+      registers,
+    });
+    this.events = new Counter({
+      name: "spillway_events_total",
+      help: "Kubernetes Events posted, by outcome (written; aggregated into one still waiting; dropped: queue full; failed).",
+      labelNames: ["outcome"],
       registers,
     });
     this.timeToPlacement = new Histogram({
