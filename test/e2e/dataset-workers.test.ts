@@ -3,18 +3,20 @@
  * (Azurite) to OCI (s3rver) by an Indexed Job of 3 `spillway sync --shard` workers on the
  * primary's AKS cluster. The sandbox kubelet runs each worker as the real CLI, with the Job's
  * Secret as its environment; the operator merges the shard manifests, checks the result
- * against the source and reports the version; the Job and its Secret are gone afterwards.
+ * against the source and reports the version; the Job and its Secret are gone afterwards. A
+ * run placed on OCI is staged through the same workers and trains on their version.
  */
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
-import type { DataSet } from "../../operator/api/v1alpha1/index.ts";
+import type { DataSet, TrainingRun } from "../../operator/api/v1alpha1/index.ts";
 import { dataSetController } from "../../operator/controllers/dataset/controller.ts";
 import { LABEL_DATASET_UID, WORKERS_FINALIZER } from "../../operator/controllers/dataset/worker-objects.ts";
+import { provisionedClusterController } from "../../operator/controllers/provisionedcluster/index.ts";
 import { loadManifest, manifestDigest, manifestKey } from "../../operator/dataplane/manifest.ts";
 import { DatasetSyncs, SourceIndex } from "../../operator/dataplane/stager.ts";
 import { openStore } from "../../operator/dataplane/store.ts";
 import { KubeClient } from "../../operator/runtime/client.ts";
 import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
-import { type E2E, eventually, startE2E } from "./harness.ts";
+import { AZURE_SKU, type E2E, eventually, getRun, phaseIs, startE2E, trainingRun } from "./harness.ts";
 
 type DS = DataSet & KubeObject;
 const NS = "ml-team";
@@ -28,6 +30,7 @@ beforeAll(async () => {
   await e.startOperator({
     stager: datasets,
     extraControllers: (ctx) => [
+      provisionedClusterController(ctx, { progressIntervalMs: 500 }),
       dataSetController(ctx, datasets, { progressIntervalMs: 300, workers: { pollMs: 300 } }),
     ],
   });
@@ -137,5 +140,54 @@ describe("DataSet sync workers in the sandbox", () => {
     ]);
     expect(deleted.code).toBe(0);
     expect(await e.client.tryGet(SpillwayResources.DataSet, "pretrain-big", NS)).toBeUndefined();
+  }, 240_000);
+
+  test("a run placed on OCI is staged by the workers and trains on the version they put there", async () => {
+    const { azureStorage, scenario } = e.sandbox;
+    e.arm.setCapacity("eastus", AZURE_SKU, 0); // the primary declines: the run goes to OCI
+    const src = await openStore(
+      {
+        kind: "azblob",
+        account: azureStorage.accountName,
+        container: azureStorage.container,
+        prefix: "corpora/for-run/",
+        endpoint: azureStorage.blobEndpoint,
+      },
+      { azure: { connectionString: azureStorage.connectionString } },
+    );
+    for (let i = 0; i < 6; i++) await src.put(`f${i}.jsonl`, Buffer.from(`{"row":${i}}\n`.repeat(20)));
+    const sourceVersion = (await new SourceIndex().compute(src)).version;
+    const ds = {
+      apiVersion: "spillway.dev/v1alpha1",
+      kind: "DataSet",
+      metadata: { name: "run-corpus", namespace: NS },
+      // No listed replica: the provider the run is placed on becomes one.
+      spec: {
+        source: { provider: scenario.clouds.azure.name, prefix: "corpora/for-run/" },
+        syncPolicy: { mode: "OnDemand", workerThresholdBytes: 64, workers: 2 },
+      },
+    };
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(ds))).code).toBe(0);
+    const run: TrainingRun & KubeObject = trainingRun("trains-on-big-data");
+    run.spec.data = { dataset: "run-corpus", mountPath: "/data" };
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
+
+    const running = await eventually(
+      () => getRun(e, "trains-on-big-data"),
+      phaseIs("Running", "Succeeded"),
+      "the run started on OCI",
+      180_000,
+    );
+    expect(running.status?.placement?.provider).toBe(scenario.clouds.oci.name);
+    expect(running.status?.data).toMatchObject({
+      dataset: "run-corpus",
+      phase: "Ready",
+      version: sourceVersion,
+    });
+    const replica = (
+      await e.client.get<DS>(SpillwayResources.DataSet, "run-corpus", NS)
+    ).status?.replicas?.find((r) => r.provider === scenario.clouds.oci.name);
+    expect(replica?.message).toContain(`2 sync workers on ${scenario.clouds.azure.name}/existing`);
+    await e.client.delete(SpillwayResources.TrainingRun, "trains-on-big-data", NS);
   }, 240_000);
 });
