@@ -104,9 +104,17 @@ class ListingContainerClient extends ContainerClient {
       headers: createHttpHeaders({ "x-ms-version": LIST_API_VERSION }),
       // Plain http only where the store's URI said so (the emulator); the SDK does the same.
       allowInsecureConnection: url.protocol === "http:",
+      // Streamed, so the pipeline's deserialization policy leaves a 200's body alone (it would
+      // parse any XML text body into a tree, which is the cost this route avoids).
+      streamResponseStatusCodes: new Set([200]),
       ...(signal ? { abortSignal: signal } : {}),
     });
     const response = await ctx.sendRequest.call(ctx, request);
+    if (response.status === 200 && response.readableStreamBody) {
+      const chunks: Buffer[] = [];
+      for await (const c of response.readableStreamBody as AsyncIterable<Buffer>) chunks.push(c);
+      return Buffer.concat(chunks).toString("utf8");
+    }
     const body = response.bodyAsText ?? "";
     if (response.status !== 200) {
       const code = /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? response.headers.get("x-ms-error-code") ?? "";
@@ -122,6 +130,7 @@ class ListingContainerClient extends ContainerClient {
 type SendRequest = (request: ReturnType<typeof createPipelineRequest>) => Promise<{
   status: number;
   bodyAsText?: string | null;
+  readableStreamBody?: NodeJS.ReadableStream;
   headers: { get(name: string): string | undefined };
 }>;
 

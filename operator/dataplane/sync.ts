@@ -212,21 +212,33 @@ export async function syncStores(
 
   // The first contact is retried like every other call: a store answering 500 while it
   // (re)starts is transient; a missing bucket or bad credentials are not, and fail at once.
-  await retry("check source", () => src.check(signal, "read"));
-  await retry("check destination", () => dst.check(signal, "write"));
+  // Both at once: each is one round trip, and a no-op sync is little more than these.
+  const checks = await Promise.allSettled([
+    retry("check source", () => src.check(signal, "read")),
+    retry("check destination", () => dst.check(signal, "write")),
+  ]);
+  for (const c of checks) if (c.status === "rejected") throw c.reason;
+
+  // The source's first listing page is requested now, while the manifest is read.
+  const listing = src.list(signal ? { signal } : {})[Symbol.asyncIterator]();
+  const firstPage = listing.next();
+  firstPage.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
 
   // What the destination holds: the committed manifest, overlaid with the journal of an
   // interrupted run. A shard starts from the main manifest when it has none of its own.
   const mKey = manifestKey(shard);
   const jKey = journalKey(shard);
-  let committed = await retry("read manifest", () => loadManifest(dst, mKey, signal));
+  const [ownCommitted, journal] = await Promise.all([
+    retry("read manifest", () => loadManifest(dst, mKey, signal)),
+    retry("read journal", () => loadManifest(dst, jKey, signal)),
+  ]);
+  let committed = ownCommitted;
   const ownManifest = committed !== undefined;
   if (!committed && shard) {
     const main = await retry("read manifest", () => loadManifest(dst, manifestKey(), signal));
     if (main) for (const k of [...main.keys()]) if (shardOf(k, shard.count) !== shard.index) main.delete(k);
     committed = main;
   }
-  const journal = await retry("read journal", () => loadManifest(dst, jKey, signal));
   // What the destination holds, taken out entry by entry as the listing reaches each key (into
   // `next`), so the two maps together hold each object once. What is left at the end was not
   // in the source.
@@ -554,7 +566,8 @@ export async function syncStores(
 
   let aborted = false;
   try {
-    for await (const obj of src.list(signal ? { signal } : {})) {
+    for (let step = await firstPage; !step.done; step = await listing.next()) {
+      const obj = step.value;
       if (obj.key.startsWith(META_PREFIX)) continue;
       if (shard && shardOf(obj.key, shard.count) !== shard.index) continue;
       s.seen++;
