@@ -73,8 +73,8 @@ export type ShardedSyncOutcome =
       message: string;
       /** A failure no retry can fix (a worker's bad-input exit). */
       terminal?: boolean;
-      /** What failed: the Job itself, or the check of its result against the source. */
-      failure?: "job" | "version";
+      /** What failed: the Job (or following it), or the replica (its result is not the source's version). */
+      failure?: "job" | "replica";
     };
 
 /** Runs a large sync elsewhere (see the file comment). */
@@ -116,8 +116,8 @@ export interface ReplicaSync {
   running: boolean;
   /** Who ran the current/last sync: this process, or sync workers (a `ShardedSyncRunner`). */
   via?: "operator" | "workers";
-  /** When the last sync by workers failed: whether their Job failed or its result was not the source's version. */
-  workerFailure?: "job" | "version";
+  /** When the last sync by workers failed: their Job (or following it), or the replica (stores, version check). */
+  workerFailure?: "job" | "replica";
 }
 
 export interface DatasetSyncsOptions {
@@ -367,6 +367,9 @@ export class DatasetSyncs implements DataStager {
         s.failures++;
         s.terminal = e instanceof StoreError && CONFIG_ERRORS.has(e.code);
         s.message = e instanceof Error ? e.message : String(e);
+        // The runner could not start or follow its Job (the remote cluster refused or failed):
+        // a worker failure; a store error is the replica's, reported as for any sync.
+        if (s.via === "workers") s.workerFailure = e instanceof StoreError ? "replica" : "job";
       } finally {
         s.running = false;
         s.finishedAt = this.now();

@@ -241,7 +241,7 @@ async function reconcileDataSet(
       set(
         "WorkersFailed",
         "False",
-        "JobSucceeded",
+        "NoJobFailed",
         byWorkers.map((s) => `${s.provider}: ${s.message}`).join("; "),
       );
     if (stalled.length)

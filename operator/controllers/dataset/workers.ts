@@ -271,7 +271,7 @@ export class SyncWorkers implements ShardedSyncRunner {
       return {
         kind: "done",
         complete: false,
-        failure: "version",
+        failure: "replica",
         message: "the merged manifest could not be read back",
       };
     const mismatch = await compareWithSource(req.src, merged, req.signal);
@@ -281,7 +281,7 @@ export class SyncWorkers implements ShardedSyncRunner {
       return {
         kind: "done",
         complete: false,
-        failure: "version",
+        failure: "replica",
         message: `the workers finished but the replica does not hold the source's current version: ${mismatch}`,
       };
     return {

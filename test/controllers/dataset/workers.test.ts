@@ -561,7 +561,7 @@ describe("sync workers", () => {
         expect(ds.status?.replicasSynced).toBe(0);
         expect(ds.status?.version).toBeUndefined();
         // The Job itself succeeded: no WorkersFailed.
-        expect(cond(ds, "WorkersFailed")).toMatchObject({ status: "False", reason: "JobSucceeded" });
+        expect(cond(ds, "WorkersFailed")).toMatchObject({ status: "False", reason: "NoJobFailed" });
       } finally {
         kubelet.mode = { kind: "run" };
       }
