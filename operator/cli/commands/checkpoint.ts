@@ -46,6 +46,17 @@ function positiveInt(what: string) {
   };
 }
 
+/** One JSON event line on stdout (`--events`): what log readers (the sandbox's tests and demo) parse. */
+const emit = (event: Record<string, unknown>): void => {
+  process.stdout.write(`${JSON.stringify(event)}\n`);
+};
+
+/** A positive integer from the environment, else the fallback (a flag's default). */
+function envInt(name: string, fallback: number): number {
+  const n = Number(process.env[name]);
+  return Number.isInteger(n) && n >= 1 ? n : fallback;
+}
+
 /** Runs an action, turning a thrown error into one clear line and exit code 2. */
 function guarded<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
   return async (...args: A): Promise<void> => {
@@ -82,13 +93,19 @@ export function register(program: Command): void {
       process.env.SPILLWAY_RUN_UID,
     )
     .option("--root <dir>", "allowed root the path must lie under (default: the path itself)")
-    .option("--keep <n>", "committed checkpoints kept in the store", positiveInt("--keep"), 3)
+    .option(
+      "--keep <n>",
+      "committed checkpoints kept in the store (default $SPILLWAY_CHECKPOINT_KEEP, else 3)",
+      positiveInt("--keep"),
+      envInt("SPILLWAY_CHECKPOINT_KEEP", 3),
+    )
     .option(
       "--quiet-period <duration>",
       "a directory unchanged this long is complete (no DCP, no marker)",
       "5s",
     )
     .option("--chunk-size <bytes>", "chunk size for deduplication", positiveInt("--chunk-size"))
+    .option("--events", "print one JSON line per committed checkpoint on stdout")
     .action(
       guarded(
         async (o: {
@@ -99,6 +116,7 @@ export function register(program: Command): void {
           keep: number;
           quietPeriod: string;
           chunkSize?: number;
+          events?: boolean;
         }) => {
           const agent = new CheckpointAgent({
             path: o.path,
@@ -109,16 +127,32 @@ export function register(program: Command): void {
             quietPeriodMs: parseDuration(o.quietPeriod),
             ...(o.chunkSize ? { chunkSize: o.chunkSize } : {}),
             log,
+            ...(o.events
+              ? {
+                  onCommitted: (r) =>
+                    emit({
+                      event: "committed",
+                      step: r.step,
+                      bytesSent: r.bytesSent,
+                      bytesDeduplicated: r.bytesDeduplicated,
+                    }),
+                }
+              : {}),
           });
-          await agent.start();
-          log(`watching ${agent.path} (keep ${o.keep}, quiet period ${o.quietPeriod})`);
-          await new Promise<void>((resolve) => {
+          // Listen before starting: a SIGTERM during the first scan still drains.
+          const stopped = new Promise<void>((resolve) => {
             const done = () => resolve();
             process.once("SIGTERM", done);
             process.once("SIGINT", done);
           });
+          await agent.start();
+          log(`watching ${agent.path} (keep ${o.keep}, quiet period ${o.quietPeriod})`);
+          // As a native sidecar it runs until the kubelet stops it, after the trainer exited
+          // (or the pod is deleted): then it uploads every complete checkpoint and exits 0.
+          await stopped;
           log("stopping: uploading what is complete");
           await agent.stop(true);
+          log("drained");
         },
       ),
     );
@@ -142,7 +176,12 @@ export function register(program: Command): void {
       "refuse checkpoints of another run (default $SPILLWAY_RUN_UID)",
       process.env.SPILLWAY_RUN_UID,
     )
-    .option("--world-size <n>", "world size of the resumed run", positiveInt("--world-size"))
+    .option(
+      "--world-size <n>",
+      "world size of the resumed run (default $SPILLWAY_NNODES)",
+      positiveInt("--world-size"),
+      process.env.SPILLWAY_NNODES ? envInt("SPILLWAY_NNODES", 1) : undefined,
+    )
     .option("--allow-reshard", "allow a DCP checkpoint of another world size (DCP reshards on load)")
     .option(
       "--expect-step <n>",
@@ -150,6 +189,7 @@ export function register(program: Command): void {
     )
     .option("--json", "print the result as JSON on stdout")
     .option("--result-file <file>", "also write a JSON summary (under 4 KiB) here, e.g. /dev/termination-log")
+    .option("--events", "print the outcome as one JSON event line (restored or fresh) on stdout")
     .action(
       guarded(
         async (o: {
@@ -162,6 +202,7 @@ export function register(program: Command): void {
           expectStep?: string;
           json?: boolean;
           resultFile?: string;
+          events?: boolean;
         }) => {
           const { path } = confineCheckpointPath(o.path, o.root);
           const result = await restoreLatest(await open(o.store), path, {
@@ -172,8 +213,20 @@ export function register(program: Command): void {
             log,
           });
           if (o.resultFile) await writeFile(o.resultFile, JSON.stringify(summarizeRestore(result)));
+          const rejected = result.rejected.map((r) => r.step);
+          if (o.events && result.restored)
+            emit({
+              event: "restored",
+              step: result.restored.step,
+              digest: result.restored.manifestDigest,
+              behindExpected: result.behindExpected,
+              rejected,
+            });
+          else if (o.events && result.outcome !== "AllRejected") emit({ event: "fresh", rejected });
           if (o.json) console.log(JSON.stringify(result));
-          else if (result.restored)
+          else if (o.events) {
+            // The event line says it.
+          } else if (result.restored)
             console.log(`restored step ${result.restored.step} into ${result.restored.directory}`);
           else
             console.log(
@@ -256,14 +309,27 @@ export function register(program: Command): void {
 
   cmd
     .command("trainer")
-    .description("Sandbox trainer stand-in: trains N steps, writes real checkpoints every K, resumes.")
-    .requiredOption("--path <dir>", "checkpoint path")
+    .description(
+      "Sandbox trainer stand-in: trains N steps, writes real checkpoints every K, resumes from the newest complete one in the path.",
+    )
+    .requiredOption(
+      "--path <dir>",
+      "checkpoint path (default $SPILLWAY_CHECKPOINT_DIR)",
+      process.env.SPILLWAY_CHECKPOINT_DIR,
+    )
     .requiredOption("--steps <n>", "train until this step", positiveInt("--steps"))
     .option("--every <k>", "checkpoint every K steps", positiveInt("--every"), 10)
-    .option("--world-size <n>", "ranks (one .distcp shard each)", positiveInt("--world-size"), 2)
+    .option(
+      "--world-size <n>",
+      "ranks, one .distcp shard each (default $SPILLWAY_NNODES, else 2)",
+      positiveInt("--world-size"),
+      envInt("SPILLWAY_NNODES", 2),
+    )
     .option("--step-delay <duration>", "simulated compute per step", "0ms")
+    .option("--tensor-bytes <n>", "bytes per model tensor (8 tensors)", positiveInt("--tensor-bytes"))
     .option("--no-resume", "start at step 1 even when a checkpoint is present")
     .option("--ready-marker", "write .spillway-complete after each checkpoint")
+    .option("--events", "JSON event lines on stdout (checkpoint, finished), log lines on stderr")
     .action(
       guarded(
         async (o: {
@@ -272,18 +338,52 @@ export function register(program: Command): void {
           every: number;
           worldSize: number;
           stepDelay: string;
+          tensorBytes?: number;
           resume: boolean;
           readyMarker?: boolean;
+          events?: boolean;
         }) => {
-          await runTrainer({
-            dir: o.path,
-            steps: o.steps,
-            every: o.every,
-            worldSize: o.worldSize,
-            stepDelayMs: parseDuration(o.stepDelay),
-            resume: o.resume,
-            writeReadyMarker: o.readyMarker ?? false,
-          });
+          // SIGTERM (pod deletion) stops training between steps: what is on disk stays whole.
+          const stop = new AbortController();
+          const onSignal = () => stop.abort(new Error("stopped by signal"));
+          process.once("SIGTERM", onSignal);
+          process.once("SIGINT", onSignal);
+          try {
+            const result = await runTrainer({
+              dir: o.path,
+              steps: o.steps,
+              every: o.every,
+              worldSize: o.worldSize,
+              stepDelayMs: parseDuration(o.stepDelay),
+              ...(o.tensorBytes ? { tensorBytes: Math.max(4, o.tensorBytes) } : {}),
+              resume: o.resume,
+              writeReadyMarker: o.readyMarker ?? false,
+              signal: stop.signal,
+              ...(o.events
+                ? {
+                    log: (line: string) => {
+                      process.stderr.write(`${new Date().toISOString()} trainer: ${line}\n`);
+                    },
+                    onCheckpoint: (step: number) => {
+                      emit({ event: "checkpoint", step });
+                    },
+                  }
+                : {}),
+            });
+            if (o.events)
+              emit({
+                event: "finished",
+                step: result.endStep,
+                ...(result.resumedFrom !== undefined ? { resumedFrom: result.resumedFrom } : {}),
+              });
+          } catch (e) {
+            if (!stop.signal.aborted) throw e;
+            console.error("spillway checkpoint trainer: stopped by signal");
+            process.exitCode = 143;
+          } finally {
+            process.off("SIGTERM", onSignal);
+            process.off("SIGINT", onSignal);
+          }
         },
       ),
     );

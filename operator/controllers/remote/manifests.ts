@@ -16,11 +16,11 @@ export const LABEL_ORIGIN = "spillway.dev/origin";
 export const MANAGED_BY = "spillway";
 
 /**
- * The sandbox's trainer stand-in: a container of the Spillway image running
+ * The sandbox's all-in-one trainer stand-in: a container of the Spillway image running
  * `spillway checkpoint workload` (restore → checkpoint agent → trainer, one process; see
- * operator/sandbox/trainer/workload.ts). The simulated kubelet runs it for real. It needs
- * nothing beyond what every checkpointed run's pod gets (the environment contract of
- * operator/checkpoints/README.md, the store Secret, a writable checkpoint volume).
+ * operator/sandbox/trainer/workload.ts). A pod with it gets no restore/agent containers (it is
+ * its own agent) and keeps the store Secret. The sandbox's demo and tests now use the split
+ * form (`standInContainer()`: `spillway checkpoint trainer` beside Spillway's containers).
  */
 export const TRAINER_STAND_IN_COMMAND = ["spillway", "checkpoint", "workload"] as const;
 
@@ -35,6 +35,24 @@ export function isTrainerStandIn(container: { command?: unknown }): boolean {
 
 /** Name of the emptyDir volume Spillway adds at the checkpoint path when nothing is mounted there. */
 export const CHECKPOINT_VOLUME = "spillway-checkpoints";
+
+/**
+ * Spillway's own containers in a checkpointed run's pod (the user's trainer image does not
+ * contain Spillway): the restore init container and the checkpoint agent, a native sidecar
+ * (an init container with `restartPolicy: Always`, Kubernetes 1.29+: it starts before the
+ * trainer, keeps running beside it, and is stopped after it, so it drains on SIGTERM).
+ */
+export const RESTORE_CONTAINER = "spillway-restore";
+export const AGENT_CONTAINER = "spillway-checkpoint-agent";
+export const RESTORE_COMMAND = ["spillway", "checkpoint", "restore"] as const;
+export const AGENT_COMMAND = ["spillway", "checkpoint", "agent"] as const;
+/** A small writable /tmp for Spillway's containers (their root filesystem is read-only). */
+export const SPILLWAY_TMP_VOLUME = "spillway-tmp";
+/**
+ * The image of Spillway's containers when the dispatcher names none: the chart's image
+ * (repository and appVersion), as the dataset sync workers' default.
+ */
+export const DEFAULT_AGENT_IMAGE = "ghcr.io/spillway-dev/spillway:0.1.0";
 
 /** torchrun's default rendezvous port. */
 export const RENDEZVOUS_PORT = 29500;
@@ -51,6 +69,11 @@ export interface DispatchInputs {
   checkpoints?: { uri: string; resumeStep?: number };
   /** Name of the Secret (in the remote namespace) holding only the target store's credentials. */
   storeSecretName?: string;
+  /**
+   * Image of Spillway's restore and agent containers: the operator's own image. Default
+   * DEFAULT_AGENT_IMAGE.
+   */
+  agentImage?: string;
 }
 
 /** Environment names of a store's credentials, by the keys of a provider's storage Secret. */
@@ -190,11 +213,13 @@ function mounted(mounts: Mount[], path: string): boolean {
  * The checkpoint path must be a volume: the checkpoint agent (a sidecar) reads what the
  * trainer writes, and the trainer stand-in needs it writable. When the user mounted nothing
  * there, an emptyDir goes at that path in the first container (and in the stand-in's).
+ * Returns the first container's mount that holds the path (Spillway's containers mount the
+ * same volume at the same place, so they see the same files).
  */
 function addCheckpointVolume(
   podSpec: Record<string, unknown> & { containers: Array<Record<string, unknown>> },
   path: string,
-): void {
+): Mount | undefined {
   const volumes = Array.isArray(podSpec.volumes) ? (podSpec.volumes as Array<{ name?: unknown }>) : [];
   let added = false;
   podSpec.containers = podSpec.containers.map((c, i) => {
@@ -207,6 +232,67 @@ function addCheckpointVolume(
   if (added && !volumes.some((v) => v.name === CHECKPOINT_VOLUME)) {
     podSpec.volumes = [...volumes, { name: CHECKPOINT_VOLUME, emptyDir: {} }];
   }
+  const first = podSpec.containers[0];
+  const mounts = Array.isArray(first?.volumeMounts) ? (first.volumeMounts as Mount[]) : [];
+  // The deepest mount holding the path is the one the trainer writes through.
+  return mounts
+    .filter((m) => mounted([m], path))
+    .sort((a, b) => String(b.mountPath).length - String(a.mountPath).length)[0];
+}
+
+/** The restricted Pod Security Standard, for Spillway's own containers. */
+const RESTRICTED_CONTAINER = {
+  runAsNonRoot: true,
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ["ALL"] },
+  seccompProfile: { type: "RuntimeDefault" },
+};
+
+/**
+ * The restore init container and the checkpoint agent sidecar. They get the checkpoint part
+ * of the environment contract (every `SPILLWAY_*` variable), the store Secret (the only
+ * containers that do), the checkpoint volume at the trainer's mount, and a small /tmp.
+ * Their flags default from that environment (operator/cli/commands/checkpoint.ts);
+ * `--events` makes them print one JSON line per outcome (restored/fresh, committed).
+ */
+function checkpointContainers(
+  image: string,
+  env: Env[],
+  checkpointMount: Mount,
+  storeSecret: string | undefined,
+): Array<Record<string, unknown>> {
+  const common = {
+    image,
+    imagePullPolicy: "IfNotPresent",
+    env: [...env.filter((e) => e.name.startsWith("SPILLWAY_")), { name: "HOME", value: "/tmp" }],
+    ...(storeSecret ? { envFrom: [{ secretRef: { name: storeSecret } }] } : {}),
+    volumeMounts: [
+      {
+        name: checkpointMount.name,
+        mountPath: checkpointMount.mountPath,
+        ...(typeof (checkpointMount as { subPath?: unknown }).subPath === "string"
+          ? { subPath: (checkpointMount as { subPath: string }).subPath }
+          : {}),
+      },
+      { name: SPILLWAY_TMP_VOLUME, mountPath: "/tmp" },
+    ],
+    resources: { requests: { cpu: "100m", memory: "256Mi" }, limits: { memory: "1Gi" } },
+    securityContext: RESTRICTED_CONTAINER,
+    // The restore's last line (or its error) is the termination message the operator reads.
+    terminationMessagePolicy: "FallbackToLogsOnError",
+  };
+  return [
+    { name: RESTORE_CONTAINER, ...common, command: [...RESTORE_COMMAND], args: ["--events"] },
+    {
+      name: AGENT_CONTAINER,
+      ...common,
+      command: [...AGENT_COMMAND],
+      args: ["--events"],
+      // Native sidecar: runs beside the trainer, stopped (SIGTERM → drain) after it exits.
+      restartPolicy: "Always",
+    },
+  ];
 }
 
 function mergeEnv(existing: unknown, added: Env[]): Env[] {
@@ -228,6 +314,14 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
     containers: Array<Record<string, unknown>>;
   };
   const env = rendezvousEnv(run, inputs);
+  // Spillway's containers restore and upload checkpoints, so the trainer needs no store
+  // credentials for them. It keeps the store Secret only when it reads the dataset from that
+  // store itself, or when it is the sandbox's all-in-one stand-in (its own agent), or when the
+  // run has no checkpoints (the Secret is then there for the trainer alone).
+  const standIn = podSpec.containers.some(isTrainerStandIn);
+  const withAgent = inputs.checkpoints !== undefined && !standIn;
+  const trainerGetsStore =
+    inputs.storeSecretName !== undefined && (!withAgent || inputs.dataset !== undefined);
   podSpec.containers = podSpec.containers.map((c, i) => {
     const container: Record<string, unknown> = { ...c, env: mergeEnv(c.env, env) };
     if (i === 0) {
@@ -240,9 +334,9 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
         limits: { ...(resources.limits ?? {}), "nvidia.com/gpu": String(gpus) },
         requests: { ...(resources.requests ?? {}), "nvidia.com/gpu": String(gpus) },
       };
-      if (inputs.storeSecretName) {
-        // Only the target store's credentials, under the names the SDKs (and the checkpoint
-        // agent) read; never the operator's own Secrets.
+      if (trainerGetsStore) {
+        // Only the target store's credentials, under the names the SDKs read; never the
+        // operator's own Secrets.
         container.envFrom = [
           ...((c.envFrom as unknown[]) ?? []),
           { secretRef: { name: inputs.storeSecretName } },
@@ -255,7 +349,20 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
     }
     return container;
   });
-  if (inputs.checkpoints) addCheckpointVolume(podSpec, checkpointPath(run));
+  if (inputs.checkpoints) {
+    const mount = addCheckpointVolume(podSpec, checkpointPath(run));
+    if (withAgent && mount) {
+      const userInits = Array.isArray(podSpec.initContainers) ? (podSpec.initContainers as unknown[]) : [];
+      // Restore runs first (before any user init container could read the path), then the
+      // agent starts, then the user's own init containers and the trainer.
+      podSpec.initContainers = [
+        ...checkpointContainers(inputs.agentImage ?? DEFAULT_AGENT_IMAGE, env, mount, inputs.storeSecretName),
+        ...userInits,
+      ];
+      const volumes = Array.isArray(podSpec.volumes) ? (podSpec.volumes as unknown[]) : [];
+      podSpec.volumes = [...volumes, { name: SPILLWAY_TMP_VOLUME, emptyDir: { sizeLimit: "64Mi" } }];
+    }
+  }
   podSpec.subdomain = name;
   podSpec.restartPolicy = "Never";
   podSpec.automountServiceAccountToken = podSpec.automountServiceAccountToken ?? false;

@@ -84,6 +84,8 @@ const SIGNAL_NUMBERS: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM:
 
 class ContainerProcess {
   exit: ContainerExit | undefined;
+  /** When it first wrote a line (the sandbox's sign that a sidecar is up; see the kubelet). */
+  firstOutputAt: Date | undefined;
   readonly startedAt = new Date();
   readonly exited: Promise<ContainerExit>;
   private log = "";
@@ -94,11 +96,17 @@ class ContainerProcess {
     onLine: (stream: "stdout" | "stderr", line: string) => void,
     onExit: () => void,
   ) {
+    const first = () => {
+      if (this.firstOutputAt) return;
+      this.firstOutputAt = new Date();
+      onExit();
+    };
     for (const stream of ["stdout", "stderr"] as const) {
       let partial = "";
       child[stream]?.setEncoding("utf8");
       child[stream]?.on("data", (chunk: string) => {
         this.append(chunk);
+        first();
         const lines = (partial + chunk).split("\n");
         partial = lines.pop() ?? "";
         for (const l of lines) onLine(stream, l);
@@ -155,6 +163,12 @@ function runsOf(pod: PodProcesses): ContainerRun[] {
 /** The running (and exited) containers of one pod. */
 export class PodProcesses {
   readonly containers = new Map<string, ContainerProcess>();
+  /**
+   * Native sidecars (init containers with `restartPolicy: Always`): on termination they get
+   * SIGTERM only once every other container has exited, as Kubernetes (1.29+) stops them
+   * after the main containers, so a checkpoint agent drains what the trainer finished.
+   */
+  readonly sidecars = new Set<string>();
   private killTimer: NodeJS.Timeout | undefined;
   terminating = false;
 
@@ -165,18 +179,35 @@ export class PodProcesses {
     readonly dir: string,
   ) {}
 
-  /** Whether every container has exited. */
+  /** Whether every container started so far has exited. */
   get done(): boolean {
     return [...this.containers.values()].every((c) => c.exit !== undefined);
   }
 
-  /** SIGTERM now, SIGKILL after `graceSeconds` (a pod deletion). Repeats are no-ops. */
+  /** Whether every container that is not a sidecar has exited. */
+  get mainsDone(): boolean {
+    return [...this.containers.values()].every((c) => c.exit !== undefined || this.sidecars.has(c.name));
+  }
+
+  /**
+   * SIGTERM now, SIGKILL after `graceSeconds` (a pod deletion). The sidecars get their
+   * SIGTERM once the other containers have exited (within the same grace period). Repeats
+   * are no-ops.
+   */
   terminate(graceSeconds: number): void {
     if (this.terminating || this.done) return;
     this.terminating = true;
-    for (const c of this.containers.values()) c.signal("SIGTERM");
+    for (const c of this.containers.values()) if (!this.sidecars.has(c.name)) c.signal("SIGTERM");
     this.killTimer = setTimeout(() => this.kill(), Math.max(0, graceSeconds) * 1000);
     this.killTimer.unref();
+    this.terminateSidecarsWhenMainsExit();
+  }
+
+  private terminateSidecarsWhenMainsExit(): void {
+    const mains = [...this.containers.values()].filter((c) => !this.sidecars.has(c.name));
+    void Promise.all(mains.map((c) => c.exited)).then(() => {
+      for (const c of this.containers.values()) if (this.sidecars.has(c.name)) c.signal("SIGTERM");
+    });
   }
 
   /** SIGKILL every container now (a lost node or cluster). */
@@ -225,33 +256,53 @@ export class Executor {
     return dir;
   }
 
-  /** Starts the pod's `spillway` containers (once; a repeat returns the running ones). */
+  /** Starts the pod's `spillway` containers at once (once; a repeat returns the running ones). */
   start(uid: string, namespace: string, name: string, dir: string, plans: ProcessPlan[]): PodProcesses {
+    const existing = this.pods.get(uid);
+    if (existing) return existing;
+    const pod = this.open(uid, namespace, name, dir);
+    for (const plan of plans) this.run(pod, plan);
+    return pod;
+  }
+
+  /** The pod's process group, created empty on first use; containers are started with `run`. */
+  open(uid: string, namespace: string, name: string, dir: string): PodProcesses {
     const existing = this.pods.get(uid);
     if (existing) return existing;
     if (this.stopped) throw new Error("the kubelet is stopped");
     const pod = new PodProcesses(uid, namespace, name, dir);
     this.pods.set(uid, pod);
-    const { node, prefix } = spillwayEntry();
-    for (const plan of plans) {
-      for (const d of plan.dirs) mkdirSync(d, { recursive: true });
-      const child = spawn(node, [...prefix, ...plan.args], {
-        cwd: plan.cwd && existsSync(plan.cwd) ? plan.cwd : dir,
-        // A container sees its own environment, not the sandbox's (no host credentials leak in).
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: join(dir, "home"), ...plan.env },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      track(child);
-      const proc = new ContainerProcess(
-        plan.container,
-        child,
-        (stream, line) =>
-          this.opts.onLog?.({ namespace, pod: name, container: plan.container, stream, line }),
-        () => this.opts.onExit(),
-      );
-      pod.containers.set(plan.container, proc);
-    }
     return pod;
+  }
+
+  /** Starts one container of the pod (once per name: init containers run in order, one by one). */
+  run(pod: PodProcesses, plan: ProcessPlan, sidecar = false): void {
+    if (pod.containers.has(plan.container)) return;
+    if (this.stopped) throw new Error("the kubelet is stopped");
+    if (sidecar) pod.sidecars.add(plan.container);
+    const { node, prefix } = spillwayEntry();
+    for (const d of plan.dirs) mkdirSync(d, { recursive: true });
+    const child = spawn(node, [...prefix, ...plan.args], {
+      cwd: plan.cwd && existsSync(plan.cwd) ? plan.cwd : pod.dir,
+      // A container sees its own environment, not the sandbox's (no host credentials leak in).
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: join(pod.dir, "home"), ...plan.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    track(child);
+    const proc = new ContainerProcess(
+      plan.container,
+      child,
+      (stream, line) =>
+        this.opts.onLog?.({
+          namespace: pod.namespace,
+          pod: pod.name,
+          container: plan.container,
+          stream,
+          line,
+        }),
+      () => this.opts.onExit(),
+    );
+    pod.containers.set(plan.container, proc);
   }
 
   /** Forgets a pod whose processes have exited and removes its directory (the pod is gone). */

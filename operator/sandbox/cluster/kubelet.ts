@@ -37,6 +37,9 @@ import {
   type KubeConfig,
   PatchStrategy,
   setHeaderOptions,
+  type V1Container,
+  type V1ContainerState,
+  type V1ContainerStatus,
   type V1Job,
   type V1JobCondition,
   type V1Node,
@@ -50,9 +53,10 @@ import {
   ContainerConfigError,
   isExecutedPod,
   isSpillwayContainer,
+  type ProcessPlan,
   planContainer,
 } from "./containers.ts";
-import { type ContainerLogLine, type ContainerRun, Executor } from "./executor.ts";
+import { type ContainerLogLine, type ContainerRun, Executor, type PodProcesses } from "./executor.ts";
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 export const COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index";
@@ -81,12 +85,18 @@ export interface KubeletOptions {
 
 /** How long a container waits in CreateContainerConfigError before the kubelet tries again. */
 const CONFIG_RETRY_MS = 1000;
+/** Longest wait for an executed sidecar's first log line before the main containers start anyway. */
+const SIDECAR_STARTUP_MS = 30_000;
 /** Kubernetes' default terminationGracePeriodSeconds. */
 const DEFAULT_GRACE_SECONDS = 30;
 
 interface PodTimes {
   scheduledAt?: number;
   startedAt?: number;
+  /** Executed pods: the plan of each `spillway` container (init and main), made once. */
+  plans?: Map<string, ProcessPlan>;
+  /** Executed pods: when the main containers started (every regular init container exited 0). */
+  mainsStartedAt?: number;
 }
 
 const MERGE_PATCH = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
@@ -569,14 +579,20 @@ export class Kubelet {
   }
 
   /**
-   * An executed pod: configure and start its processes when due, report them Running, and
-   * report their exit codes once every one has exited.
+   * An executed pod, as a kubelet runs it: when due, every `spillway` container is configured
+   * (a config error keeps the pod Pending, retried); then the init containers in order — a
+   * regular one must exit 0 before the next starts (a failure fails the pod: restartPolicy
+   * Never), a native sidecar (`restartPolicy: Always`) starts and keeps running; then the
+   * main containers. Once every main container has exited, the sidecars get SIGTERM (SIGKILL
+   * after the grace period) and the pod's phase follows the main containers only. Containers
+   * of another image are simulated in place: an init container completes at once, a main
+   * container runs for the pod's simulated duration and exits with its simulated code.
    */
   private async advanceExecutedPod(pod: V1Pod, t: PodTimes, now: number): Promise<number> {
     const uid = pod.metadata!.uid!;
     const ns = pod.metadata!.namespace!;
-    const procs = this.executor.get(uid);
-    if (!procs) {
+    let procs = this.executor.get(uid);
+    if (!procs || !t.plans) {
       if (phase(pod) === "Running") {
         // Running before this kubelet started (a restarted sandbox): the process is gone, as
         // a rebooted node's containers are.
@@ -586,11 +602,11 @@ export class Kubelet {
       const due = t.scheduledAt! + this.opts.podStartupMs;
       if (now < due) return due;
       const dir = await this.executor.podDir(uid, ns, name(pod));
-      let plans: Awaited<ReturnType<typeof planContainer>>[];
+      const plans = new Map<string, ProcessPlan>();
       try {
-        plans = [];
-        for (const c of (pod.spec?.containers ?? []).filter(isSpillwayContainer))
-          plans.push(await planContainer(pod, c, dir, this.config));
+        const all = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])];
+        for (const c of all.filter(isSpillwayContainer))
+          plans.set(c.name, await planContainer(pod, c, dir, this.config));
       } catch (e) {
         if (!(e instanceof ContainerConfigError)) throw e;
         await this.writeConfigError(pod, e.message, now);
@@ -598,39 +614,179 @@ export class Kubelet {
       }
       if (!this.running) return Number.POSITIVE_INFINITY;
       t.startedAt = now;
-      this.executor.start(uid, ns, name(pod), dir, plans);
+      t.plans = plans;
+      procs = this.executor.open(uid, ns, name(pod), dir);
     }
-    const running = this.executor.get(uid)!;
-    if (!running.done) {
-      if (phase(pod) !== "Running") await this.writeRunning(pod, now);
+    const plans = t.plans;
+
+    // Init containers, in order.
+    for (const c of pod.spec?.initContainers ?? []) {
+      const plan = plans.get(c.name);
+      if (isSidecar(c)) {
+        if (plan) this.executor.run(procs, plan, true);
+        continue;
+      }
+      if (!plan) continue;
+      const proc = procs.containers.get(c.name);
+      if (!proc) this.executor.run(procs, plan);
+      if (!proc?.exit) {
+        await this.writeExecutedStatus(pod, procs, t, now);
+        return Number.POSITIVE_INFINITY;
+      }
+      if (proc.exit.exitCode !== 0) {
+        // restartPolicy Never: the pod fails; its sidecars are stopped first.
+        if (!procs.done) {
+          procs.terminate(graceOf(pod));
+          await this.writeExecutedStatus(pod, procs, t, now);
+          return Number.POSITIVE_INFINITY;
+        }
+        await this.writeExecutedStatus(pod, procs, t, now, "Failed");
+        return Number.POSITIVE_INFINITY;
+      }
+    }
+
+    // Main containers, once every executed sidecar is up. A kubelet waits for a sidecar's
+    // startupProbe; the sandbox takes its first log line as the sign (the checkpoint agent
+    // logs once it has learned the store and handles SIGTERM), waiting at most
+    // SIDECAR_STARTUP_MS, so a trainer that finishes at once still has a draining agent.
+    if (t.mainsStartedAt === undefined) {
+      const waiting = (pod.spec?.initContainers ?? [])
+        .filter((c) => isSidecar(c) && plans.has(c.name))
+        .map((c) => procs.containers.get(c.name)!)
+        .filter((p) => !p.exit && !p.firstOutputAt);
+      const upBy = Math.max(0, ...waiting.map((p) => p.startedAt.getTime() + SIDECAR_STARTUP_MS));
+      if (waiting.length > 0 && now < upBy) {
+        await this.writeExecutedStatus(pod, procs, t, now);
+        return upBy;
+      }
+    }
+    if (t.mainsStartedAt === undefined) {
+      t.mainsStartedAt = now;
+      for (const c of pod.spec?.containers ?? []) {
+        const plan = plans.get(c.name);
+        if (plan) this.executor.run(procs, plan);
+      }
+    }
+    const simulatedDue = simulatedMains(pod)
+      ? t.mainsStartedAt + simDuration(pod, this.opts.jobDurationMs)
+      : 0;
+    if (!procs.mainsDone || now < simulatedDue) {
+      await this.writeExecutedStatus(pod, procs, t, now);
+      return now < simulatedDue ? simulatedDue : Number.POSITIVE_INFINITY;
+    }
+    if (!procs.done) {
+      // Training is over: the sidecars (the checkpoint agent) get SIGTERM and drain.
+      procs.terminate(graceOf(pod));
+      await this.writeExecutedStatus(pod, procs, t, now);
       return Number.POSITIVE_INFINITY;
     }
-    await this.writeTerminated(pod, now, (container) => {
-      const exit = running.containers.get(container)?.exit;
-      if (!exit) return { exitCode: 0, reason: "Completed" };
-      return { exitCode: exit.exitCode, reason: exit.exitCode === 0 ? "Completed" : "Error", exit };
-    });
+    const mainsOk = (pod.spec?.containers ?? []).every((c) => this.mainExit(pod, procs, c) === 0);
+    await this.writeExecutedStatus(pod, procs, t, now, mainsOk ? "Succeeded" : "Failed");
     return Number.POSITIVE_INFINITY;
   }
 
-  private async writeRunning(pod: V1Pod, now: number): Promise<void> {
-    const procs = this.executor.get(pod.metadata?.uid ?? "");
-    await this.writePodStatus(pod, (s) => {
-      s.phase = "Running";
-      s.startTime ??= new Date(now);
-      s.podIP = "127.0.0.1";
-      setPodCondition(s, { type: "Initialized", status: "True" }, now);
-      setPodCondition(s, { type: "ContainersReady", status: "True" }, now);
-      setPodCondition(s, { type: "Ready", status: "True" }, now);
-      s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
+  /** A main container's exit code once it has exited (simulated ones: the pod's simulated code). */
+  private mainExit(pod: V1Pod, procs: PodProcesses, c: V1Container): number | undefined {
+    if (!isSpillwayContainer(c)) return simExitCode(pod);
+    return procs.containers.get(c.name)?.exit?.exitCode;
+  }
+
+  /**
+   * The status of an executed pod from its processes: the phase (given when final, else
+   * Pending while initialising and Running once the main containers started), init and main
+   * container states. Written only when it changed.
+   */
+  private async writeExecutedStatus(
+    pod: V1Pod,
+    procs: PodProcesses,
+    t: PodTimes,
+    now: number,
+    final?: "Succeeded" | "Failed",
+  ): Promise<void> {
+    const started = t.mainsStartedAt;
+    const simulatedDue =
+      started === undefined ? undefined : started + simDuration(pod, this.opts.jobDurationMs);
+    const stateOf = (c: V1Container, init: boolean): V1ContainerState => {
+      const proc = procs.containers.get(c.name);
+      if (proc) {
+        if (!proc.exit) return { running: { startedAt: proc.startedAt } };
+        const { exitCode, finishedAt, signal } = proc.exit;
+        return {
+          terminated: {
+            exitCode,
+            reason: exitCode === 0 ? "Completed" : "Error",
+            ...(signal ? { signal: SIGNALS[signal] ?? 9 } : {}),
+            startedAt: proc.startedAt,
+            finishedAt,
+          },
+        };
+      }
+      if (isSpillwayContainer(c)) return { waiting: { reason: "PodInitializing" } };
+      // Simulated containers of an executed pod.
+      const at = new Date(t.startedAt ?? now);
+      if (init && !isSidecar(c)) {
+        return { terminated: { exitCode: 0, reason: "Completed", startedAt: at, finishedAt: at } };
+      }
+      if (init) {
+        return final
+          ? { terminated: { exitCode: 0, reason: "Completed", startedAt: at, finishedAt: new Date(now) } }
+          : { running: { startedAt: at } };
+      }
+      if (started === undefined) return { waiting: { reason: "PodInitializing" } };
+      if (now < simulatedDue!) return { running: { startedAt: new Date(started) } };
+      const exitCode = simExitCode(pod);
+      return {
+        terminated: {
+          exitCode,
+          reason: exitCode === 0 ? "Completed" : "Error",
+          startedAt: new Date(started),
+          finishedAt: new Date(simulatedDue!),
+        },
+      };
+    };
+    const statusOf = (c: V1Container, init: boolean): V1ContainerStatus => {
+      const state = stateOf(c, init);
+      return {
         name: c.name,
         image: c.image ?? "",
         imageID: "",
-        ready: true,
+        ready: state.running !== undefined,
         restartCount: 0,
-        started: true,
-        state: { running: { startedAt: procs?.containers.get(c.name)?.startedAt ?? new Date(now) } },
-      }));
+        started: state.running !== undefined,
+        state,
+      };
+    };
+    const initStatuses = (pod.spec?.initContainers ?? []).map((c) => statusOf(c, true));
+    const mainStatuses = (pod.spec?.containers ?? []).map((c) => statusOf(c, false));
+    const nextPhase = final ?? (started === undefined ? "Pending" : "Running");
+    const current = pod.status ?? {};
+    if (
+      statusSignature(current.phase, [
+        ...(current.initContainerStatuses ?? []),
+        ...(current.containerStatuses ?? []),
+      ]) === statusSignature(nextPhase, [...initStatuses, ...mainStatuses])
+    )
+      return;
+    const initialized = started !== undefined;
+    const running = nextPhase === "Running";
+    await this.writePodStatus(pod, (s) => {
+      s.phase = nextPhase;
+      s.startTime ??= new Date(t.startedAt ?? now);
+      s.podIP = "127.0.0.1";
+      setPodCondition(
+        s,
+        initialized
+          ? { type: "Initialized", status: "True" }
+          : { type: "Initialized", status: "False", reason: "ContainersNotInitialized" },
+        now,
+      );
+      const ready = running
+        ? { status: "True" }
+        : { status: "False", reason: final ? "PodCompleted" : "ContainersNotReady" };
+      setPodCondition(s, { type: "ContainersReady", ...ready }, now);
+      setPodCondition(s, { type: "Ready", ...ready }, now);
+      if (initStatuses.length > 0) s.initContainerStatuses = initStatuses;
+      s.containerStatuses = mainStatuses;
     });
   }
 
@@ -766,6 +922,34 @@ export class Kubelet {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/** A native sidecar: an init container with `restartPolicy: Always` (Kubernetes 1.29+). */
+function isSidecar(c: V1Container): boolean {
+  return c.restartPolicy === "Always";
+}
+
+/** Whether a pod has main containers the kubelet simulates (not of the Spillway image). */
+function simulatedMains(p: V1Pod): boolean {
+  return (p.spec?.containers ?? []).some((c) => !isSpillwayContainer(c));
+}
+
+/** Phase and each container's state kind and exit code: what a status write would change. */
+function statusSignature(phase: string | undefined, statuses: V1ContainerStatus[]): string {
+  return JSON.stringify([
+    phase,
+    ...statuses.map((c) => [
+      c.name,
+      c.state?.terminated ? "terminated" : c.state?.running ? "running" : "waiting",
+      c.state?.terminated?.exitCode,
+    ]),
+  ]);
+}
+
+function graceOf(p: V1Pod): number {
+  return p.spec?.terminationGracePeriodSeconds ?? DEFAULT_GRACE_SECONDS;
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGABRT: 6, SIGKILL: 9, SIGTERM: 15 };
 
 function name(o: { metadata?: { name?: string } }): string {
   return o.metadata?.name ?? "";
