@@ -18,6 +18,7 @@ import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import type { CapacityOffer, ProvisionedCluster, TrainingRun } from "../api/v1alpha1/index.ts";
 import { offersTable, providersTable, runsTable } from "../cli/lib/reports.ts";
+import { AGENT_CONTAINER, RESTORE_CONTAINER } from "../controllers/remote/manifests.ts";
 import { Manager } from "../manager.ts";
 import { KubeClient } from "../runtime/client.ts";
 import { createLogger } from "../runtime/logging.ts";
@@ -343,7 +344,7 @@ async function failoverChapter(
   const current = () => caches.runs.get(key);
   out("");
   out(
-    `Chapter 2 — ${FAILOVER_RUN}: a run with checkpoints whose trainer runs for real (spillway checkpoint workload, ${FAILOVER_STEPS} steps, a checkpoint every ${FAILOVER_EVERY}).`,
+    `Chapter 2 — ${FAILOVER_RUN}: a run with checkpoints whose trainer runs for real (${FAILOVER_STEPS} steps, a checkpoint every ${FAILOVER_EVERY}), its pod shaped as on a real cluster: Spillway's restore init container, its checkpoint agent as a native sidecar, the trainer beside it.`,
   );
   out(
     "OCI will be lost mid-run while Azure gets capacity back: the run must come back to Azure and continue.",
@@ -462,6 +463,13 @@ async function waitFor<T>(
 }
 
 /** Prints the trainer stand-in's own events (its stdout, as container logs), once each. */
+/** How the narration names the pod's containers (manifests.ts adds Spillway's two). */
+const ROLE: Record<string, string> = {
+  [RESTORE_CONTAINER]: "restore (init)",
+  [AGENT_CONTAINER]: "checkpoint agent (sidecar)",
+  trainer: "trainer",
+};
+
 class TrainerNarrator {
   constructor(
     private readonly narrator: Narrator,
@@ -473,19 +481,26 @@ class TrainerNarrator {
     return cluster
       .containerRuns(this.namespace)
       .filter((c) => c.pod.startsWith(`${this.run}-`))
-      .map((c) => ({ uid: c.uid, events: parseWorkloadEvents(c.logs), exit: c.exit }));
+      .map((c) => ({
+        uid: c.uid,
+        container: c.container,
+        events: parseWorkloadEvents(c.logs),
+        exit: c.exit,
+      }));
   }
 
   tell(cluster: SimulatedCluster, provider: string): void {
-    for (const { uid, events, exit } of this.events(cluster)) {
+    for (const { uid, container, events, exit } of this.events(cluster)) {
+      const who = ROLE[container] ?? container;
       events.forEach((e, i) => {
         const line = describe(e);
-        if (line) this.narrator.note(`${uid}/${i}`, `${this.run}: trainer on ${provider}: ${line}`);
+        if (line)
+          this.narrator.note(`${uid}/${container}/${i}`, `${this.run}: ${who} on ${provider}: ${line}`);
       });
       if (exit && exit.exitCode !== 0)
         this.narrator.note(
-          `${uid}/exit`,
-          `${this.run}: trainer on ${provider} exited ${exit.exitCode}${exit.signal ? ` (${exit.signal})` : ""}`,
+          `${uid}/${container}/exit`,
+          `${this.run}: ${who} on ${provider} exited ${exit.exitCode}${exit.signal ? ` (${exit.signal})` : ""}`,
         );
     }
   }

@@ -1,6 +1,8 @@
 /**
- * A run whose trainer really runs: the sandbox's trainer stand-in (`spillway checkpoint
- * workload`, executed by the simulated kubelet) trains on OCI while Azure has no capacity,
+ * A run whose trainer really runs, in the pod shape of a real cluster: the sandbox's trainer
+ * stand-in (`spillway checkpoint trainer`) beside Spillway's `spillway-restore` init container
+ * and `spillway-checkpoint-agent` native sidecar, all executed by the simulated kubelet. It
+ * trains on OCI while Azure has no capacity,
  * commits real checkpoints to OCI's store, loses its cluster (its process SIGKILLed), is
  * offered to Azure first again, accepted, restored from the replicated checkpoint there and
  * trains on from that step to the last. Verified from the stores' manifests and the
@@ -15,7 +17,7 @@ import { openStore } from "../../operator/dataplane/store.ts";
 import { KubeClient } from "../../operator/runtime/client.ts";
 import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
 import type { SimulatedCluster } from "../../operator/sandbox/cluster/index.ts";
-import { parseWorkloadEvents, standInContainer } from "../../operator/sandbox/trainer/standin.ts";
+import { podEvents, standInContainer } from "../../operator/sandbox/trainer/standin.ts";
 import {
   AZURE_SKU,
   type E2E,
@@ -44,13 +46,22 @@ afterAll(async () => {
   await e?.stop();
 }, 60_000);
 
+type Container = {
+  name: string;
+  env: Array<{ name: string; value?: string }>;
+  envFrom?: unknown[];
+  restartPolicy?: string;
+};
 type JobWithEnv = KubeObject & {
-  spec: { template: { spec: { containers: Array<{ env: Array<{ name: string; value?: string }> }> } } };
+  spec: { template: { spec: { containers: Container[]; initContainers?: Container[] } } };
 };
 
-async function jobEnv(kubeconfig: string, name: string): Promise<Record<string, string>> {
-  const job = await KubeClient.fromKubeconfig(kubeconfig).get<JobWithEnv>(Resources.Job, name, "ml-team");
-  return Object.fromEntries(job.spec.template.spec.containers[0]!.env.map((x) => [x.name, x.value ?? ""]));
+async function remoteJob(kubeconfig: string, name: string): Promise<JobWithEnv> {
+  return KubeClient.fromKubeconfig(kubeconfig).get<JobWithEnv>(Resources.Job, name, "ml-team");
+}
+
+function envOf(c: Container): Record<string, string> {
+  return Object.fromEntries(c.env.map((x) => [x.name, x.value ?? ""]));
 }
 
 function alive(pid: number): boolean {
@@ -80,7 +91,16 @@ describe("a trainer that really runs", () => {
       onOci.status!.placement!.cluster!,
     );
     const oci: SimulatedCluster = e.sandbox.provisioner.cluster(pc.spec.stackName)!;
-    const ociEnv = await jobEnv(oci.kubeconfig(), "stepper");
+    const job = await remoteJob(oci.kubeconfig(), "stepper");
+    // Spillway's containers hold the store credentials; the trainer does not.
+    const pod = job.spec.template.spec;
+    expect(pod.initContainers?.map((c) => [c.name, c.restartPolicy])).toEqual([
+      ["spillway-restore", undefined],
+      ["spillway-checkpoint-agent", "Always"],
+    ]);
+    expect(pod.initContainers?.every((c) => c.envFrom?.length === 1)).toBe(true);
+    expect(pod.containers[0]!.envFrom).toBeUndefined();
+    const ociEnv = envOf(pod.containers[0]!);
     const s3 = {
       s3: {
         accessKeyId: e.sandbox.s3Storage.accessKeyId,
@@ -99,8 +119,9 @@ describe("a trainer that really runs", () => {
       "a commit on OCI",
       60_000,
     );
+    // The agent and the trainer run (the restore has exited).
     const pids = oci.processIds();
-    expect(pids.length).toBe(1);
+    expect(pids.length).toBe(2);
     e.arm.setCapacity("eastus", AZURE_SKU, 2);
     await oci.stop();
     for (const pid of pids) expect(alive(pid)).toBe(false);
@@ -108,9 +129,11 @@ describe("a trainer that really runs", () => {
     expect(lastOnOci.runUid).toBe(uid);
     expect(lastOnOci.step % EVERY).toBe(0);
     expect(lastOnOci.step).toBeLessThan(STEPS);
-    const ociRun = oci.containerRuns("ml-team").at(-1)!;
-    expect(ociRun.exit?.exitCode).toBe(137);
-    const ociEvents = parseWorkloadEvents(ociRun.logs);
+    const ociRuns = oci.containerRuns("ml-team");
+    const ociTrainer = ociRuns.find((r) => r.container === "trainer")!;
+    expect(ociTrainer.exit?.exitCode).toBe(137);
+    expect(ociRuns.find((r) => r.container === "spillway-checkpoint-agent")?.exit?.exitCode).toBe(137);
+    const ociEvents = podEvents(ociRuns, ociTrainer.uid);
     expect(ociEvents[0]).toEqual({ event: "fresh", rejected: [] });
 
     // Offered to Azure first again, accepted, dispatched with the step replicated there.
@@ -140,14 +163,29 @@ describe("a trainer that really runs", () => {
 
     // On Azure the trainer restored exactly that checkpoint and trained on from it.
     const aks = e.sandbox.aks.cluster;
-    const azureRun = aks.containerRuns("ml-team").find((r) => r.logs.includes('"event":"restored"'))!;
-    expect(azureRun.exit?.exitCode).toBe(0);
-    const azureEvents = parseWorkloadEvents(azureRun.logs);
+    const azureRuns = aks.containerRuns("ml-team");
+    const azureRestore = azureRuns.find((r) => r.logs.includes('"event":"restored"'))!;
+    expect(azureRestore.container).toBe("spillway-restore");
+    const podRuns = azureRuns.filter((r) => r.uid === azureRestore.uid);
+    // Each container exited 0: the agent after the trainer, once it had drained.
+    expect(podRuns.map((r) => [r.container, r.exit?.exitCode]).sort()).toEqual([
+      ["spillway-checkpoint-agent", 0],
+      ["spillway-restore", 0],
+      ["trainer", 0],
+    ]);
+    const azureEvents = podEvents(azureRuns, azureRestore.uid);
     expect(azureEvents[0]).toMatchObject({ event: "restored", step: lastOnOci.step, behindExpected: false });
     const trained = azureEvents.filter((x) => x.event === "checkpoint").map((x) => x.step);
     expect(trained[0]).toBe(lastOnOci.step + EVERY);
     expect(trained.at(-1)).toBe(STEPS);
-    expect(azureEvents.at(-1)).toEqual({ event: "finished", step: STEPS, resumedFrom: lastOnOci.step });
+    expect(azureEvents.find((x) => x.event === "finished")).toEqual({
+      event: "finished",
+      step: STEPS,
+      resumedFrom: lastOnOci.step,
+    });
+    // The agent committed every checkpoint the trainer wrote there, the last one included.
+    const committedOnAzure = azureEvents.filter((x) => x.event === "committed").map((x) => x.step);
+    expect(committedOnAzure).toEqual(trained);
 
     // The manifests in Azure's store: the replicated step (same digest as on OCI), then
     // every later checkpoint up to the last step, all of this run.
@@ -183,13 +221,13 @@ describe("a trainer that really runs", () => {
     const aks = e.sandbox.aks.cluster;
     const pids = await eventually(
       () => aks.processIds(),
-      (p) => p.length === 1,
-      "the trainer on AKS",
+      (p) => p.length === 2,
+      "the trainer and its agent on AKS",
       60_000,
     );
-    expect(alive(pids[0]!)).toBe(true);
+    expect(pids.every(alive)).toBe(true);
     await e.stop();
-    expect(alive(pids[0]!)).toBe(false);
+    expect(pids.some(alive)).toBe(false);
     expect(aks.processIds()).toEqual([]);
   }, 120_000);
 });
