@@ -212,17 +212,24 @@ export async function syncStores(
 
   // The first contact is retried like every other call: a store answering 500 while it
   // (re)starts is transient; a missing bucket or bad credentials are not, and fail at once.
-  // Both at once: each is one round trip, and a no-op sync is little more than these.
-  const checks = await Promise.allSettled([
-    retry("check source", () => src.check(signal, "read")),
-    retry("check destination", () => dst.check(signal, "write")),
-  ]);
-  for (const c of checks) if (c.status === "rejected") throw c.reason;
-
-  // The source's first listing page is requested now, while the manifest is read.
-  const listing = src.list(signal ? { signal } : {})[Symbol.asyncIterator]();
+  // The source's first listing page is requested at once — on a no-op sync, waiting for it is
+  // most of the time — and the checks of both stores go meanwhile (each one round trip). The
+  // page is used only after both checks passed; a failed check's error is the one reported.
+  const stopListing = new AbortController();
+  const listSignal = signal ? AbortSignal.any([signal, stopListing.signal]) : stopListing.signal;
+  const listing = src.list({ signal: listSignal })[Symbol.asyncIterator]();
   const firstPage = listing.next();
   firstPage.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+  try {
+    const checks = await Promise.allSettled([
+      retry("check source", () => src.check(signal, "read")),
+      retry("check destination", () => dst.check(signal, "write")),
+    ]);
+    for (const c of checks) if (c.status === "rejected") throw c.reason;
+  } catch (e) {
+    stopListing.abort(); // no listing retries left running after a sync that did not start
+    throw e;
+  }
 
   // What the destination holds: the committed manifest, overlaid with the journal of an
   // interrupted run. A shard starts from the main manifest when it has none of its own.
