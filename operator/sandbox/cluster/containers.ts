@@ -35,7 +35,10 @@ export function isSpillwayContainer(c: V1Container): boolean {
   return c.command?.[0] === SPILLWAY_COMMAND;
 }
 
-/** Whether the kubelet runs this pod's containers as processes (any container is `spillway`). */
+/**
+ * Whether the kubelet runs this pod's containers as processes: a main container is `spillway`.
+ * Spillway's init containers beside a simulated trainer are simulated with it (see kubelet.ts).
+ */
 export function isExecutedPod(p: V1Pod): boolean {
   return (p.spec?.containers ?? []).some(isSpillwayContainer);
 }

@@ -16,15 +16,21 @@
  *   (or Failed with a non-zero exit code). Per pod: the annotations
  *   `sim.spillway.dev/duration` / `sim.spillway.dev/exit-code`, or the env vars
  *   `SPILLWAY_SIM_DURATION` / `SPILLWAY_SIM_EXIT_CODE` of its first container.
- * - Executed pods: a pod with a container of the Spillway image (`command[0] === "spillway"`)
- *   is run for real (containers.ts, executor.ts): after `podStartupMs` its environment is
- *   resolved (a missing Secret keeps it Pending in `CreateContainerConfigError`, retried),
- *   each `spillway` container runs as a child process of the CLI, and its exit code is the
- *   container's (pod Succeeded when every one exits 0, else Failed). A pod deletion sends
- *   SIGTERM and SIGKILL after the grace period, and the pod object goes once the processes
- *   have exited; a lost node (or a stopped cluster) SIGKILLs them at once. The `sim.*`
- *   duration and exit-code settings do not apply to them; init containers are not run, and
- *   restartPolicy is always Never (a Job's pods use no other).
+ * - Executed pods: a pod with a main container of the Spillway image (`command[0] ===
+ *   "spillway"`) is run for real (containers.ts, executor.ts): after `podStartupMs` its
+ *   environment is resolved (a missing Secret keeps it Pending in `CreateContainerConfigError`,
+ *   retried) and each `spillway` container runs as a child process of the CLI, in Kubernetes'
+ *   order: init containers one by one (each must exit 0; a failure fails the pod, as
+ *   restartPolicy Never), native sidecars (`restartPolicy: Always` init containers) started
+ *   and kept running, then the main containers; once every main container has exited the
+ *   sidecars get SIGTERM, and the pod's phase follows the main containers only (Succeeded
+ *   when every one exits 0). Containers of another image in such a pod are simulated in
+ *   place (an init container completes at once; a main container runs the `sim.*` duration
+ *   and exits with the `sim.*` code). A pod deletion sends SIGTERM to the main containers,
+ *   then to the sidecars once those have exited, SIGKILL at the end of the grace period, and
+ *   the pod object goes once the processes have exited; a lost node (or a stopped cluster)
+ *   SIGKILLs them at once. A pod whose main containers are all simulated is simulated whole,
+ *   its init containers included. restartPolicy is always Never (a Job's pods use no other).
  *
  * Level-triggered: every pass lists Jobs and Pods and moves each a step towards where it
  * should be. Passes are triggered by watches, by the next due transition, and by a periodic
