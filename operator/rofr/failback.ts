@@ -1,7 +1,7 @@
 /**
  * Failback (placement step 8, `placement.failback: WhenPrimaryAccepts`): while a run runs on
  * an alternative, the primary is offered it again periodically; when it accepts, the run moves
- * back at a checkpoint boundary.
+ * back at a checkpoint boundary. Only runs with checkpoints to resume from fail back.
  *
  * A failback check is not a placement attempt of its own: it asks the primary on behalf of the
  * *next* attempt (`spec.attempt` = the running attempt + 1, `spec.purpose: Failback`), so that
@@ -22,6 +22,10 @@ import { type Quote, quoteFrom } from "./quotes.ts";
 import { timestamp } from "./time.ts";
 
 export const LABEL_PURPOSE = "spillway.dev/purpose";
+
+/** Why failback does not apply to a run without checkpoints to resume from. */
+export const NO_CHECKPOINTS =
+  "failback moves a run at a checkpoint boundary: it needs spec.checkpoints with resume Latest, else the run would start over";
 
 export interface FailbackTiming {
   /** Wait after the primary last said no (or after the placement) before the next check. */
@@ -46,13 +50,17 @@ export function isFailbackOffer(offer: CapacityOffer): boolean {
 
 /**
  * Why failback does not apply to the run now, or undefined when it does. It applies to a
- * `training`/`research` run with `failback: WhenPrimaryAccepts` that is Running on a provider
- * other than the primary. `serving` runs are always on the primary.
+ * `training`/`research` run with `failback: WhenPrimaryAccepts` and checkpoints (resume
+ * Latest) that is Running on a provider other than the primary. `serving` runs are always on
+ * the primary.
  */
 export function failbackNotApplicable(run: TrainingRun, primaryName: string | undefined): string | undefined {
   const policy = runPolicy(run);
   if ((run.spec.placement?.failback ?? "Never") !== "WhenPrimaryAccepts") return "failback is Never";
   if (policy.workloadClass === "serving") return "serving runs are always on the primary";
+  // The move happens at a checkpoint boundary; a run with no checkpoints to resume from would
+  // start over on the primary and lose all its work, so it stays where it is.
+  if (!run.spec.checkpoints || run.spec.checkpoints.resume === "None") return NO_CHECKPOINTS;
   if (!primaryName) return "no eligible primary";
   const placed = run.status?.placement;
   if (!placed) return "not placed";

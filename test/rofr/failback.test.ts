@@ -9,6 +9,7 @@ import {
   failbackNotApplicable,
   failbackOfferName,
   isFailbackOffer,
+  NO_CHECKPOINTS,
   priceMatch,
 } from "../../operator/rofr/index.ts";
 import { answered, NOW, provider, servingRun, trainingRun } from "./fixtures.ts";
@@ -20,6 +21,7 @@ const PLACED_AT = "2026-11-21T19:50:00Z"; // ten minutes before NOW
 function runningOnOci(edit: (r: any) => void = () => {}): TrainingRun {
   return trainingRun((r) => {
     r.spec.placement.failback = "WhenPrimaryAccepts";
+    r.spec.checkpoints = { keep: 3 };
     r.status = {
       phase: "Running",
       attempt: 1,
@@ -93,6 +95,19 @@ describe("failback applies", () => {
       ),
     ).toBe("already on the primary");
     expect(failbackNotApplicable(runningOnOci(), undefined)).toBe("no eligible primary");
+    // No checkpoints to resume from: moving back would start over, so it does not apply.
+    expect(
+      failbackNotApplicable(
+        runningOnOci((r) => delete r.spec.checkpoints),
+        "azure-eastus",
+      ),
+    ).toBe(NO_CHECKPOINTS);
+    expect(
+      failbackNotApplicable(
+        runningOnOci((r) => (r.spec.checkpoints.resume = "None")),
+        "azure-eastus",
+      ),
+    ).toBe(NO_CHECKPOINTS);
     expect(decide(runningOnOci((r) => (r.spec.placement.failback = "Never")))).toMatchObject({
       action: "none",
     });

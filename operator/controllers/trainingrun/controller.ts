@@ -37,6 +37,7 @@ import {
   failbackOfferName,
   ineligibleSummary,
   isFailbackOffer,
+  NO_CHECKPOINTS,
   noEligibleProviderMessage,
   offerName,
   type Placement,
@@ -900,6 +901,17 @@ class RunReconciler {
     const placed = run.status?.placement;
     switch (decision.action) {
       case "none":
+        if (decision.why === NO_CHECKPOINTS && placed?.provider !== primary?.metadata.name) {
+          // Said once, on the run: failback was asked for but cannot happen.
+          await this.writeStatus(run, (_s, obj) => {
+            setStatusCondition(obj, {
+              type: "FailingBack",
+              status: "False",
+              reason: "NoCheckpoints",
+              message: NO_CHECKPOINTS,
+            });
+          });
+        }
         return undefined;
       case "wait":
         return Math.max(decision.afterMs, 250);
