@@ -95,6 +95,9 @@ describe("copying between clouds", () => {
     expect(readFileSync(join(root, "train", "日本語", "ünïcödé.txt"), "utf8")).toBe("unicode");
     expect(statSync(join(root, "empty.bin")).size).toBe(0);
     expectSameContents(await contents(back), DATASET);
+    // Azure takes a hash known only after a streamed Put Blob as metadata (S3 cannot).
+    if (name === "Azure Blob")
+      expect((await back.head("large.bin"))?.sha256).toBe(sha(DATASET["large.bin"] as Buffer));
   });
 
   it("syncs a whole container (empty prefix), and an empty source gives an empty, complete version", async () => {
