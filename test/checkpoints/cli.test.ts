@@ -111,3 +111,63 @@ it("refuses a path outside the allowed root and another run's checkpoints, with 
   expect(missing.code).toBe(2);
   expect(missing.err).toContain("no committed checkpoint in");
 });
+
+/** Runs the CLI capturing `process.stdout.write` too (where `--events` lines go). */
+async function cliEvents(
+  ...args: string[]
+): Promise<{ events: Array<Record<string, unknown>>; code: number }> {
+  const lines: string[] = [];
+  const write = process.stdout.write.bind(process.stdout);
+  process.stdout.write = ((chunk: string | Uint8Array) => {
+    lines.push(String(chunk));
+    return true;
+  }) as typeof process.stdout.write;
+  try {
+    const r = await cli(...args);
+    const events = lines
+      .join("")
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    return { events, code: r.code };
+  } finally {
+    process.stdout.write = write;
+  }
+}
+
+it("prints JSON events for log readers: the restore's outcome, the trainer's checkpoints and its resume point", async () => {
+  const store = `file://${join(dir, "store-events")}`;
+  const path = join(dir, "events-path");
+  expect(await cliEvents("restore", "--path", path, "--store", store, "--events")).toEqual({
+    events: [{ event: "fresh", rejected: [] }],
+    code: 0,
+  });
+  const first = await cliEvents("trainer", "--path", path, "--steps", "4", "--every", "2", "--events");
+  expect(first.events).toEqual([
+    { event: "checkpoint", step: 2 },
+    { event: "checkpoint", step: 4 },
+    { event: "finished", step: 4 },
+  ]);
+  // Upload step 4 as the agent would, restore it elsewhere: the trainer there resumes from it.
+  await uploadCheckpoint(await openStore(store, {}), join(path, checkpointName(4)), checkpointName(4), {
+    runUid: "u",
+    step: 4,
+  });
+  const other = join(dir, "events-other");
+  const restored = await cliEvents(
+    "restore",
+    "--path",
+    other,
+    "--store",
+    store,
+    "--run-uid",
+    "u",
+    "--events",
+  );
+  expect(restored.events).toEqual([expect.objectContaining({ event: "restored", step: 4, rejected: [] })]);
+  const resumed = await cliEvents("trainer", "--path", other, "--steps", "6", "--every", "2", "--events");
+  expect(resumed.events).toEqual([
+    { event: "checkpoint", step: 6 },
+    { event: "finished", step: 6, resumedFrom: 4 },
+  ]);
+});
