@@ -32,17 +32,18 @@ import {
 
 let e: E2E;
 const INTERVAL_MS = 1_000;
+const OPERATOR = {
+  settings: {
+    remotePollMs: 500,
+    reofferBaseMs: 60_000,
+    failbackIntervalMs: INTERVAL_MS,
+    failbackMaxIntervalMs: 2 * INTERVAL_MS,
+  },
+};
 
 beforeAll(async () => {
   e = await startE2E(testScenario((s) => (s.clouds.oci.maxClusters = 4)));
-  await e.startOperator({
-    settings: {
-      remotePollMs: 500,
-      reofferBaseMs: 60_000,
-      failbackIntervalMs: INTERVAL_MS,
-      failbackMaxIntervalMs: 2 * INTERVAL_MS,
-    },
-  });
+  await e.startOperator(OPERATOR);
 }, 120_000);
 
 afterAll(async () => {
@@ -230,7 +231,97 @@ describe("failback", () => {
       status: "False",
       reason: "FailedBack",
     });
+    // Deleted, the run gives its reservation back (and the next test starts with Azure empty).
     await e.client.delete(SpillwayResources.TrainingRun, "returner", "ml-team");
+    await eventually(
+      () => offersOf(e, "returner"),
+      (os) =>
+        os.some(
+          (o) =>
+            o.status?.outcome === "Accepted" &&
+            o.status.conditions?.some((c) => c.type === "Released" && c.status === "True"),
+        ),
+      "the accepted offer's reservation released",
+      30_000,
+    );
+  }, 180_000);
+});
+
+describe("failback across an operator restart", () => {
+  test("an operator stopped while a run fails back and started again completes the move once", async () => {
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
+    expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(failbackRun("bouncer", "120s")))).code).toBe(
+      0,
+    );
+    const onOci = await eventually(() => getRun(e, "bouncer"), phaseIs("Running"), "running on OCI", 60_000);
+    expect(onOci.status?.placement?.provider).toBe("oci-ashburn");
+    const sim = await ociCluster(onOci);
+    const oci = KubeClient.fromKubeconfig(sim.kubeconfig());
+    const storeUri = envOf(await oci.get<KubeObject & { spec: any }>(Resources.Job, "bouncer", "ml-team"))
+      .SPILLWAY_CHECKPOINT_STORE!;
+    const store = await openStore(storeUri, {
+      s3: {
+        accessKeyId: e.sandbox.s3Storage.accessKeyId,
+        secretAccessKey: e.sandbox.s3Storage.secretAccessKey,
+      },
+    });
+    const work = mkdtempSync(join(tmpdir(), "spillway-failback-"));
+    try {
+      await uploadCheckpoint(store, await trainerCheckpoint(work, 20), checkpointName(20), {
+        runUid: onOci.metadata.uid!,
+        step: 20,
+      });
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+    e.arm.setCapacity("eastus", AZURE_SKU, 2);
+
+    // The moment the failback is under way, the operator stops; a new one (no memory) goes on.
+    await eventually(
+      () => getRun(e, "bouncer"),
+      (r) =>
+        r.status?.phase === "Migrating" ||
+        (r.status?.conditions?.some((c) => c.type === "FailingBack" && c.status === "True") ?? false) ||
+        r.status?.placement?.provider === "azure-eastus",
+      "failing back",
+      60_000,
+    );
+    await e.stopOperator();
+    await e.startOperator(OPERATOR);
+
+    const moved = await eventually(
+      () => getRun(e, "bouncer"),
+      (r) => r.status?.placement?.provider === "azure-eastus" && r.status?.phase === "Running",
+      "running on Azure",
+      60_000,
+    );
+    expect([moved.status?.attempt, moved.status?.moves, moved.status?.checkpoint?.step]).toEqual([2, 1, 20]);
+    const aksEnv = envOf(
+      await KubeClient.fromKubeconfig(e.sandbox.aks.kubeconfig()).get<KubeObject & { spec: any }>(
+        Resources.Job,
+        "bouncer",
+        "ml-team",
+      ),
+    );
+    expect(aksEnv.SPILLWAY_RESUME_STEP).toBe("20");
+    expect(await oci.tryGet(Resources.Job, "bouncer", "ml-team")).toBeUndefined();
+    // One offer for attempt 1, failback checks for attempt 2 of which exactly one Accepted — the
+    // placement's — and no second offer for attempt 2.
+    const offers = await offersOf(e, "bouncer");
+    expect(offers.filter((o) => o.spec.attempt === 1).map((o) => o.status?.outcome)).toEqual(["Declined"]);
+    const second = offers.filter((o) => o.spec.attempt === 2);
+    expect(second.every((o) => o.spec.purpose === "Failback")).toBe(true);
+    expect(second.filter((o) => o.status?.outcome === "Accepted").map((o) => o.metadata.name)).toEqual([
+      moved.status?.placement?.offer,
+    ]);
+    expect(new Set(second.map((o) => o.metadata.name)).size).toBe(moved.status?.failback?.checks);
+    await e.client.delete(SpillwayResources.TrainingRun, "bouncer", "ml-team");
+    await eventually(
+      () => offersOf(e, "bouncer"),
+      (os) => os.some((o) => o.status?.conditions?.some((c) => c.type === "Released" && c.status === "True")),
+      "the accepted offer's reservation released",
+      30_000,
+    );
   }, 180_000);
 });
 
