@@ -43,7 +43,12 @@ interface Figures {
   allPlacedSeconds: number;
   p50: number;
   p99: number;
+  /** API requests per run until every run was placed, Events not included. */
   requestsPerRun: number;
+  /** Operator CPU time per run until all were placed: its work, whatever the machine's load. */
+  cpuMsPerRun: number;
+  /** Events written per run (in the background; counted after the backlog drained). */
+  eventsPerRun: number;
   peakRssMiB: number;
   idleRssMiB: number;
   /** V8 heap in use when every run was placed. */
@@ -55,7 +60,9 @@ interface Figures {
   load: string;
 }
 
-const OPERATOR_MAIN = buildOperator();
+// BENCH_OPERATOR_MAIN: another build's operator/cli/main.js (e.g. an older commit's, to
+// compare under the same harness and load).
+const OPERATOR_MAIN = process.env.BENCH_OPERATOR_MAIN ?? buildOperator();
 
 async function measure(label: string, withPrimary: boolean): Promise<Figures> {
   const dir = mkdtempSync(join(tmpdir(), "spillway-bench-"));
@@ -86,6 +93,13 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     // BENCH_OPERATOR_NODE_ARGS: e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
     nodeArgs: [
       `--max-old-space-size=${process.env.BENCH_HEAP_MIB ?? 192}`,
+      // A capped old space makes V8 shrink the young generation with it (~1.5 MiB semi-spaces
+      // at 192 MiB): the operator then spent 38% of its CPU in scavenges. 16 MiB is V8's
+      // default for an uncapped heap; peak RSS went down, not up (docs/performance.md).
+      // BENCH_SEMI_SPACE_MIB=default leaves V8's choice (the figures before this change).
+      ...(process.env.BENCH_SEMI_SPACE_MIB === "default"
+        ? []
+        : [`--max-semi-space-size=${process.env.BENCH_SEMI_SPACE_MIB ?? 16}`]),
       "--expose-gc",
       ...(process.env.BENCH_OPERATOR_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
     ],
@@ -148,20 +162,25 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     .map(([name, t]) => (t - (created.get(name) ?? t0)) / 1000)
     .sort((a, b) => a - b);
   const elapsed = (Date.now() - t0) / 1000;
+  const cpuMsPerRun = ((cpuSeconds(op.pid) - cpu0.op) * 1000) / N;
   const cpu = {
     operator: (cpuSeconds(op.pid) - cpu0.op) / elapsed,
     sandbox: (cpuSeconds(world.sandbox.pid) - cpu0.api) / elapsed,
     alternative: (cpuSeconds(world.alternative.pid) - cpu0.alt) / elapsed,
     bench: ((u) => (u.user + u.system) / 1e6 / elapsed)(process.cpuUsage(cpu0.bench)),
   };
+  // Requests until every run was placed (the window the brief's figures used), Events apart:
+  // they are written in the background and counted once the backlog is gone.
+  const atPlacement = await scrapeRequests(op.metrics);
+  const eventsOf = (m: Map<string, number>) => m.get("mgmt create events") ?? 0;
+  const requests = atPlacement.total - baseline - (eventsOf(atPlacement.byKind) - eventsOf(before.byKind));
   const tDrain = Date.now();
   await eventsDrained(op.metrics);
+  const drained = await scrapeRequests(op.metrics);
+  const events = eventsOf(drained.byKind) - eventsOf(before.byKind);
   console.log(
-    `${label}: events written ${((Date.now() - tDrain) / 1000).toFixed(1)} s after the last placement`,
+    `${label}: requests per run until all placed: ${requestMix(before.byKind, atPlacement.byKind, N)}; Events written per run ${(events / N).toFixed(1)}, the last ${((Date.now() - tDrain) / 1000).toFixed(1)} s after the last placement`,
   );
-  const after = await scrapeRequests(op.metrics);
-  const requests = after.total - baseline;
-  console.log(`${label}: requests per run: ${requestMix(before.byKind, after.byKind, N)}`);
   const rss = memMiB(op.pid).peak;
   const heap = await scrapeHeap(op.metrics);
   const onPrimary = watcher.list().filter((r) => r.status?.placement?.provider === "azure-eastus").length;
@@ -186,6 +205,8 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
     requestsPerRun: requests / N,
+    eventsPerRun: events / N,
+    cpuMsPerRun,
     peakRssMiB: rss,
     idleRssMiB: idleRss,
     heapUsedMiB: heap.used,
@@ -200,9 +221,9 @@ const only = process.env.BENCH_ONLY;
 const ours = only === "peer" ? undefined : await measure("ROFR", true);
 const peer = only === "rofr" ? undefined : await measure("direct", false);
 const row = (name: string, f: Figures) =>
-  `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run  RSS idle ${f.idleRssMiB.toFixed(0)} / peak ${f.peakRssMiB.toFixed(0).padStart(4)} MiB, heap used ${f.heapUsedMiB.toFixed(0)} MiB  on primary ${f.onPrimary}`;
+  `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run + ${f.eventsPerRun.toFixed(1)} Events  RSS idle ${f.idleRssMiB.toFixed(0)} / peak ${f.peakRssMiB.toFixed(0).padStart(4)} MiB, heap used ${f.heapUsedMiB.toFixed(0)} MiB  on primary ${f.onPrimary}`;
 const cpuRow = (name: string, f: Figures) =>
-  `${"".padEnd(34)} CPU cores busy: operator ${f.cpu.operator.toFixed(2)}, sandbox host (API server, AKS, ARM) ${f.cpu.sandbox.toFixed(2)}, alternative's cluster ${f.cpu.alternative.toFixed(2)}, load generator ${f.cpu.bench.toFixed(2)}; load average ${f.load} (${name})`;
+  `${"".padEnd(34)} operator CPU ${f.cpuMsPerRun.toFixed(1)} ms/run; CPU cores busy: operator ${f.cpu.operator.toFixed(2)}, sandbox host (API server, AKS, ARM) ${f.cpu.sandbox.toFixed(2)}, alternative's cluster ${f.cpu.alternative.toFixed(2)}, load generator ${f.cpu.bench.toFixed(2)}; load average ${f.load} (${name})`;
 console.log(
   `placement of ${N} runs applied at once (zero-latency clouds; separate processes: operator, sandbox host, alternative's cluster, load generator)`,
 );

@@ -198,8 +198,10 @@ export async function scrapeRequests(
     total += v;
     if (line.includes('verb="list"')) lists += v;
     const label = (k: string) => new RegExp(`${k}="([^"]*)"`).exec(line)?.[1] ?? "";
+    const code = label("code");
     const kind =
-      `${label("cluster") === "management" ? "mgmt" : "remote"} ${label("verb")} ${label("resource")}`.trim();
+      `${label("cluster") === "management" ? "mgmt" : "remote"} ${label("verb")} ${label("resource")}`.trim() +
+      (code.startsWith("2") ? "" : ` (${code})`);
     byKind.set(kind, (byKind.get(kind) ?? 0) + v);
   }
   return { total, lists, byKind };
