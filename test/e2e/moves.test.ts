@@ -146,7 +146,14 @@ describe("moves", () => {
     );
     expect(env.SPILLWAY_CHECKPOINT_STORE).toMatch(/^s3:\/\/.*spillway\/runs\//);
     expect(env.SPILLWAY_RESUME_STEP).toBeUndefined();
-    const secretName = trainer.envFrom[0].secretRef.name;
+    // The store credentials reach only Spillway's own checkpoint containers (the restore
+    // init container and the agent sidecar), never the user's trainer container.
+    expect(trainer.envFrom ?? []).toEqual([]);
+    const agent = job.spec.template.spec.initContainers.find(
+      (c: { name: string }) => c.name === "spillway-checkpoint-agent",
+    );
+    expect(agent.restartPolicy).toBe("Always");
+    const secretName = agent.envFrom[0].secretRef.name;
     const secret = await remote.get<KubeObject & { data: Record<string, string> }>(
       Resources.Secret,
       secretName,
