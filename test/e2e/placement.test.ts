@@ -220,6 +220,14 @@ describe("right of first refusal", () => {
   }, 60_000);
 
   test("a serving run the primary declines waits and never gets a Job outside Azure", async () => {
+    // A release gives its nodes back to the region: wait until the earlier tests' runs have
+    // released theirs, or one released after the next line would hand Azure capacity again.
+    await eventually(
+      () => e.arm.reservations(),
+      (r) => r.length === 0,
+      "earlier reservations released",
+      60_000,
+    );
     e.arm.setCapacity("eastus", AZURE_SKU, 0);
     await apply(trainingRun("inference", { workloadClass: "serving" }));
     const run = await eventually(
