@@ -79,7 +79,15 @@ describe("a trainer that really runs", () => {
     const run = trainingRun("stepper");
     run.spec.checkpoints = { keep: 20 };
     run.spec.template.spec.containers = [
-      standInContainer({ steps: STEPS, every: EVERY, stepDelay: "120ms", tensorBytes: 4096 }),
+      // Every local checkpoint stays until the end, so the agent commits each one however
+      // loaded the machine is (the test checks every step in the store).
+      standInContainer({
+        steps: STEPS,
+        every: EVERY,
+        stepDelay: "120ms",
+        tensorBytes: 4096,
+        keepLocal: STEPS / EVERY,
+      }),
     ];
     expect((await e.kubectl(["apply", "-f", "-"], JSON.stringify(run))).code).toBe(0);
 

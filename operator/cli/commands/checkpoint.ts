@@ -327,6 +327,12 @@ export function register(program: Command): void {
     )
     .option("--step-delay <duration>", "simulated compute per step", "0ms")
     .option("--tensor-bytes <n>", "bytes per model tensor (8 tensors)", positiveInt("--tensor-bytes"))
+    .option(
+      "--keep-local <n>",
+      "local checkpoint directories kept (older ones removed, as a framework's rotation)",
+      positiveInt("--keep-local"),
+      3,
+    )
     .option("--no-resume", "start at step 1 even when a checkpoint is present")
     .option("--ready-marker", "write .spillway-complete after each checkpoint")
     .option("--events", "JSON event lines on stdout (checkpoint, finished), log lines on stderr")
@@ -339,6 +345,7 @@ export function register(program: Command): void {
           worldSize: number;
           stepDelay: string;
           tensorBytes?: number;
+          keepLocal: number;
           resume: boolean;
           readyMarker?: boolean;
           events?: boolean;
@@ -356,6 +363,7 @@ export function register(program: Command): void {
               worldSize: o.worldSize,
               stepDelayMs: parseDuration(o.stepDelay),
               ...(o.tensorBytes ? { tensorBytes: Math.max(4, o.tensorBytes) } : {}),
+              keepLocal: o.keepLocal,
               resume: o.resume,
               writeReadyMarker: o.readyMarker ?? false,
               signal: stop.signal,

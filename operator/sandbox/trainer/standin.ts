@@ -33,6 +33,12 @@ export interface StandInOptions {
   stepDelay: string;
   /** Bytes per model tensor (8 tensors; default the trainer's 16 KiB). */
   tensorBytes?: number;
+  /**
+   * Local checkpoint directories the trainer keeps (default 3). The split form has no
+   * back-pressure from the agent (the all-in-one waits for each commit, like DCP's async
+   * save), so a test that wants every step committed on a loaded machine keeps more.
+   */
+  keepLocal?: number;
 }
 
 export type StandInContainer = {
@@ -61,6 +67,7 @@ export function standInContainer(opts: StandInOptions): StandInContainer {
       "--step-delay",
       opts.stepDelay,
       ...(opts.tensorBytes !== undefined ? ["--tensor-bytes", String(opts.tensorBytes)] : []),
+      ...(opts.keepLocal !== undefined ? ["--keep-local", String(opts.keepLocal)] : []),
       "--events",
     ],
     env: [],
