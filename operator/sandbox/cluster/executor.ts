@@ -169,6 +169,8 @@ export class PodProcesses {
    * after the main containers, so a checkpoint agent drains what the trainer finished.
    */
   readonly sidecars = new Set<string>();
+  /** Regular init containers (not in a `kubectl logs` default). */
+  readonly inits = new Set<string>();
   private killTimer: NodeJS.Timeout | undefined;
   terminating = false;
 
@@ -276,10 +278,11 @@ export class Executor {
   }
 
   /** Starts one container of the pod (once per name: init containers run in order, one by one). */
-  run(pod: PodProcesses, plan: ProcessPlan, sidecar = false): void {
+  run(pod: PodProcesses, plan: ProcessPlan, role: "main" | "init" | "sidecar" = "main"): void {
     if (pod.containers.has(plan.container)) return;
     if (this.stopped) throw new Error("the kubelet is stopped");
-    if (sidecar) pod.sidecars.add(plan.container);
+    if (role === "sidecar") pod.sidecars.add(plan.container);
+    if (role === "init") pod.inits.add(plan.container);
     const { node, prefix } = spillwayEntry();
     for (const d of plan.dirs) mkdirSync(d, { recursive: true });
     const child = spawn(node, [...prefix, ...plan.args], {
@@ -329,7 +332,11 @@ export class Executor {
   logs(namespace: string, name: string, container?: string): string | undefined {
     for (const pod of this.pods.values()) {
       if (pod.namespace !== namespace || pod.name !== name) continue;
-      const c = container ? pod.containers.get(container) : [...pod.containers.values()][0];
+      // Without a name: the first main container, as `kubectl logs` picks.
+      const all = [...pod.containers.values()];
+      const c = container
+        ? pod.containers.get(container)
+        : (all.find((x) => !pod.inits.has(x.name) && !pod.sidecars.has(x.name)) ?? all[0]);
       return c?.logs();
     }
     return undefined;

@@ -629,12 +629,12 @@ export class Kubelet {
     for (const c of pod.spec?.initContainers ?? []) {
       const plan = plans.get(c.name);
       if (isSidecar(c)) {
-        if (plan) this.executor.run(procs, plan, true);
+        if (plan) this.executor.run(procs, plan, "sidecar");
         continue;
       }
       if (!plan) continue;
       const proc = procs.containers.get(c.name);
-      if (!proc) this.executor.run(procs, plan);
+      if (!proc) this.executor.run(procs, plan, "init");
       if (!proc?.exit) {
         await this.writeExecutedStatus(pod, procs, t, now);
         return Number.POSITIVE_INFINITY;

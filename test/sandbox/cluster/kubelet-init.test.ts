@@ -267,6 +267,8 @@ describe("init containers and native sidecars", () => {
     const [pod] = (await core.listNamespacedPod({ namespace: ns })).items;
     const pids = cluster.processIds();
     expect(pids.length).toBe(2);
+    // Without a container name, the logs are the first main container's (as `kubectl logs`).
+    expect(cluster.containerLogs(ns, pod!.metadata!.name!)).toContain('"event":"checkpoint"');
     await core.deleteNamespacedPod({ name: pod!.metadata!.name!, namespace: ns, gracePeriodSeconds: 20 });
     await eventually(async () => {
       const runs = cluster.containerRuns(ns).filter((r) => r.uid === pod!.metadata!.uid);
