@@ -54,8 +54,6 @@ const DATASETS = KILLS.staging;
 const CKPT_STEP = 40;
 /** Keys of step 40's marker and manifest in a run's checkpoint store. */
 const STEP_KEY = /(^|\/)checkpoints\/0*40\//;
-/** Long enough on oci-fixed for three commit-and-kill rounds before the cluster is lost. */
-const CKPT_RUN_DURATION = "60s";
 
 type PC = ProvisionedCluster & KubeObject;
 type DS = DataSet & KubeObject;
@@ -432,18 +430,25 @@ describe("the operator process SIGKILLed inside its flows", () => {
         newRun(`kp-ckpt-${i}`, "ckpt", (r) => {
           r.spec.placement = { alternatives: ["oci-fixed"] };
           r.spec.checkpoints = { keep: 5 };
-          r.spec.template.spec.containers[0]!.env = [{ name: SIM_DURATION_ENV, value: CKPT_RUN_DURATION }];
+          // Outlasts three commit-and-kill rounds on oci-fixed (lost before it ends); the
+          // moved attempt runs as long again.
+          r.spec.template.spec.containers[0]!.env = [{ name: SIM_DURATION_ENV, value: "50s" }];
         }),
       );
-    const onFixed = await eventually(
-      () => runs("ckpt"),
-      (rs) =>
-        rs.length === 2 &&
-        rs.every((r) => r.status?.phase === "Running") &&
-        rs.every((r) => checkpointStores.has(`oci-fixed/${r.metadata.name}/1`)),
-      "checkpoint runs running on oci-fixed",
-      90_000,
+    // Dispatched there is enough: the mirror follows a run whose Job exists (its pods may
+    // still be starting the restore init container and the checkpoint agent).
+    await eventually(
+      async () =>
+        (await runs("ckpt")).map((r) => ({
+          name: r.metadata.name,
+          phase: r.status?.phase,
+          store: checkpointStores.has(`oci-fixed/${r.metadata.name}/1`),
+        })),
+      (rs) => rs.length === 2 && rs.every((r) => r.store && r.phase !== "Succeeded" && r.phase !== "Failed"),
+      "checkpoint runs dispatched to oci-fixed",
+      120_000,
     );
+    const onFixed = await runs("ckpt");
     const work = mkdtempSync(join(tmpdir(), "spillway-kill-ckpt-"));
     const sources = new Map<string, Map<string, string>>();
     const commit = async (step: number) => {
@@ -592,29 +597,40 @@ describe("the operator process SIGKILLed inside its flows", () => {
       "every reservation released",
       60_000,
     );
-    // ProvisionedClusters and the provisioner's stacks, one to one, no lock left behind.
+    // ProvisionedClusters and the provisioner's stacks: every stack has its ProvisionedCluster
+    // (no cloud cluster orphaned), every Ready one has its stack, ready and unlocked; a
+    // ProvisionedCluster refused by the cloud (Failed, e.g. the cluster limit) has no stack.
     const stacksFile = join(dir, "pulumi", "stacks.json");
-    const [pcs, stacks] = await eventually(
-      async () =>
-        [
-          (await e.client.list<PC>(SpillwayResources.ProvisionedCluster, {})).items,
-          JSON.parse(readFileSync(stacksFile, "utf8")).stacks as Record<
-            string,
-            { state: string; lockPid?: number }
-          >,
-        ] as const,
-      ([p, s]) =>
-        p
-          .map((x) => x.spec.stackName)
-          .sort()
-          .join() === Object.keys(s).sort().join() &&
-        Object.values(s).every((x) => x.lockPid === undefined && x.state === "ready"),
+    const clusters = await eventually(
+      async () => {
+        const pcs = (await e.client.list<PC>(SpillwayResources.ProvisionedCluster, {})).items;
+        const stacks = JSON.parse(readFileSync(stacksFile, "utf8")).stacks as Record<
+          string,
+          { state: string; lockPid?: number }
+        >;
+        return {
+          pcs: pcs.map((p) => ({
+            stack: p.spec.stackName,
+            phase: p.status?.phase,
+            why: p.status?.conditions?.find((c) => c.status === "False" || c.type === "Stalled")?.message,
+          })),
+          stacks: Object.entries(stacks).map(([name, x]) => ({
+            name,
+            state: x.state,
+            locked: x.lockPid !== undefined,
+          })),
+        };
+      },
+      ({ pcs, stacks }) =>
+        stacks.every((st) => pcs.some((p) => p.stack === st.name)) &&
+        stacks.every((st) => st.state === "ready" && !st.locked) &&
+        pcs.every((p) => (p.phase === "Ready") === stacks.some((st) => st.name === p.stack)) &&
+        pcs.every((p) => p.phase === "Ready" || p.phase === "Failed"),
       "ProvisionedClusters and stacks to match, unlocked",
       60_000,
     );
-    expect(pcs.length).toBeGreaterThan(0);
-    expect(pcs.map((p) => p.status?.phase)).toEqual(pcs.map(() => "Ready"));
-    expect(Object.keys(stacks).length).toBe(pcs.length);
+    process.stdout.write(`chaos kill suite: provisioned clusters ${JSON.stringify(clusters)}\n`);
+    expect(clusters.stacks.length).toBeGreaterThan(0);
 
     // Every staged dataset: the replica holds exactly the source's objects, byte for byte.
     for (let i = 0; i < DATASETS; i++) {
