@@ -29,8 +29,9 @@
  *   and exits with the `sim.*` code). A pod deletion sends SIGTERM to the main containers,
  *   then to the sidecars once those have exited, SIGKILL at the end of the grace period, and
  *   the pod object goes once the processes have exited; a lost node (or a stopped cluster)
- *   SIGKILLs them at once. A pod whose main containers are all simulated is simulated whole,
- *   its init containers included. restartPolicy is always Never (a Job's pods use no other).
+ *   SIGKILLs them at once. A sidecar that exits early is not restarted (Kubernetes restarts
+ *   it with back-off). A pod whose main containers are all simulated is simulated whole, its
+ *   init containers included. restartPolicy is always Never (a Job's pods use no other).
  *
  * Level-triggered: every pass lists Jobs and Pods and moves each a step towards where it
  * should be. Passes are triggered by watches, by the next due transition, and by a periodic
