@@ -47,6 +47,8 @@ interface Figures {
   requestsPerRun: number;
   /** Operator CPU time per run until all were placed: its work, whatever the machine's load. */
   cpuMsPerRun: number;
+  /** The window the CPU figures cover: from the first create until all were placed. */
+  cpuWindowSeconds: number;
   /** Events written per run (in the background; counted after the backlog drained). */
   eventsPerRun: number;
   peakRssMiB: number;
@@ -207,6 +209,7 @@ async function measure(label: string, withPrimary: boolean): Promise<Figures> {
     requestsPerRun: requests / N,
     eventsPerRun: events / N,
     cpuMsPerRun,
+    cpuWindowSeconds: elapsed,
     peakRssMiB: rss,
     idleRssMiB: idleRss,
     heapUsedMiB: heap.used,
@@ -223,7 +226,9 @@ const peer = only === "rofr" ? undefined : await measure("direct", false);
 const row = (name: string, f: Figures) =>
   `${name.padEnd(34)} ${f.allPlacedSeconds.toFixed(1).padStart(7)} s ${f.placedPerSecond.toFixed(1).padStart(8)} runs/s  p50 ${f.p50.toFixed(2)} s  p99 ${f.p99.toFixed(2)} s  ${f.requestsPerRun.toFixed(1).padStart(5)} req/run + ${f.eventsPerRun.toFixed(1)} Events  RSS idle ${f.idleRssMiB.toFixed(0)} / peak ${f.peakRssMiB.toFixed(0).padStart(4)} MiB, heap used ${f.heapUsedMiB.toFixed(0)} MiB  on primary ${f.onPrimary}`;
 const cpuRow = (name: string, f: Figures) =>
-  `${"".padEnd(34)} operator CPU ${f.cpuMsPerRun.toFixed(1)} ms/run; CPU cores busy: operator ${f.cpu.operator.toFixed(2)}, sandbox host (API server, AKS, ARM) ${f.cpu.sandbox.toFixed(2)}, alternative's cluster ${f.cpu.alternative.toFixed(2)}, load generator ${f.cpu.bench.toFixed(2)}; load average ${f.load} (${name})`;
+  `${"".padEnd(34)} CPU ms per run: operator ${f.cpuMsPerRun.toFixed(1)}, sandbox host (API server, AKS, ARM) ${perRun(f, f.cpu.sandbox)}, alternative's cluster ${perRun(f, f.cpu.alternative)}, load generator ${perRun(f, f.cpu.bench)}; CPU cores busy: operator ${f.cpu.operator.toFixed(2)}, sandbox ${f.cpu.sandbox.toFixed(2)}, alternative ${f.cpu.alternative.toFixed(2)}, load generator ${f.cpu.bench.toFixed(2)}; load average ${f.load} (${name})`;
+/** CPU ms per run of a process from the cores it kept busy over the measured window. */
+const perRun = (f: Figures, cores: number) => ((cores * f.cpuWindowSeconds * 1000) / N).toFixed(1);
 console.log(
   `placement of ${N} runs applied at once (zero-latency clouds; separate processes: operator, sandbox host, alternative's cluster, load generator)`,
 );
