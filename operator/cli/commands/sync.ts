@@ -7,6 +7,7 @@
  * 2 bad input (usage, URI, credentials, missing container/bucket) with one line on stderr and
  * nothing written; 130 interrupted (SIGINT/SIGTERM; finished objects are journaled).
  */
+import * as nodeModule from "node:module";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
@@ -161,6 +162,10 @@ export async function runSync(src: string, dst: string, o: SyncCommandOptions): 
       signal: ac.signal,
       ...(o.shard ? { shard: parseShard(o.shard) } : {}),
     };
+    // The store SDKs load on first use, below: with V8's compile cache (in the temp dir; a
+    // read-only one just leaves it off) a repeated sync — a resync Job, a cron — starts in
+    // about two thirds of the time, which is much of a no-op sync's wall clock.
+    nodeModule.enableCompileCache?.();
     const credentials = credentialsFromEnv();
     const source = await openStore(src, credentials);
     const destination = await openStore(dst, credentials);
