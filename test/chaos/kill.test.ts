@@ -425,6 +425,8 @@ describe("the operator process SIGKILLed inside its flows", () => {
     // here as the trainer's agent would); the operator mirrors each to Azure while they run —
     // killed during each mirror. Then the cluster goes dark right after step 40 is committed
     // there: the runs move to Azure, which needs step 40 replicated first — killed again.
+    // Azure declines them (set again: reservations released since may have freed capacity).
+    e.arm.setCapacity("eastus", AZURE_SKU, 0);
     for (let i = 0; i < 2; i++)
       await create(
         newRun(`kp-ckpt-${i}`, "ckpt", (r) => {
@@ -436,18 +438,32 @@ describe("the operator process SIGKILLed inside its flows", () => {
         }),
       );
     // Dispatched there is enough: the mirror follows a run whose Job exists (its pods may
-    // still be starting the restore init container and the checkpoint agent).
-    await eventually(
-      async () =>
-        (await runs("ckpt")).map((r) => ({
-          name: r.metadata.name,
-          phase: r.status?.phase,
-          store: checkpointStores.has(`oci-fixed/${r.metadata.name}/1`),
-        })),
-      (rs) => rs.length === 2 && rs.every((r) => r.store && r.phase !== "Succeeded" && r.phase !== "Failed"),
+    // still be starting). The Job is read from oci-fixed itself, not left to the poller.
+    const fixedJobs = () => remoteJobs(fixed.kubeconfig());
+    const dispatched = await eventually(
+      async () => {
+        const jobs = await fixedJobs();
+        return (await runs("ckpt")).map((r) => {
+          const job = jobs.find((j) => j.metadata.labels?.["spillway.dev/run-name"] === r.metadata.name);
+          const env = (job as { spec?: any } | undefined)?.spec?.template?.spec?.containers?.[0]?.env as
+            | Array<{ name: string; value?: string }>
+            | undefined;
+          return {
+            name: r.metadata.name!,
+            phase: r.status?.phase,
+            provider: r.status?.placement?.provider,
+            store: env?.find((x) => x.name === "SPILLWAY_CHECKPOINT_STORE")?.value,
+          };
+        });
+      },
+      (rs) => rs.length === 2 && rs.every((r) => r.store !== undefined),
       "checkpoint runs dispatched to oci-fixed",
       120_000,
     );
+    for (const d of dispatched) {
+      expect([d.name, d.provider, d.phase !== "Succeeded"]).toEqual([d.name, "oci-fixed", true]);
+      checkpointStores.set(`oci-fixed/${d.name}/1`, d.store!);
+    }
     const onFixed = await runs("ckpt");
     const work = mkdtempSync(join(tmpdir(), "spillway-kill-ckpt-"));
     const sources = new Map<string, Map<string, string>>();
