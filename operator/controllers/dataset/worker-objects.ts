@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import type { CloudProvider, DataSet } from "../../api/v1alpha1/index.ts";
 import type { StoreLocation } from "../../dataplane/store.ts";
 import type { KubeObject } from "../../runtime/resources.ts";
-import { LABEL_MANAGED_BY, LABEL_ORIGIN, MANAGED_BY } from "../remote/manifests.ts";
+import { DEFAULT_AGENT_IMAGE, LABEL_MANAGED_BY, LABEL_ORIGIN, MANAGED_BY } from "../remote/manifests.ts";
 
 export const LABEL_DATASET_UID = "spillway.dev/dataset-uid";
 export const LABEL_DATASET_NAME = "spillway.dev/dataset-name";
@@ -20,8 +20,8 @@ export const COMPONENT_SYNC_WORKER = "sync-worker";
 export const ANNOTATION_SYNC_SPEC = "spillway.dev/sync-spec";
 export const WORKERS_FINALIZER = "spillway.dev/sync-workers";
 export const DEFAULT_WORKER_NAMESPACE = "spillway-sync";
-/** The chart's image (repository and appVersion) when neither the option nor SPILLWAY_IMAGE says otherwise. */
-export const DEFAULT_WORKER_IMAGE = "ghcr.io/spillway-dev/spillway:0.1.0";
+/** The chart's image when neither the option nor SPILLWAY_IMAGE says otherwise (one constant for every Spillway pod). */
+export const DEFAULT_WORKER_IMAGE = DEFAULT_AGENT_IMAGE;
 /** Exit code of `spillway sync` for bad input (URI, credentials, missing bucket): no retry helps. */
 export const EXIT_BAD_INPUT = 2;
 

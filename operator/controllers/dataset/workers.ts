@@ -43,13 +43,12 @@ import type { Informer } from "../../runtime/informer.ts";
 import { type KubeObject, Resources, SpillwayResources } from "../../runtime/resources.ts";
 import { type OperatorContext, readSecret } from "../context.ts";
 import { clusterId, type RemoteJob } from "../remote/clusters.ts";
-import { LABEL_MANAGED_BY, MANAGED_BY } from "../remote/manifests.ts";
+import { LABEL_MANAGED_BY, MANAGED_BY, spillwayImage } from "../remote/manifests.ts";
 import { jobState } from "../trainingrun/remote.ts";
 import { EXISTING_CLUSTER } from "../trainingrun/targets.ts";
 import {
   ANNOTATION_SYNC_SPEC,
   COMPONENT_SYNC_WORKER,
-  DEFAULT_WORKER_IMAGE,
   DEFAULT_WORKER_NAMESPACE,
   EXIT_BAD_INPUT,
   LABEL_COMPONENT,
@@ -101,7 +100,7 @@ export class SyncWorkers implements ShardedSyncRunner {
   }
 
   get image(): string {
-    return this.opts.image ?? process.env.SPILLWAY_IMAGE ?? DEFAULT_WORKER_IMAGE;
+    return this.opts.image ?? spillwayImage();
   }
 
   async run(req: ShardedSyncRequest): Promise<ShardedSyncOutcome> {

@@ -49,10 +49,20 @@ export const AGENT_COMMAND = ["spillway", "checkpoint", "agent"] as const;
 /** A small writable /tmp for Spillway's containers (their root filesystem is read-only). */
 export const SPILLWAY_TMP_VOLUME = "spillway-tmp";
 /**
- * The image of Spillway's containers when the dispatcher names none: the chart's image
- * (repository and appVersion), as the dataset sync workers' default.
+ * The image of Spillway's own containers on remote clusters (checkpoint restore and agent,
+ * dataset sync workers) when nothing names one: the chart's image (repository and
+ * appVersion). Keep in step with charts/spillway/Chart.yaml.
  */
 export const DEFAULT_AGENT_IMAGE = "ghcr.io/spillway-dev/spillway:0.1.0";
+
+/**
+ * The operator's own image, which it puts in the pods it creates: `$SPILLWAY_IMAGE` (the chart
+ * sets it to exactly the operator's image), else DEFAULT_AGENT_IMAGE.
+ */
+export function spillwayImage(env: NodeJS.ProcessEnv = process.env): string {
+  const v = env.SPILLWAY_IMAGE?.trim();
+  return v ? v : DEFAULT_AGENT_IMAGE;
+}
 
 /** torchrun's default rendezvous port. */
 export const RENDEZVOUS_PORT = 29500;
@@ -356,7 +366,7 @@ export function renderRemoteObjects(inputs: DispatchInputs): RemoteObjects {
       // Restore runs first (before any user init container could read the path), then the
       // agent starts, then the user's own init containers and the trainer.
       podSpec.initContainers = [
-        ...checkpointContainers(inputs.agentImage ?? DEFAULT_AGENT_IMAGE, env, mount, inputs.storeSecretName),
+        ...checkpointContainers(inputs.agentImage ?? spillwayImage(), env, mount, inputs.storeSecretName),
         ...userInits,
       ];
       const volumes = Array.isArray(podSpec.volumes) ? (podSpec.volumes as unknown[]) : [];

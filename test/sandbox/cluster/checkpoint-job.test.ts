@@ -12,6 +12,7 @@ import {
   type DispatchInputs,
   RESTORE_CONTAINER,
   renderRemoteObjects,
+  spillwayImage,
 } from "../../../operator/controllers/remote/manifests.ts";
 import { allInOneStandInContainer, standInContainer } from "../../../operator/sandbox/trainer/standin.ts";
 
@@ -153,5 +154,13 @@ describe("the remote Job of a checkpointed run", () => {
     expect(spec.containers[0]!.command).toEqual(["spillway", "checkpoint", "trainer"]);
     expect(spec.initContainers!.map((c) => c.name)).toEqual([RESTORE_CONTAINER, AGENT_CONTAINER]);
     expect(spec.containers[0]!.envFrom).toBeUndefined();
+  });
+
+  test("Spillway's containers use the operator's own image: $SPILLWAY_IMAGE (set by the chart), else the chart's default", () => {
+    expect(spillwayImage({ SPILLWAY_IMAGE: "registry.example/spillway@sha256:abc" })).toBe(
+      "registry.example/spillway@sha256:abc",
+    );
+    expect(spillwayImage({ SPILLWAY_IMAGE: "  " })).toBe(DEFAULT_AGENT_IMAGE);
+    expect(spillwayImage({})).toBe(DEFAULT_AGENT_IMAGE);
   });
 });
