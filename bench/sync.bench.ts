@@ -16,7 +16,8 @@
  *
  * `SYNC_BENCH_SMALL=N` changes the object count of (b) (default 5000);
  * `SYNC_BENCH_ONLY=a` (or `b`, comma-separated `a,b`) runs only the large or the small scenarios;
- * `SYNC_BENCH_PROFILE=DIR` writes a V8 CPU profile of every Spillway run to DIR.
+ * `SYNC_BENCH_PROFILE=DIR` writes a V8 CPU profile of every Spillway run to DIR;
+ * `SYNC_BENCH_ARGS="--upload-cutoff 0"` adds options to every Spillway run.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -178,6 +179,7 @@ async function main(): Promise<void> {
     // ── the two tools ───────────────────────────────────────────────────────────────────
     const worker = await bundleWorker(dir);
     const enc = encodeURIComponent;
+    const oursExtra = (process.env.SYNC_BENCH_ARGS ?? "").split(/\s+/).filter(Boolean);
     const ours = (container: string, prefix: string, extra: string[] = []): Run =>
       measured(() => oursRaw(container, prefix, extra));
     const oursRaw = (container: string, prefix: string, extra: string[] = []): Run => {
@@ -188,7 +190,7 @@ async function main(): Promise<void> {
         : [];
       const r = timed(
         process.execPath,
-        [...profile, ...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra],
+        [...profile, ...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra, ...oursExtra],
         {
           ...process.env,
           AZURE_STORAGE_KEY: az.accountKey,
