@@ -198,6 +198,6 @@ console.log(
   `  operator RSS: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB, after a forced GC ${afterGc.rss.toFixed(0)} MiB`,
 );
 console.log(
-  `  operator V8 heap used: start ${heapAtStart.used.toFixed(0)} MiB, runs deleted +30 s ${heapAfterDelete.used.toFixed(0)} MiB (of ${heapAfterDelete.total.toFixed(0)} MiB allocated), after a forced GC ${gcOk ? `${heapAfterGc.used.toFixed(0)} MiB (of ${heapAfterGc.total.toFixed(0)})` : "n/a (no --expose-gc)"}`,
+  `  operator V8 heap used: start ${heapAtStart.used.toFixed(0)} MiB, runs deleted +30 s ${heapAfterDelete.used.toFixed(0)} MiB (of ${heapAfterDelete.total.toFixed(0)} MiB allocated), after a forced GC ${gcOk ? `${heapAfterGc.used.toFixed(0)} MiB (of ${heapAfterGc.total.toFixed(0)}); external memory ${heapAfterGc.external.toFixed(0)} MiB` : "n/a (no --expose-gc)"}`,
 );
 console.log(`  load average at the end: ${load}`);

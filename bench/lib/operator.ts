@@ -127,11 +127,18 @@ export function loadAverage(): string {
 }
 
 /** The operator's V8 heap in use and total, MiB (prom-client's default Node.js series). */
-export async function scrapeHeap(metricsAddr: string): Promise<{ used: number; total: number }> {
+export async function scrapeHeap(
+  metricsAddr: string,
+): Promise<{ used: number; total: number; external: number }> {
   const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
   const v = (name: string) =>
     Number(new RegExp(`^${name} ([0-9.e+]+)`, "m").exec(text)?.[1] ?? Number.NaN) / 2 ** 20;
-  return { used: v("nodejs_heap_size_used_bytes"), total: v("nodejs_heap_size_total_bytes") };
+  return {
+    used: v("nodejs_heap_size_used_bytes"),
+    total: v("nodejs_heap_size_total_bytes"),
+    // Buffers and ArrayBuffers outside the JS heap (HTTP bodies, watch streams).
+    external: v("nodejs_external_memory_bytes"),
+  };
 }
 
 /**
