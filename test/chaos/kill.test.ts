@@ -90,6 +90,18 @@ let poller: Promise<void> | undefined;
 
 let t0 = Date.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** `p`, or nothing after `ms` — the timer cleared either way (no handle left for the runner). */
+async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 function record(cluster: string, jobs: KubeObject[]): void {
@@ -314,7 +326,10 @@ beforeAll(async () => {
       const clusters = await allClusters().catch(() => new Map<string, string>());
       await Promise.allSettled(
         [...clusters].map(([name, kc]) =>
-          Promise.race([remoteJobs(kc).then((j) => record(name, j)), sleep(3_000)]),
+          withTimeout(
+            remoteJobs(kc).then((j) => record(name, j)),
+            3_000,
+          ),
         ),
       );
       await sleep(100);
