@@ -5,14 +5,15 @@
  *   provisioner lives in the operator process, so the kill leaves the stack locked);
  * - placement: an offer made, answered, a run placed, a Job dispatched, while runs arrive;
  * - staging: a DataSet replica syncing from Azure Blob (Azurite) to S3 (s3rver) for a run;
- * - checkpoints: a committed checkpoint being replicated to Azure after its run's cluster was
- *   lost and the run moved.
+ * - checkpoints: a just-committed checkpoint being mirrored to Azure while its run runs on
+ *   OCI, and replicated to Azure after the run's cluster was lost and the run moved.
  * Each kill waits for its stage to be visible in the API, then waits a random 0–N ms. The
  * seed (`CHAOS_SEED`) and every kill point are printed, so a failure can be replayed.
  * After the last restart every invariant is checked from the objects: every run Succeeded;
  * one offer per attempt; at most one `Placed` Event per attempt and each attempt's Job seen
- * on one cluster only, the placed one; no remote Job left on any cluster; ProvisionedClusters
- * and the provisioner's stacks match one to one, none locked; every reservation released;
+ * on one cluster at most (the final attempt's on the placed one); no remote Job left on any
+ * cluster; every stack has its ProvisionedCluster, every Ready one its stack, none locked;
+ * every reservation released;
  * every dataset replica object and every replicated checkpoint file sha256-equal to its source.
  */
 import { createHash } from "node:crypto";
