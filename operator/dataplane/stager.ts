@@ -206,9 +206,12 @@ export class DatasetSyncs implements DataStager {
 
   /**
    * Starts a sync of the dataset's source into `provider` unless one is running, and returns
-   * the replica's state. `force` resyncs even a fresh result.
+   * the replica's state. `force` resyncs even a fresh result; `verify: "list"` makes that sync
+   * also list the destination, so objects it lost behind our records are found and copied
+   * again (the DataSet controller's periodic resync of a synced replica asks for it; a run's
+   * staging does not, to stay one source listing plus the manifest).
    */
-  ensure(ds: DataSet, provider: string, why: { force?: boolean } = {}): ReplicaSync {
+  ensure(ds: DataSet, provider: string, why: { force?: boolean; verify?: "list" } = {}): ReplicaSync {
     const datasetKey = datasetKeyOf(ds);
     const id = `${datasetKey}@${provider}`;
     let job = this.jobs.get(id);
@@ -234,7 +237,7 @@ export class DatasetSyncs implements DataStager {
       job.fingerprint !== undefined && job.fingerprint !== this.configFingerprint(ds, provider);
     const due =
       why.force || generationChanged || configChanged || s.startedAt === undefined || this.retryDue(s);
-    if (due) this.start(job, ds, provider);
+    if (due) this.start(job, ds, provider, why.verify);
     return job.state;
   }
 
@@ -284,7 +287,7 @@ export class DatasetSyncs implements DataStager {
     return Math.min(max, base * 2 ** Math.max(0, failures - 1));
   }
 
-  private start(job: Job, ds: DataSet, provider: string): void {
+  private start(job: Job, ds: DataSet, provider: string, verify?: "list"): void {
     const s = job.state;
     const abort = new AbortController();
     job.abort = abort;
@@ -329,6 +332,7 @@ export class DatasetSyncs implements DataStager {
         await this.runner?.release?.(ds, provider);
         const summary = await syncStores(src, dst, {
           ...this.opts.sync,
+          ...(verify && (this.opts.sync?.verify ?? "none") === "none" ? { verify } : {}),
           delete: ds.spec.syncPolicy?.delete ?? false,
           ...(ds.spec.syncPolicy?.concurrency ? { concurrency: ds.spec.syncPolicy.concurrency } : {}),
           signal: abort.signal,

@@ -159,7 +159,13 @@ async function reconcileDataSet(
         before.finishedAt !== undefined &&
         now - before.finishedAt >= intervalMs);
     const s = wanted
-      ? syncs.ensure(ds, provider, { force: due && before !== undefined && before.phase === "Synced" })
+      ? syncs.ensure(
+          ds,
+          provider,
+          // A periodic resync of a synced replica also lists the destination (verify "list"):
+          // a replica that lost objects behind our records is repaired within one interval.
+          due && before !== undefined && before.phase === "Synced" ? { force: true, verify: "list" } : {},
+        )
       : before;
     if (!s) {
       states.push({
