@@ -34,9 +34,17 @@ type Obj = Record<string, any>;
 
 /** [name, mutation, the field the SpecInvalid condition must name] */
 const SPEC_INVALID: Array<[string, (r: Obj) => void, string]> = [
-  // Pod-level fields (hostNetwork, hostPID, nodeName, hostPath volumes) are not here: the
-  // sandbox API server prunes them from the preserve-unknown-fields pod spec, so they never
-  // reach the operator (reported; see docs/reliability.md). validateObject refuses them.
+  // Pod-level fields reach the operator: the pod spec preserves unknown fields, so the API
+  // server keeps them (test/sandbox/apiserver/preserve-unknown.test.ts) and the operator
+  // refuses them with SpecInvalid naming the field.
+  ["fz-hostnetwork", (r) => (r.spec.template.spec.hostNetwork = true), "spec.template.spec.hostNetwork"],
+  ["fz-hostpid", (r) => (r.spec.template.spec.hostPID = true), "spec.template.spec.hostPID"],
+  ["fz-nodename", (r) => (r.spec.template.spec.nodeName = "n"), "spec.template.spec.nodeName"],
+  [
+    "fz-hostpath",
+    (r) => (r.spec.template.spec.volumes = [{ name: "v", hostPath: { path: "/" } }]),
+    "spec.template.spec.volumes[0].hostPath",
+  ],
   [
     "fz-privileged",
     (r) => (r.spec.template.spec.containers[0].securityContext = { privileged: true }),
