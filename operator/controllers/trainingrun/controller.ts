@@ -212,6 +212,12 @@ export function trainingRunController(
 
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
+/**
+ * How long a fresh offer may go unanswered before the run's status says AwaitingPrimary
+ * (creationTimestamp has a resolution of one second, so this is at least 1–2 s in practice).
+ */
+const AWAIT_STATUS_GRACE_MS = 2_000;
+
 class RunReconciler {
   private readonly failbackChecks: Counter<"provider" | "outcome">;
 
@@ -361,6 +367,21 @@ class RunReconciler {
     }
     switch (decision.action) {
       case "await": {
+        // The primary's responder usually answers within milliseconds (the CapacityOffer
+        // controller runs in this process and its answer enqueues the run at once). The
+        // AwaitingPrimary write is held back for a short grace period, so the common path
+        // writes the run's status once (with the placement) instead of twice. Nothing is lost
+        // if the operator dies meanwhile: the offer's name is derived from the attempt, and
+        // the offer list goes out with the next status write. An answer that takes longer
+        // than the grace period gets the AwaitingPrimary condition as before.
+        const offeredAt = Date.parse(offer.metadata?.creationTimestamp ?? "");
+        const graceLeft = AWAIT_STATUS_GRACE_MS - (now.getTime() - offeredAt);
+        const listed = (this.ctx.caches.runs.get(keyOf(run))?.status?.offers ?? []).includes(
+          offer.metadata?.name ?? "",
+        );
+        if (!listed && Number.isFinite(offeredAt) && graceLeft > 0) {
+          return { requeueAfter: Math.max(Math.min(graceLeft, decision.retryAfterMs), 250) };
+        }
         await this.setWaiting(
           run,
           "Offering",
