@@ -39,6 +39,8 @@ describe("with the default values", () => {
       "remote-burst": "100",
       "max-concurrent-reconciles": "8",
       "cluster-lost-timeout": "60s",
+      "failback-interval": "15m",
+      "failback-max-interval": "1h",
       "pulumi-state-dir": "/var/lib/spillway/pulumi",
     });
   });

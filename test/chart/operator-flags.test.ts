@@ -46,6 +46,8 @@ test("the default values parse into the operator's documented defaults", async (
     remoteBurst: 100,
     maxConcurrentReconciles: 8,
     clusterLostTimeout: 60_000,
+    failbackInterval: 15 * 60_000,
+    failbackMaxInterval: 60 * 60_000,
     pulumiStateDir: "/var/lib/spillway/pulumi",
   });
 });
@@ -63,6 +65,8 @@ test("every value a platform team sets reaches the operator", async () => {
       "operator.remote.burst=40",
       "operator.maxConcurrentReconciles=4",
       'operator.clusterLostTimeout="2m30s"',
+      'operator.failback.interval="5m"',
+      'operator.failback.maxInterval="2h"',
       "metrics.port=9090",
       "health.port=9091",
       'operator.pulumi.stateDir="/state"',
@@ -83,6 +87,8 @@ test("every value a platform team sets reaches the operator", async () => {
     remoteBurst: 40,
     maxConcurrentReconciles: 4,
     clusterLostTimeout: 150_000,
+    failbackInterval: 5 * 60_000,
+    failbackMaxInterval: 2 * 3_600_000,
     pulumiStateDir: "/state",
   });
 });

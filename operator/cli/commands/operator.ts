@@ -37,6 +37,8 @@ interface OperatorFlags {
   remoteBurst: number;
   maxConcurrentReconciles: number;
   clusterLostTimeout: number;
+  failbackInterval: number;
+  failbackMaxInterval: number;
   pulumiStateDir: string;
   azureCaFile?: string;
   kubeApiQps: number;
@@ -78,6 +80,18 @@ export function register(program: Command): void {
       "how long a cluster may not answer before its runs move",
       duration,
       60_000,
+    )
+    .option(
+      "--failback-interval <duration>",
+      "with failback WhenPrimaryAccepts: how long after the primary's last answer a run on an alternative is offered to it again",
+      duration,
+      15 * 60_000,
+    )
+    .option(
+      "--failback-max-interval <duration>",
+      "the longest failback interval after the primary declined several times in a row",
+      duration,
+      60 * 60_000,
     )
     .option(
       "--pulumi-state-dir <dir>",
@@ -125,6 +139,8 @@ export function register(program: Command): void {
           remoteQps: flags.remoteQps,
           remoteBurst: flags.remoteBurst,
           clusterLostTimeoutMs: flags.clusterLostTimeout,
+          failbackIntervalMs: flags.failbackInterval,
+          failbackMaxIntervalMs: Math.max(flags.failbackInterval, flags.failbackMaxInterval),
         },
         ...adapters,
       });
