@@ -27,6 +27,7 @@ import {
   type OperatorSettings,
   readSecret,
 } from "./controllers/context.ts";
+import { collectWorkerOrphans } from "./controllers/dataset/workers.ts";
 import { RemoteClusters } from "./controllers/remote/clusters.ts";
 import { collectOrphans } from "./controllers/remote/collector.ts";
 import { trainingRunController } from "./controllers/trainingrun/controller.ts";
@@ -255,6 +256,9 @@ export class Manager {
         this.connectKnownClusters();
         await collectOrphans(this.ctx.remote, this.ctx.caches.runs, this.log);
         await collectReservations(this.ctx);
+        // Sync-worker Jobs and Secrets whose DataSet is gone without its finalizer running
+        // (force-deleted, or the finalizer removed by hand).
+        await collectWorkerOrphans(this.ctx);
       } catch (err) {
         this.log.error("orphan collection failed; retrying at the next pass", { err });
       } finally {
