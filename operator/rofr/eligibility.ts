@@ -109,8 +109,19 @@ function whyNot(
   return undefined;
 }
 
-/** Step 1: which providers may take the run, and why the others may not. */
-export function evaluateEligibility(run: TrainingRun, providers: readonly CloudProvider[]): Eligibility {
+/** Why a provider that failed earlier in the attempt (`status.failedProviders`) is skipped. */
+export const FAILED_THIS_ATTEMPT = "failed earlier in this attempt";
+
+/**
+ * Step 1: which providers may take the run, and why the others may not. `failed` names
+ * providers that failed earlier in this attempt: they exist but are skipped, and say so
+ * (not "not found").
+ */
+export function evaluateEligibility(
+  run: TrainingRun,
+  providers: readonly CloudProvider[],
+  failed: ReadonlySet<string> = new Set(),
+): Eligibility {
   const policy = runPolicy(run);
   const byName = new Map(providers.map((p) => [nameOf(p), p]));
   const ineligible: Ineligible[] = [];
@@ -121,6 +132,8 @@ export function evaluateEligibility(run: TrainingRun, providers: readonly CloudP
     ineligible.push({ provider: "(primary)", reason: "no CloudProvider has role primary" });
   } else if (!byName.has(primaryName)) {
     ineligible.push({ provider: primaryName, reason: "CloudProvider not found" });
+  } else if (failed.has(primaryName)) {
+    ineligible.push({ provider: primaryName, reason: FAILED_THIS_ATTEMPT });
   } else {
     const candidate = byName.get(primaryName)!;
     const reason = whyNot(candidate, policy, "primary");
@@ -141,6 +154,10 @@ export function evaluateEligibility(run: TrainingRun, providers: readonly CloudP
     const candidate = byName.get(name);
     if (!candidate) {
       ineligible.push({ provider: name, reason: "CloudProvider not found" });
+      continue;
+    }
+    if (failed.has(name)) {
+      ineligible.push({ provider: name, reason: FAILED_THIS_ATTEMPT });
       continue;
     }
     if (policy.workloadClass === "serving") {

@@ -51,6 +51,17 @@ describe("eligibility", () => {
     expect(e.ineligible).toEqual([{ provider: "nope", reason: "CloudProvider not found" }]);
   });
 
+  test("a provider that failed earlier in the attempt is skipped and says so, not 'not found'", () => {
+    const all = [...providers(), cheapProvider()];
+    const e = evaluateEligibility(
+      trainingRun((r) => (r.spec.placement.alternatives = ["oci-phoenix", "oci-ashburn"])),
+      all,
+      new Set(["oci-ashburn"]),
+    );
+    expect(names(e.alternatives)).toEqual(["oci-phoenix"]);
+    expect(e.ineligible).toEqual([{ provider: "oci-ashburn", reason: "failed earlier in this attempt" }]);
+  });
+
   test("empty alternatives means every non-primary provider", () => {
     const all = [...providers(), cheapProvider(), euProvider()];
     const e = evaluateEligibility(

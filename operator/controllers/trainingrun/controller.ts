@@ -317,10 +317,7 @@ class RunReconciler {
       return { requeueAfter: 60_000 };
     }
     const failed = new Set(run.status?.failedProviders ?? []);
-    const eligibility = evaluateEligibility(
-      run,
-      providers.filter((p) => !failed.has(p.metadata.name ?? "")),
-    );
+    const eligibility = evaluateEligibility(run, providers, failed);
     const quotes = collectQuotes(run, eligibility.alternatives, now);
     const serving = runPolicy(run).workloadClass === "serving";
 
@@ -330,7 +327,7 @@ class RunReconciler {
         const message =
           eligibility.alternatives.length === 0 && failed.size === 0
             ? noEligibleProviderMessage(eligibility)
-            : `no eligible provider for attempt ${attempt}: ${ineligibleSummary(eligibility) || "every alternative failed"}${failed.size ? `; failed this attempt: ${[...failed].join(", ")}` : ""}`;
+            : `no eligible provider for attempt ${attempt}: ${ineligibleSummary(eligibility) || "every alternative failed"}`;
         await this.setWaiting(run, "Pending", "NoEligibleProvider", message);
         if (failed.size > 0) return this.newAttemptLater(run, attempt, 60_000, "alternatives failed");
         return { requeueAfter: 60_000 };
