@@ -24,6 +24,7 @@ import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { CloudProvider, DataSet, ProvisionedCluster } from "../../operator/api/v1alpha1/index.ts";
 import { uploadCheckpoint } from "../../operator/checkpoints/index.ts";
 import { META_PREFIX, readAll } from "../../operator/dataplane/manifest.ts";
+import { withRetry } from "../../operator/dataplane/retry.ts";
 import { type ObjectStore, openStore } from "../../operator/dataplane/store.ts";
 import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
 import { SIM_DURATION_ENV, SimulatedCluster } from "../../operator/sandbox/cluster/index.ts";
@@ -299,7 +300,10 @@ beforeAll(async () => {
   // The staging datasets' sources, on Azure Blob.
   const src = await azureStore("");
   for (let i = 0; i < DATASETS; i++) {
-    for (const [k, v] of Object.entries(datasetObjects(i))) await src.put(`corpora/ds-${i}/${k}`, v);
+    // Retried like the data plane retries (a reused keep-alive socket Azurite has just closed
+    // answers ECONNRESET; the store adapters leave retries to their callers).
+    for (const [k, v] of Object.entries(datasetObjects(i)))
+      await withRetry(() => src.put(`corpora/ds-${i}/${k}`, v));
   }
 
   configFile = writeConfig(dir, {
@@ -441,7 +445,15 @@ describe("the operator process SIGKILLed inside its flows", () => {
     // here as the trainer's agent would); the operator mirrors each to Azure while they run —
     // killed during each mirror. Then the cluster goes dark right after step 40 is committed
     // there: the runs move to Azure, which needs step 40 replicated first — killed again.
-    // Azure declines them (set again: reservations released since may have freed capacity).
+    // Azure declines them: once the earlier runs' reservations are released (each release
+    // gives its nodes back to the region, so a release after the next line would hand Azure
+    // capacity again), its capacity is taken away.
+    await eventually(
+      () => e.arm.reservations(),
+      (r) => r.length === 0,
+      "earlier reservations released",
+      120_000,
+    );
     e.arm.setCapacity("eastus", AZURE_SKU, 0);
     for (let i = 0; i < 2; i++)
       await create(
