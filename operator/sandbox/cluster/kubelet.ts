@@ -546,27 +546,17 @@ export class Kubelet {
     const due = t.startedAt + simDuration(pod, this.opts.jobDurationMs);
     if (now < due) return due;
     const exitCode = simExitCode(pod);
-    await this.writePodStatus(pod, (s) => {
-      s.phase = exitCode === 0 ? "Succeeded" : "Failed";
-      setPodCondition(s, { type: "Ready", status: "False", reason: "PodCompleted" }, now);
-      setPodCondition(s, { type: "ContainersReady", status: "False", reason: "PodCompleted" }, now);
-      s.containerStatuses = (pod.spec?.containers ?? []).map((c) => ({
-        name: c.name,
-        image: c.image ?? "",
-        imageID: "",
-        ready: false,
-        restartCount: 0,
-        started: false,
-        state: {
-          terminated: {
-            exitCode,
-            reason: exitCode === 0 ? "Completed" : "Error",
-            startedAt: new Date(t.startedAt!),
-            finishedAt: new Date(now),
-          },
-        },
-      }));
-    });
+    await this.writePodCompleted(
+      pod,
+      (pod.spec?.containers ?? []).map((c) => ({
+        c,
+        exitCode,
+        reason: exitCode === 0 ? "Completed" : "Error",
+        startedAt: new Date(t.startedAt!),
+        finishedAt: new Date(now),
+      })),
+      now,
+    );
     return Number.POSITIVE_INFINITY;
   }
 
@@ -804,28 +794,42 @@ export class Kubelet {
     exitOf: (container: string) => { exitCode: number; reason: string; exit?: { finishedAt: Date } },
   ): Promise<void> {
     const exits = (pod.spec?.containers ?? []).map((c) => ({ c, ...exitOf(c.name) }));
-    const ok = exits.every((e) => e.exitCode === 0);
     const started = pod.status?.startTime ?? new Date(now);
+    const uid = pod.metadata?.uid ?? "";
+    await this.writePodCompleted(
+      pod,
+      exits.map(({ c, exitCode, reason, exit }) => ({
+        c,
+        exitCode,
+        reason,
+        startedAt: this.executor.get(uid)?.containers.get(c.name)?.startedAt ?? started,
+        finishedAt: exit?.finishedAt ?? new Date(now),
+      })),
+      now,
+    );
+  }
+
+  /**
+   * A finished pod, as the kubelet reports it: Succeeded when every main container exited 0,
+   * else Failed; each container terminated with its exit code and times.
+   */
+  private async writePodCompleted(
+    pod: V1Pod,
+    done: { c: V1Container; exitCode: number; reason: string; startedAt: Date; finishedAt: Date }[],
+    now: number,
+  ): Promise<void> {
     await this.writePodStatus(pod, (s) => {
-      s.phase = ok ? "Succeeded" : "Failed";
+      s.phase = done.every((d) => d.exitCode === 0) ? "Succeeded" : "Failed";
       setPodCondition(s, { type: "Ready", status: "False", reason: "PodCompleted" }, now);
       setPodCondition(s, { type: "ContainersReady", status: "False", reason: "PodCompleted" }, now);
-      s.containerStatuses = exits.map(({ c, exitCode, reason, exit }) => ({
+      s.containerStatuses = done.map(({ c, exitCode, reason, startedAt, finishedAt }) => ({
         name: c.name,
         image: c.image ?? "",
         imageID: "",
         ready: false,
         restartCount: 0,
         started: false,
-        state: {
-          terminated: {
-            exitCode,
-            reason,
-            startedAt:
-              this.executor.get(pod.metadata?.uid ?? "")?.containers.get(c.name)?.startedAt ?? started,
-            finishedAt: exit?.finishedAt ?? new Date(now),
-          },
-        },
+        state: { terminated: { exitCode, reason, startedAt, finishedAt } },
       }));
     });
   }
