@@ -21,6 +21,7 @@ import {
   type CloudProvider,
   conflictingPrimaries,
   type DataSet,
+  type ProvisionedCluster,
   type TrainingRun,
   type TrainingRunStatus,
   validateObject,
@@ -48,11 +49,21 @@ import {
 import { isAlreadyExists, isConflict, isNotFound } from "../../runtime/client.ts";
 import { setStatusCondition, timestamp } from "../../runtime/conditions.ts";
 import { Controller, type ReconcileContext, type ReconcileResult } from "../../runtime/controller.ts";
+import type { EventHandler } from "../../runtime/informer.ts";
 import { type KubeObject, SpillwayResources, splitKey } from "../../runtime/resources.ts";
 import type { OperatorContext } from "../context.ts";
 import { readSecret } from "../context.ts";
 import { clusterId } from "../remote/clusters.ts";
 import { remoteJobName, remoteNamespace, renderStoreSecret } from "../remote/manifests.ts";
+import {
+  awaitingCapacityKeys,
+  capacitySignature,
+  heldCluster,
+  NO_CLUSTER_CAPACITY,
+  PendingPlacements,
+  RUNS_AWAITING_CAPACITY,
+  runsAwaitingCapacity,
+} from "./capacity.ts";
 import {
   deleteRemote,
   dispatch,
@@ -68,12 +79,12 @@ import {
   createProvisionedCluster,
   EXISTING_CLUSTER,
   isFinished,
+  RUNS_BY_CLUSTER,
   runGpus,
 } from "./targets.ts";
 
+export { RUNS_BY_CLUSTER };
 export const RUN_FINALIZER = "spillway.dev/remote-cleanup";
-/** Index of the run cache: runs by `provider/cluster` of their placement. */
-export const RUNS_BY_CLUSTER = "placement-cluster";
 /** Index of the run cache: unplaced runs by `namespace/dataset` they train on. */
 const UNPLACED_RUNS_BY_DATASET = "unplaced-dataset";
 const MAX_OFFERS_LISTED = 64;
@@ -118,9 +129,17 @@ export const RUNNING_RESYNC_MS = 10 * 60_000;
  * and enqueues the runs placed on one that has not answered for longer than
  * `clusterLostTimeoutMs`. This is what lets running runs go without a poll timer of their own
  * (reliability finding 8: a timer per run was O(runs) reconciles per poll period).
+ *
+ * It also wakes runs waiting for room on an alternative (`NoClusterCapacity`, see
+ * capacity.ts) when room may have appeared there: a run leaves one of the provider's
+ * clusters (finished, deleted, moved), a ProvisionedCluster of the provider changes in a way
+ * that matters for capacity or goes, or a cluster that was not answering answers again.
  */
 class RunController extends Controller {
   private watchdog?: ReturnType<typeof setInterval>;
+  private unsubscribe: Array<() => void> = [];
+  /** Clusters the watchdog last saw not answering (their recovery frees room). */
+  private silent = new Set<string>();
 
   constructor(
     opts: ConstructorParameters<typeof Controller>[0],
@@ -131,6 +150,7 @@ class RunController extends Controller {
 
   override start(): void {
     super.start();
+    if (this.unsubscribe.length === 0) this.subscribeCapacity();
     if (this.watchdog) return;
     const every = Math.max(
       100,
@@ -143,17 +163,55 @@ class RunController extends Controller {
   override async stop(timeoutMs?: number): Promise<boolean> {
     clearInterval(this.watchdog);
     this.watchdog = undefined;
+    for (const off of this.unsubscribe) off();
+    this.unsubscribe = [];
     return super.stop(timeoutMs);
   }
 
   private enqueueRunsOnLostClusters(): void {
     if (!this.running) return;
     for (const id of this.ctx.remote.ids()) {
-      if (this.ctx.remote.unreachableForMs(id) <= this.ctx.settings.clusterLostTimeoutMs) continue;
+      const silentFor = this.ctx.remote.unreachableForMs(id);
+      if (silentFor > 0) this.silent.add(id);
+      else if (this.silent.delete(id)) this.wakeRunsAwaiting(id.slice(0, id.indexOf("/")));
+      if (silentFor <= this.ctx.settings.clusterLostTimeoutMs) continue;
       for (const run of this.ctx.caches.runs.byIndex(RUNS_BY_CLUSTER, id)) {
         if (!isFinished(run)) this.enqueue(keyOf(run));
       }
     }
+  }
+
+  /**
+   * Informer handlers of their own (not `watch`): whether room appeared depends on the old
+   * and the new object together (a run that held a cluster and no longer does), which a
+   * per-object map cannot tell. Every status write of a running run would otherwise wake
+   * the waiting runs.
+   */
+  private subscribeCapacity(): void {
+    const runs: EventHandler<Run> = {
+      update: (before, after) => {
+        const held = heldCluster(before);
+        if (held && held !== heldCluster(after)) this.wakeRunsAwaiting(before.status!.placement!.provider);
+      },
+      delete: (run) => {
+        if (heldCluster(run)) this.wakeRunsAwaiting(run.status!.placement!.provider);
+      },
+    };
+    const clusters: EventHandler<ProvisionedCluster & KubeObject> = {
+      add: (pc) => this.wakeRunsAwaiting(pc.spec.provider),
+      update: (before, after) => {
+        if (capacitySignature(before) !== capacitySignature(after))
+          this.wakeRunsAwaiting(after.spec.provider);
+      },
+      delete: (pc) => this.wakeRunsAwaiting(pc.spec.provider),
+    };
+    this.unsubscribe = [this.ctx.caches.runs.addHandler(runs), this.ctx.caches.clusters.addHandler(clusters)];
+  }
+
+  /** Enqueues the runs waiting for room that `provider` could take (from the cache's index). */
+  private wakeRunsAwaiting(provider: string): void {
+    if (!this.running) return;
+    for (const run of runsAwaitingCapacity(this.ctx.caches.runs, provider)) this.enqueue(keyOf(run));
   }
 }
 
@@ -178,6 +236,7 @@ export function trainingRunController(
     const p = run.status?.placement;
     return p?.cluster ? [clusterId(p.provider, p.cluster)] : [];
   });
+  runs.addIndex(RUNS_AWAITING_CAPACITY, awaitingCapacityKeys);
   runs.addIndex(UNPLACED_RUNS_BY_DATASET, (run) =>
     run.spec.data && !run.status?.placement ? [`${run.metadata.namespace}/${run.spec.data.dataset}`] : [],
   );
@@ -220,12 +279,15 @@ const AWAIT_STATUS_GRACE_MS = 2_000;
 
 class RunReconciler {
   private readonly failbackChecks: Counter<"provider" | "outcome">;
+  /** Placements written but maybe not yet in the caches (capacity.ts). */
+  private readonly pending: PendingPlacements;
 
   constructor(
     private readonly ctx: OperatorContext,
     private readonly opts: TrainingRunControllerOptions,
   ) {
     this.failbackChecks = failbackCounter(ctx);
+    this.pending = new PendingPlacements(ctx.caches.runs, ctx.caches.clusters, () => ctx.now().getTime());
   }
 
   async reconcile(key: string, rc: ReconcileContext): Promise<ReconcileResult | undefined> {
@@ -318,16 +380,34 @@ class RunReconciler {
     }
     const failed = new Set(run.status?.failedProviders ?? []);
     const eligibility = evaluateEligibility(run, providers, failed);
+    // The offer's competing quote is the best eligible alternative's, room or not: whether a
+    // cluster is free is for this attempt's placement to find out, not a price.
     const quotes = collectQuotes(run, eligibility.alternatives, now);
     const serving = runPolicy(run).workloadClass === "serving";
+    // Alternatives without room right now: skipped by this decision, not failed for the
+    // attempt, so the run is placed there in this attempt as soon as room appears.
+    const full = serving
+      ? new Map<string, string>()
+      : this.alternativesWithoutRoom(run, eligibility.alternatives, attempt);
+    const placeable = full.size > 0 ? quotes.filter((q) => !full.has(q.provider)) : quotes;
+    const roomless = [...full].map(([p, why]) => `${p}: ${why}`).join("; ");
 
     if (!eligibility.primary) {
-      const direct = serving ? undefined : placeWithoutPrimary(quotes, attempt, now);
+      const direct = serving ? undefined : placeWithoutPrimary(placeable, attempt, now);
       if (!direct) {
+        if (full.size > 0 && failed.size === 0) {
+          await this.setWaiting(
+            run,
+            "Pending",
+            NO_CLUSTER_CAPACITY,
+            `no room for attempt ${attempt} (${roomless}); the run is placed as soon as a cluster frees up`,
+          );
+          return { requeueAfter: 60_000 };
+        }
         const message =
           eligibility.alternatives.length === 0 && failed.size === 0
             ? noEligibleProviderMessage(eligibility)
-            : `no eligible provider for attempt ${attempt}: ${ineligibleSummary(eligibility) || "every alternative failed"}`;
+            : `no eligible provider for attempt ${attempt}: ${[ineligibleSummary(eligibility), roomless].filter(Boolean).join("; ") || "every alternative failed"}`;
         await this.setWaiting(run, "Pending", "NoEligibleProvider", message);
         if (failed.size > 0) return this.newAttemptLater(run, attempt, 60_000, "alternatives failed");
         return { requeueAfter: 60_000 };
@@ -354,7 +434,7 @@ class RunReconciler {
     const decision = decidePlacement({
       run,
       offer,
-      quotes,
+      quotes: placeable,
       now,
       declines: consecutiveDeclines(offersNewestFirst.filter((o) => !isFailbackOffer(o))),
       backoff: { baseMs: this.ctx.settings.reofferBaseMs, maxMs: this.ctx.settings.reofferMaxMs },
@@ -395,10 +475,21 @@ class RunReconciler {
         if (due <= 0) return this.newAttempt(run, attempt, "re-offering to the primary");
         // Say why each alternative is out (e.g. a name that is not a CloudProvider).
         const out = eligibility.ineligible.filter((i) => i.provider !== eligibility.primary?.metadata.name);
+        const others = out.length > 0 ? ` (${out.map((i) => `${i.provider}: ${i.reason}`).join("; ")})` : "";
+        if (decision.reason === "NoEligibleAlternative" && full.size > 0) {
+          // Waiting for room, in this attempt: a cluster freeing up on one of these providers
+          // wakes the run (capacity.ts); the re-offer below is the fallback.
+          const answer = offer.status ?? decision.offerStatus;
+          await this.setWaiting(
+            run,
+            "Pending",
+            NO_CLUSTER_CAPACITY,
+            `${offer.spec.provider} answered ${answer?.outcome ?? "no"}${answer?.reason ? ` (${answer.reason})` : ""} and no alternative has room (${roomless})${others}; the run is placed as soon as a cluster frees up, or offered to ${offer.spec.provider} again in ${Math.round(decision.retryAfterMs / 1000)}s`,
+          );
+          return { requeueAfter: due };
+        }
         const message =
-          decision.reason === "NoEligibleAlternative" && out.length > 0
-            ? `${decision.message} (${out.map((i) => `${i.provider}: ${i.reason}`).join("; ")})`
-            : decision.message;
+          decision.reason === "NoEligibleAlternative" ? `${decision.message}${others}` : decision.message;
         await this.setWaiting(run, "Pending", decision.reason, message);
         return { requeueAfter: due };
       }
@@ -415,6 +506,23 @@ class RunReconciler {
         }
         return this.lockPlacement(run, decision.placement, rc);
     }
+  }
+
+  /**
+   * The eligible alternatives that cannot take the run right now, and why: every cluster
+   * busy with `maxClusters` reached, or the existing cluster not answering.
+   */
+  private alternativesWithoutRoom(
+    run: Run,
+    alternatives: readonly CloudProvider[],
+    attempt: number,
+  ): Map<string, string> {
+    const full = new Map<string, string>();
+    for (const provider of alternatives) {
+      const choice = chooseCluster(this.ctx, run, provider, attempt, this.pending);
+      if (choice.kind === "full") full.set(provider.metadata.name ?? "", choice.message);
+    }
+    return full;
   }
 
   private offersOf(run: Run): CapacityOffer[] {
@@ -511,26 +619,49 @@ class RunReconciler {
     const provider = this.ctx.caches.providers.get(placement.provider);
     if (!provider) return { requeueAfter: 1_000 };
     const attempt = placement.attempt ?? run.status?.attempt ?? 1;
-    const choice = chooseCluster(this.ctx, run, provider, attempt);
+    const name = provider.metadata.name ?? "";
+    const choice = chooseCluster(this.ctx, run, provider, attempt, this.pending);
     if (choice.kind === "full") {
-      return this.providerFailed(run, provider.metadata.name ?? "", "NoClusterCapacity", choice.message);
+      // The primary accepted but its cluster cannot take the run: its acceptance is spent.
+      if (placement.reason === "PrimaryAccepted" || provider.spec.role === "primary")
+        return this.providerFailed(run, name, NO_CLUSTER_CAPACITY, choice.message);
+      // An alternative filled up since the decision (another run took the room): this
+      // attempt decides again, and waits for room if there is none anywhere.
+      await this.setWaiting(run, "Pending", NO_CLUSTER_CAPACITY, `${name}: ${choice.message}`);
+      return { requeueAfter: 1_000 };
     }
     let cluster = EXISTING_CLUSTER;
     if (choice.kind === "reuse") cluster = choice.cluster.metadata.name ?? "";
     if (choice.kind === "create") cluster = choice.name;
-    const updated = await this.writeStatus(run, (s, obj) => {
-      s.placement = { ...placement, cluster };
-      s.phase =
-        choice.kind === "create" ? "Provisioning" : s.phase === "Migrating" ? "Migrating" : "Provisioning";
-      s.data = undefined;
-      s.remote = undefined;
-      setStatusCondition(obj, {
-        type: "Placed",
-        status: "True",
-        reason: placement.reason?.split(":")[0] ?? "Placed",
-        message: `placed on ${placement.provider}/${cluster}${placement.pricePerHour !== undefined ? ` at $${placement.pricePerHour}/h` : ""} (${placement.reason ?? "placed"})`,
+    // Claimed before the write, with no await in between: a run decided in parallel sees it.
+    const release =
+      choice.kind === "existing"
+        ? undefined
+        : this.pending.claim(run, {
+            provider: name,
+            cluster,
+            gpus: runGpus(run),
+            creates: choice.kind === "create",
+          });
+    let updated: Run;
+    try {
+      updated = await this.writeStatus(run, (s, obj) => {
+        s.placement = { ...placement, cluster };
+        s.phase =
+          choice.kind === "create" ? "Provisioning" : s.phase === "Migrating" ? "Migrating" : "Provisioning";
+        s.data = undefined;
+        s.remote = undefined;
+        setStatusCondition(obj, {
+          type: "Placed",
+          status: "True",
+          reason: placement.reason?.split(":")[0] ?? "Placed",
+          message: `placed on ${placement.provider}/${cluster}${placement.pricePerHour !== undefined ? ` at $${placement.pricePerHour}/h` : ""} (${placement.reason ?? "placed"})`,
+        });
       });
-    });
+    } catch (err) {
+      release?.();
+      throw err;
+    }
     rc.with({ provider: placement.provider });
     rc.log.info("placed", {
       cluster,
@@ -800,7 +931,6 @@ class RunReconciler {
         });
       }
     });
-    if (state === "Running") stored = await this.mirrorCheckpoint(stored, rc);
     if (state === "Running" && !wasRunning) {
       this.ctx.events.record(
         run,
@@ -809,6 +939,8 @@ class RunReconciler {
         `${job.status?.active ?? 0} workers running on ${run.status?.placement?.provider}`,
       );
     }
+    // After the Event: a conflict on the checkpoint's status write ends this reconcile.
+    if (state === "Running") stored = await this.mirrorCheckpoint(stored, rc);
     if (state === "Succeeded" || state === "Failed") {
       rc.log.info("finished", { state });
       this.ctx.events.record(
@@ -847,11 +979,20 @@ class RunReconciler {
     const now = this.ctx.now().getTime();
     if (now - (this.lastMirror.get(uid) ?? 0) < this.ctx.settings.remotePollMs) return run;
     this.lastMirror.set(uid, now);
+    let m: Awaited<ReturnType<NonNullable<CheckpointPlanner["mirror"]>>>;
     try {
-      const m = await planner.mirror(run, rc.signal);
-      if (!m || (run.status?.checkpoint?.step === m.step && run.status.checkpoint.digest === m.digest))
-        return run;
-      // `run` is the stored object of this reconcile's own status write: newer than the cache.
+      m = await planner.mirror(run, rc.signal);
+    } catch (err) {
+      // A store that cannot be read now is tried again at the next poll; the run goes on.
+      rc.log.warn("could not mirror the newest checkpoint", { err });
+      return run;
+    }
+    if (!m || (run.status?.checkpoint?.step === m.step && run.status.checkpoint.digest === m.digest))
+      return run;
+    try {
+      // `run` is usually the stored object of this reconcile's own status write; when that
+      // write had nothing to change it is the cache's, which can be behind (e.g. right after
+      // a restart, behind what the previous process wrote).
       const updated = await this.writeStatus(run, (s) => {
         s.checkpoint = {
           step: m.step,
@@ -863,8 +1004,19 @@ class RunReconciler {
       rc.log.info("checkpoint mirrored to the primary", { step: m.step, replicatedTo: m.replicatedTo });
       return updated;
     } catch (err) {
-      // A store that cannot be read now is tried again at the next poll; the run goes on.
-      rc.log.warn("could not mirror the newest checkpoint", { err });
+      // 409: an ordinary optimistic-concurrency conflict, not a failure. The copy is done;
+      // only its status is not written. Mirror again at the next look, not a poll later: the
+      // conflict goes to the controller, which requeues at once (at debug level), and the
+      // next reconcile reads the newer run and writes the checkpoint. (The copy is not
+      // repeated: the primary's store already holds that checkpoint.)
+      this.lastMirror.delete(uid);
+      if (isConflict(err)) {
+        rc.log.debug("checkpoint status write conflicted; writing it at the next reconcile", {
+          step: m.step,
+        });
+        throw err;
+      }
+      rc.log.warn("could not record the mirrored checkpoint in status", { err, step: m.step });
       return run;
     }
   }
@@ -1083,6 +1235,8 @@ class RunReconciler {
           });
         }
       } catch (err) {
+        // A conflict on the status write is not a store failure: look again at once.
+        if (isConflict(err)) throw err;
         const since = Date.parse(
           run.status?.conditions?.find((c) => c.type === "FailingBack")?.lastTransitionTime ?? "",
         );

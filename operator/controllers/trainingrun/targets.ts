@@ -10,9 +10,13 @@ import { isAlreadyExists } from "../../runtime/client.ts";
 import { SpillwayResources } from "../../runtime/resources.ts";
 import type { OperatorContext } from "../context.ts";
 import { readSecret } from "../context.ts";
+import { clusterId } from "../remote/clusters.ts";
+import type { PendingPlacements } from "./capacity.ts";
 
 /** The cluster name recorded in `status.placement.cluster` for a provider's existing cluster. */
 export const EXISTING_CLUSTER = "existing";
+/** Index of the run cache: runs by `provider/cluster` of their placement. */
+export const RUNS_BY_CLUSTER = "placement-cluster";
 
 export const LABEL_PC_PROVIDER = "spillway.dev/provider";
 export const LABEL_PC_CREATED_FOR = "spillway.dev/created-for-run-uid";
@@ -69,13 +73,16 @@ export type ClusterChoice =
 /**
  * Picks the cluster for a run placed on `provider`: its existing cluster; else a live
  * ProvisionedCluster of that provider with room for the run; else a new one when the
- * provider's `maxClusters` allows.
+ * provider's `maxClusters` allows. `pending` are placements this process has written that
+ * the caches may not show yet: they count as GPUs in use and (new clusters) as clusters.
+ * The run cache must carry the `RUNS_BY_CLUSTER` index.
  */
 export function chooseCluster(
   ctx: OperatorContext,
   run: TrainingRun,
   provider: CloudProvider,
   attempt: number,
+  pending?: PendingPlacements,
 ): ClusterChoice {
   if (provider.spec.cluster.existing) {
     const lostFor = ctx.remote.unreachableForMs(`${provider.metadata.name}/${EXISTING_CLUSTER}`);
@@ -92,7 +99,14 @@ export function chooseCluster(
   const all = ctx.caches.clusters.list().filter((pc) => pc.spec.provider === name);
   const created = all.find((pc) => pc.metadata.name === mine);
   if (created && !created.metadata.deletionTimestamp) return { kind: "reuse", cluster: created };
-  const runs = ctx.caches.runs.list();
+  const claims = pending?.on(name, run.metadata.uid) ?? [];
+  const inUse = (cluster: string) =>
+    gpusInUse(
+      ctx.caches.runs.byIndex(RUNS_BY_CLUSTER, clusterId(name, cluster)),
+      name,
+      cluster,
+      run.metadata.uid,
+    ) + claims.filter((c) => c.cluster === cluster).reduce((sum, c) => sum + c.gpus, 0);
   // A cluster that is not answering takes no new runs (the runs on it are moving away).
   const answering = (pc: ProvisionedCluster) =>
     ctx.remote.unreachableForMs(`${name}/${pc.metadata.name}`) === 0;
@@ -102,19 +116,29 @@ export function chooseCluster(
   );
   const usable = live.filter(answering);
   const fitting = usable
-    .filter(
-      (pc) =>
-        clusterGpus(pc, gpuType) - gpusInUse(runs, name, pc.metadata.name ?? "", run.metadata.uid) >=
-        runGpus(run),
-    )
+    .filter((pc) => clusterGpus(pc, gpuType) - inUse(pc.metadata.name ?? "") >= runGpus(run))
     .sort((a, b) => (a.metadata.name ?? "").localeCompare(b.metadata.name ?? ""));
   const ready = fitting.find((pc) => pc.status?.phase === "Ready");
   if (ready ?? fitting[0]) return { kind: "reuse", cluster: (ready ?? fitting[0])! };
   const max = provision.maxClusters ?? 1;
-  if (live.length >= max) {
+  // Clusters just created for other runs that the cluster cache does not show yet.
+  const coming = new Set(
+    claims
+      .filter((c) => c.creates && !all.some((pc) => pc.metadata.name === c.cluster))
+      .map((c) => c.cluster),
+  );
+  // A cluster being destroyed still holds its place until it is gone (a cloud counts it
+  // against the quota that maxClusters mirrors, and a new `up` beside it can be refused):
+  // its deletion event wakes the runs waiting for room.
+  const going = all.filter(
+    (pc) =>
+      pc.status?.phase !== "Failed" && (pc.metadata.deletionTimestamp || pc.status?.phase === "Destroying"),
+  );
+  const count = live.length + going.length + coming.size;
+  if (count >= max) {
     return {
       kind: "full",
-      message: `${name} has ${live.length} of at most ${max} provisioned clusters and none has ${runGpus(run)} free ${gpuType} GPUs`,
+      message: `${name} has ${count} of at most ${max} provisioned clusters and none has ${runGpus(run)} free ${gpuType} GPUs`,
     };
   }
   return { kind: "create", name: mine };
