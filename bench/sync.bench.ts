@@ -17,7 +17,9 @@
  * `SYNC_BENCH_SMALL=N` changes the object count of (b) (default 5000);
  * `SYNC_BENCH_ONLY=a` (or `b`, comma-separated `a,b`) runs only the large or the small scenarios;
  * `SYNC_BENCH_PROFILE=DIR` writes a V8 CPU profile of every Spillway run to DIR;
- * `SYNC_BENCH_ARGS="--upload-cutoff 0"` adds options to every Spillway run.
+ * `SYNC_BENCH_ARGS="--upload-cutoff 0"` adds options to every Spillway run;
+ * `SYNC_BENCH_SDK=1` adds, to (a) and (b), a Spillway run with the stores' object requests sent
+ * through the SDKs as before the raw routes (`SPILLWAY_STORE_SDK_ONLY=1`): before/after in one run.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -182,7 +184,15 @@ async function main(): Promise<void> {
     const oursExtra = (process.env.SYNC_BENCH_ARGS ?? "").split(/\s+/).filter(Boolean);
     const ours = (container: string, prefix: string, extra: string[] = []): Run =>
       measured(() => oursRaw(container, prefix, extra));
-    const oursRaw = (container: string, prefix: string, extra: string[] = []): Run => {
+    const sdkToo = process.env.SYNC_BENCH_SDK === "1";
+    const oursSdk = (container: string, prefix: string): Run =>
+      measured(() => oursRaw(container, prefix, [], { SPILLWAY_STORE_SDK_ONLY: "1" }));
+    const oursRaw = (
+      container: string,
+      prefix: string,
+      extra: string[] = [],
+      env: NodeJS.ProcessEnv = {},
+    ): Run => {
       const src = `azblob://${az.accountName}/${container}/?endpoint=${enc(az.blobEndpoint)}`;
       const dst = `s3://ours/${prefix}?endpoint=${enc(s3.endpoint)}&region=${s3.region}`;
       const profile = process.env.SYNC_BENCH_PROFILE
@@ -196,6 +206,7 @@ async function main(): Promise<void> {
           AZURE_STORAGE_KEY: az.accountKey,
           AWS_ACCESS_KEY_ID: s3.accessKeyId,
           AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+          ...env,
         },
       );
       const json = r.detail.split("\n").find((l) => l.startsWith("{"));
@@ -262,13 +273,16 @@ async function main(): Promise<void> {
     };
     if (runLarge) {
       const mine: Run[] = [];
+      const viaSdk: Run[] = [];
       const peer: Run[] = [];
       for (let i = 0; i < repeat; i++) {
         const prefix = repeat === 1 ? "a/" : `a${i}/`;
         mine.push(ours("large", prefix));
+        if (sdkToo) viaSdk.push(oursSdk("large", `sdk-${prefix}`));
         if (rcloneAvailable) peer.push(rclone("large", prefix, t16));
       }
       record("(a) cold 200×1MiB+2×100MiB", "spillway", best(mine), 202, largeBytes);
+      if (sdkToo) record("(a) cold 200×1MiB+2×100MiB", "spillway SDK route", best(viaSdk), 202, largeBytes);
       if (rcloneAvailable)
         record("(a) cold 200×1MiB+2×100MiB", "rclone --transfers 16", best(peer), 202, largeBytes);
     }
@@ -285,6 +299,14 @@ async function main(): Promise<void> {
         );
     }
     if (runSmall) {
+      if (sdkToo)
+        record(
+          `(b) cold ${smallCount}×4KiB`,
+          "spillway SDK route",
+          oursSdk("small", "sdk-b/"),
+          smallCount,
+          smallBytes,
+        );
       record(`(b) cold ${smallCount}×4KiB`, "spillway", ours("small", "b/"), smallCount, smallBytes);
       if (rcloneAvailable)
         record(
@@ -338,7 +360,11 @@ async function main(): Promise<void> {
           pad(r.run.emulatorCpuSeconds !== undefined ? r.run.emulatorCpuSeconds.toFixed(1) : "?", 9) +
           pad(r.run.peakRssMiB ? `${r.run.peakRssMiB.toFixed(0)} MiB` : "?", 10) +
           pad(r.load.toFixed(1), 6) +
-          (r.run.ok ? (r.tool === "spillway" || r.run.detail.startsWith(";") ? r.run.detail : "") : "FAILED"),
+          (r.run.ok
+            ? r.tool.startsWith("spillway") || r.run.detail.startsWith(";")
+              ? r.run.detail
+              : ""
+            : "FAILED"),
       );
     }
     const find = (sc: string, tool: string) =>
