@@ -19,6 +19,7 @@ import {
 } from "node:fs/promises";
 import { dirname, join, relative, sep } from "node:path";
 import type { Readable } from "node:stream";
+import { compareKeys } from "./manifest.ts";
 import {
   type ListOptions,
   type MultipartUpload,
@@ -113,11 +114,22 @@ export class FileStore implements ObjectStore {
 
   async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
     const want = options.prefix ?? "";
-    // Depth-first walk, one open directory handle per level: memory is bounded by depth, not count.
+    // Depth-first walk, one directory's names at a time: memory is bounded by the largest
+    // directory, not the object count. Keys come out in global UTF-8 byte order (the order of
+    // S3 and Azure listings and of the manifest): a directory sorts as `name/`, so `a-b` (0x2D)
+    // and `a.txt` (0x2E) come before everything under `a/` (0x2F), and `a0` after it.
     const walk = async function* (this: FileStore, dir: string, rel: string): AsyncGenerator<ObjectInfo> {
       let names: string[];
       try {
-        names = (await readdir(dir)).sort();
+        const entries = await readdir(dir, { withFileTypes: true });
+        const sortKey = new Map<string, string>();
+        for (const d of entries) {
+          let isDir = d.isDirectory();
+          if (d.isSymbolicLink())
+            isDir = (await stat(join(dir, d.name)).catch(() => undefined))?.isDirectory() ?? false;
+          sortKey.set(d.name, isDir ? `${d.name}/` : d.name);
+        }
+        names = [...sortKey.keys()].sort((a, b) => compareKeys(sortKey.get(a)!, sortKey.get(b)!));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR")
           return;

@@ -3,6 +3,11 @@
  * one entry per object — key, size, content sha256, the source's etag it was copied from and
  * the destination's etag it was written as. A rerun compares the source listing with it
  * instead of listing or HEADing the destination. The dataset version is its digest.
+ *
+ * Format (one JSON document, also readable line by line): a header line
+ * `{"format":…,"version":…,"objects":N,…,"entries":[`, then one entry per line
+ * `["key",size,"sha256","srcEtag","dstEtag"],` in `compareKeys` order, then `]}`. The sync
+ * engine streams it (manifest-stream.ts); `loadManifest` reads a whole one into a Map.
  */
 import { createHash } from "node:crypto";
 import type { Readable } from "node:stream";
@@ -32,18 +37,57 @@ export function manifestKey(shard?: ShardSpec): string {
     : `${META_PREFIX}manifest.json`;
 }
 
+/** The single-file journal of syncs before journal segments: still read on resume and removed. */
 export function journalKey(shard?: ShardSpec): string {
   return shard && shard.count > 1
     ? `${META_PREFIX}shards/${shard.count}/${shard.index}/journal.json`
     : `${META_PREFIX}journal.json`;
 }
 
-const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+/** Where a segment of an interrupted sync's journal is kept (`<dir><seq>.json`). */
+export function journalDir(shard?: ShardSpec): string {
+  return shard && shard.count > 1
+    ? `${META_PREFIX}shards/${shard.count}/${shard.index}/journal/`
+    : `${META_PREFIX}journal/`;
+}
 
-/** `sha256:<hex>` over the sorted `key \t size \t sha256` lines: equal content ⇔ equal version. */
+/**
+ * The one key order of Spillway: UTF-8 byte order (= Unicode code point order), the order S3
+ * and Azure list in. The file store's walk produces it, manifests are sorted by it and the
+ * digest is taken in it, so a sync can merge a listing with the manifest as two sorted streams.
+ *
+ * JavaScript's `<` compares UTF-16 code units; it agrees with code point order except where a
+ * surrogate (part of an astral character, U+10000 and up) meets a code unit U+E000–U+FFFF:
+ * UTF-16 puts the astral character first, UTF-8 last. Only there is this slower path taken.
+ */
+export function compareKeys(a: string, b: string): number {
+  if (a === b) return 0;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) return codePointRank(x) < codePointRank(y) ? -1 : 1;
+    return x < y ? -1 : 1;
+  }
+  return a.length < b.length ? -1 : 1;
+}
+
+/** Surrogates (astral characters) above U+E000–U+FFFF, each group in its own order. */
+function codePointRank(unit: number): number {
+  return unit <= 0xdfff ? unit + 0x2000 : unit - 0x800;
+}
+
+/**
+ * `sha256:<hex>` over the `key \t size \t sha256` lines in key order: equal content ⇔ equal
+ * version. Key order is `compareKeys` (UTF-8 byte order). Versions computed before it was
+ * (UTF-16 order) are the same for every key set except one holding two keys that differ first
+ * where one has an astral character (emoji, rare CJK) and the other a character U+E000–U+FFFF
+ * (private use, CJK compatibility, full-width forms): such a dataset gets a new version once.
+ */
 export function manifestDigest(m: Manifest): string {
   const h = createHash("sha256");
-  for (const key of [...m.keys()].sort(cmp)) {
+  for (const key of [...m.keys()].sort(compareKeys)) {
     const e = m.get(key)!;
     h.update(`${key}\t${e.size}\t${e.sha256}\n`);
   }
@@ -51,7 +95,7 @@ export function manifestDigest(m: Manifest): string {
 }
 
 export function serialiseManifest(m: Manifest, extra: Record<string, unknown> = {}): Buffer {
-  const keys = [...m.keys()].sort(cmp);
+  const keys = [...m.keys()].sort(compareKeys);
   const lines = keys.map((k) => {
     const e = m.get(k)!;
     return JSON.stringify([k, e.size, e.sha256, e.srcEtag, e.dstEtag]);
@@ -137,12 +181,8 @@ export async function mergeShardManifests(
   count: number,
   signal?: AbortSignal,
 ): Promise<string> {
-  const merged: Manifest = new Map();
-  for (let index = 0; index < count; index++) {
-    const m = await loadManifest(store, manifestKey({ index, count }), signal);
-    if (!m) throw new StoreError("NotFound", `shard ${index}/${count} has no committed manifest`);
-    for (const [k, e] of m) merged.set(k, e);
-  }
-  await saveManifest(store, manifestKey(), merged, {}, signal);
-  return manifestDigest(merged);
+  // A streaming k-way merge (manifest-stream.ts, which imports this module): memory does not
+  // grow with the shards' object count.
+  const { mergeShardManifestStreams } = await import("./manifest-stream.ts");
+  return mergeShardManifestStreams(store, count, signal);
 }

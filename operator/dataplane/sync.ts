@@ -17,18 +17,29 @@
 import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import {
+  compareKeys,
+  journalDir,
   journalKey,
   loadManifest,
   type Manifest,
   type ManifestEntry,
   META_PREFIX,
-  manifestDigest,
   manifestKey,
   readAll,
   type ShardSpec,
   saveManifest,
   shardOf,
 } from "./manifest.ts";
+import {
+  DEFAULT_STREAM_LIMITS,
+  KeyCursor,
+  ManifestReader,
+  ReorderQueue,
+  type Row,
+  type Slot,
+  SortedManifestWriter,
+  type StreamLimits,
+} from "./manifest-stream.ts";
 import { DEFAULT_RETRY, type RetryPolicy, withRetry } from "./retry.ts";
 import { normaliseKey, type ObjectInfo, type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
 
@@ -72,6 +83,11 @@ export interface SyncOptions {
   /** How often completed copies are checkpointed to the journal; default 2 s. */
   checkpointIntervalMs?: number;
   retry?: RetryPolicy;
+  /**
+   * Bounds (entries) of the streaming merge's side tables and reorder queue; the defaults keep
+   * them to a few MiB whatever the object count. For tests.
+   */
+  streamLimits?: Partial<StreamLimits>;
   /** Called for each retried request (no secrets in the error messages). */
   onRetry?: (what: string, error: unknown, attempt: number, delayMs: number) => void;
 }
@@ -231,27 +247,28 @@ export async function syncStores(
     throw e;
   }
 
-  // What the destination holds: the committed manifest, overlaid with the journal of an
-  // interrupted run. A shard starts from the main manifest when it has none of its own.
+  // What the destination holds: the committed manifest, read as a stream and merged with the
+  // listing (a cursor, not a map), overlaid with the journal of an interrupted run (held in
+  // memory on resume only: it is what that run finished). A shard starts from the main
+  // manifest when it has none of its own.
+  const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.streamLimits };
   const mKey = manifestKey(shard);
-  const jKey = journalKey(shard);
-  const [ownCommitted, journal] = await Promise.all([
-    retry("read manifest", () => loadManifest(dst, mKey, signal)),
-    retry("read journal", () => loadManifest(dst, jKey, signal)),
+  const readOptions = { retry: policy, ...(signal ? { signal } : {}) };
+  const [ownReader, journal] = await Promise.all([
+    ManifestReader.open(dst, mKey, readOptions),
+    readJournal(dst, shard, retry, signal),
   ]);
-  let committed = ownCommitted;
-  const ownManifest = committed !== undefined;
-  if (!committed && shard) {
-    const main = await retry("read manifest", () => loadManifest(dst, manifestKey(), signal));
-    if (main) for (const k of [...main.keys()]) if (shardOf(k, shard.count) !== shard.index) main.delete(k);
-    committed = main;
-  }
-  // What the destination holds, taken out entry by entry as the listing reaches each key (into
-  // `next`), so the two maps together hold each object once. What is left at the end was not
-  // in the source.
-  const committedCount = committed?.size ?? 0;
-  const known: Manifest = committed ?? new Map();
-  if (journal) for (const [k, e] of journal) known.set(k, e);
+  let reader = ownReader;
+  const ownManifest = reader !== undefined;
+  if (!reader && shard) reader = await ManifestReader.open(dst, manifestKey(), readOptions);
+  const fromMain = !ownManifest && shard !== undefined;
+  const committedRows = async function* (): AsyncGenerator<Row> {
+    if (!reader) return;
+    for await (const row of reader.rows())
+      if (!fromMain || shardOf(row[0], shard!.count) === shard!.index) yield row;
+  };
+  const known = new KeyCursor<ManifestEntry>(committedRows(), limits.sideTable);
+  const journaled = journal.entries;
 
   // A journal means the previous sync did not end cleanly: interrupted, objects failed, or a
   // store error. Its records may claim writes the destination no longer holds (a store that
@@ -259,428 +276,625 @@ export async function syncStores(
   // its metadata; a bucket restored from a backup). So the first sync after such an end also
   // checks the destination listing (`verify: "list"`): one listing, then objects that vanished
   // or changed are copied again. A clean history keeps `none`'s cost: no listing.
-  const verify = requestedVerify === "none" && journal ? "list" : requestedVerify;
-  let dstListing: Map<string, { size: number; etag: string }> | undefined;
-  if (verify === "list") {
-    dstListing = new Map();
-    for await (const o of dst.list(signal ? { signal } : {}))
-      if (!o.key.startsWith(META_PREFIX)) dstListing.set(o.key, { size: o.size, etag: o.etag });
-  }
-
-  const next: Manifest = new Map();
-  const done: Manifest = new Map(); // copies completed in this run, for the journal
-  const s = {
-    seen: 0,
-    planned: { objects: 0, bytes: 0 },
-    copied: { objects: 0, bytes: 0 },
-    skipped: { objects: 0, bytes: 0 },
-    failed: { objects: 0, bytes: 0 },
-    deleted: { objects: 0, bytes: 0 },
-    rejected: { objects: 0, bytes: 0 },
-    bytesMoved: 0,
+  const hadJournal = journal.keys.length > 0;
+  const verify = requestedVerify === "none" && hadJournal ? "list" : requestedVerify;
+  // The destination listing, merged as a second cursor (a key it does not answer is copied).
+  const dstRows = async function* (): AsyncGenerator<[string, { size: number; etag: string }]> {
+    for await (const o of dst.list(signal ? { signal } : {})) {
+      if (o.key.startsWith(META_PREFIX)) continue;
+      if (shard && shardOf(o.key, shard.count) !== shard.index) continue;
+      yield [o.key, { size: o.size, etag: o.etag }];
+    }
   };
-  const errors: { key: string; message: string }[] = [];
-  let listingDone = false;
-  let phase: SyncProgress["phase"] = "syncing";
+  const dstListed = verify === "list" ? new KeyCursor(dstRows(), limits.sideTable) : undefined;
 
-  const progress = (): SyncProgress => {
-    const secs = Math.max((Date.now() - started) / 1000, 0.001);
-    const rate = s.bytesMoved / secs;
-    const left = s.planned.bytes - s.bytesMoved;
-    return {
-      phase,
-      listingDone,
-      objectsSeen: s.seen,
-      objectsToCopy: s.planned.objects,
-      bytesToCopy: s.planned.bytes,
-      objectsCopied: s.copied.objects,
-      bytesCopied: s.bytesMoved,
-      objectsSkipped: s.skipped.objects,
-      objectsFailed: s.failed.objects,
-      bytesPerSecond: rate,
-      ...(listingDone && rate > 0 ? { etaSeconds: Math.max(0, left / rate) } : {}),
+  // The new manifest: written in key order to a temp file as objects are decided (listing
+  // order restored by the reorder queue), hashed on the way for the version.
+  const writer = await SortedManifestWriter.create({ discard: dryRun, stragglers: limits.stragglers });
+  const queue = new ReorderQueue(limits.reorder, (key, entry) => {
+    if (entry) writer.add(key, entry);
+  });
+
+  const run = async (): Promise<SyncSummary> => {
+    const s = {
+      seen: 0,
+      planned: { objects: 0, bytes: 0 },
+      copied: { objects: 0, bytes: 0 },
+      skipped: { objects: 0, bytes: 0 },
+      failed: { objects: 0, bytes: 0 },
+      deleted: { objects: 0, bytes: 0 },
+      rejected: { objects: 0, bytes: 0 },
+      bytesMoved: 0,
     };
-  };
-  const interval = options.progressIntervalMs ?? 250;
-  const ticker = options.onProgress
-    ? setInterval(() => options.onProgress!(progress()), interval)
-    : undefined;
+    const errors: { key: string; message: string }[] = [];
+    let listingDone = false;
+    let phase: SyncProgress["phase"] = "syncing";
 
-  const fail = (key: string, size: number, e: unknown) => {
-    s.failed.objects++;
-    s.failed.bytes += size;
-    if (errors.length < MAX_ERRORS_REPORTED) errors.push({ key, message: (e as Error).message ?? String(e) });
-  };
+    const progress = (): SyncProgress => {
+      const secs = Math.max((Date.now() - started) / 1000, 0.001);
+      const rate = s.bytesMoved / secs;
+      const left = s.planned.bytes - s.bytesMoved;
+      return {
+        phase,
+        listingDone,
+        objectsSeen: s.seen,
+        objectsToCopy: s.planned.objects,
+        bytesToCopy: s.planned.bytes,
+        objectsCopied: s.copied.objects,
+        bytesCopied: s.bytesMoved,
+        objectsSkipped: s.skipped.objects,
+        objectsFailed: s.failed.objects,
+        bytesPerSecond: rate,
+        ...(listingDone && rate > 0 ? { etaSeconds: Math.max(0, left / rate) } : {}),
+      };
+    };
+    const interval = options.progressIntervalMs ?? 250;
+    const ticker = options.onProgress
+      ? setInterval(() => options.onProgress!(progress()), interval)
+      : undefined;
 
-  // Journal: completed copies are checkpointed periodically (never concurrently with itself).
-  let journalDirty = false;
-  let journalWrite: Promise<void> = Promise.resolve();
-  const writeJournal = () => {
-    if (dryRun || !journalDirty) return journalWrite;
-    journalDirty = false;
-    // The journal holds what the committed manifest does not: the previous journal and this
-    // run's copies — not a copy of the whole manifest at every checkpoint.
-    const snapshot: Manifest = new Map(journal ?? []);
-    for (const [k, e] of done) snapshot.set(k, e);
-    // Not bound to `signal`: an aborted sync still journals what it finished, so a rerun resumes.
-    journalWrite = journalWrite
-      .then(() => withRetry(() => saveManifest(dst, jKey, snapshot), { policy: { ...policy, attempts: 3 } }))
-      .catch(() => {
-        journalDirty = true; // retried at the next checkpoint; the data itself is safe
-      });
-    return journalWrite;
-  };
-  const checkpointer = dryRun ? undefined : setInterval(writeJournal, options.checkpointIntervalMs ?? 2000);
+    const fail = (key: string, size: number, e: unknown) => {
+      s.failed.objects++;
+      s.failed.bytes += size;
+      if (errors.length < MAX_ERRORS_REPORTED)
+        errors.push({ key, message: (e as Error).message ?? String(e) });
+    };
 
-  const copy = async (obj: ObjectInfo, key: string): Promise<ManifestEntry> => {
-    const size = obj.size;
-    const partSize = Math.max(
-      basePartSize,
-      dst.capabilities.minPartSize,
-      Math.ceil(size / dst.capabilities.maxParts),
-    );
-    if (size <= partSize && size <= dst.capabilities.maxPutSize) {
-      const held = await budget.acquire(size);
+    // Journal: the copies finished since the last checkpoint go out as one new segment
+    // (`journalDir`/<seq>.json) every interval (never concurrently with itself); nothing grows
+    // with the object count between checkpoints but those copies. A segment that failed to
+    // write is folded into the next one.
+    let pending: Manifest = new Map();
+    let journalSeq = journal.nextSeq;
+    let segmentsWritten = 0;
+    let journalWrite: Promise<void> = Promise.resolve();
+    const writeJournal = () => {
+      if (dryRun || pending.size === 0) return journalWrite;
+      const segment = pending;
+      pending = new Map();
+      const key = segmentKey(shard, journalSeq++);
+      // Not bound to `signal`: an aborted sync still journals what it finished, so a rerun resumes.
+      journalWrite = journalWrite
+        .then(() => withRetry(() => saveManifest(dst, key, segment), { policy: { ...policy, attempts: 3 } }))
+        .then(() => {
+          segmentsWritten++;
+        })
+        .catch(() => {
+          // Retried at the next checkpoint; the data itself is safe.
+          for (const [k, e] of segment) if (!pending.has(k)) pending.set(k, e);
+        });
+      return journalWrite;
+    };
+    const checkpointer = dryRun ? undefined : setInterval(writeJournal, options.checkpointIntervalMs ?? 2000);
+
+    const copy = async (obj: ObjectInfo, key: string): Promise<ManifestEntry> => {
+      const size = obj.size;
+      const partSize = Math.max(
+        basePartSize,
+        dst.capabilities.minPartSize,
+        Math.ceil(size / dst.capabilities.maxParts),
+      );
+      if (size <= partSize && size <= dst.capabilities.maxPutSize) {
+        const held = await budget.acquire(size);
+        try {
+          const buf = await readExactly(src, key, size, signal);
+          const sha256 = createHash("sha256").update(buf).digest("hex");
+          checkSourceHash(obj, key, sha256);
+          const r = await retry(`put ${key}`, () =>
+            dst.put(key, buf, {
+              sha256,
+              ...(obj.md5 ? { md5: obj.md5 } : {}),
+              ...(signal ? { signal } : {}),
+            }),
+          );
+          s.bytesMoved += size;
+          return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
+        } finally {
+          budget.release(held);
+        }
+      }
+      if (dst.putStream && size <= uploadCutoff && size <= dst.capabilities.maxPutSize)
+        return copyStreamed(obj, key, dst.putStream.bind(dst));
+      return copyInParts(obj, key, partSize);
+    };
+
+    /**
+     * A mid-sized object in one streamed request: read once, hashed (sha256) on the way through,
+     * never held whole; the stream's window counts against the byte budget as one part.
+     * Integrity: the sha256 is checked against the source's recorded one and recorded; a source
+     * MD5 goes as Content-MD5 and must equal the MD5 the store reports (a mismatch deletes the
+     * object and fails this attempt, so the manifest never records it); a source sha256 is S3's
+     * payload hash, which S3 checks before the object becomes visible. With neither, the bytes
+     * are not hashed twice (MD5 costs more CPU than SHA-256 here): the sha256 carried end to end
+     * and `verify: "content"` are the check, as for rclone without a source hash.
+     */
+    const copyStreamed = async (
+      obj: ObjectInfo,
+      key: string,
+      putStream: NonNullable<ObjectStore["putStream"]>,
+    ): Promise<ManifestEntry> => {
+      const size = obj.size;
+      const held = await budget.acquire(Math.min(size, basePartSize));
       try {
-        const buf = await readExactly(src, key, size, signal);
-        const sha256 = createHash("sha256").update(buf).digest("hex");
-        checkSourceHash(obj, key, sha256);
-        const r = await retry(`put ${key}`, () =>
-          dst.put(key, buf, { sha256, ...(obj.md5 ? { md5: obj.md5 } : {}), ...(signal ? { signal } : {}) }),
-        );
+        const source = await src.read(key, { ifMatch: obj.etag, ...(signal ? { signal } : {}) });
+        const sha = createHash("sha256");
+        let seen = 0;
+        const changed = () => new StoreError("Transient", `${key}: source changed size while it was read`);
+        const hashing = new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            seen += chunk.length;
+            if (seen > size) return done(changed());
+            sha.update(chunk);
+            done(null, chunk);
+          },
+          flush(done) {
+            done(seen === size ? null : changed());
+          },
+        });
+        source.on("error", (e) => hashing.destroy(e));
+        hashing.on("error", () => source.destroy());
+        source.pipe(hashing);
+        let sha256: string | undefined;
+        const digest = () => {
+          if (seen !== size || !hashing.writableFinished) return undefined;
+          sha256 ??= sha.digest("hex");
+          return sha256;
+        };
+        // Not retried here: a stream cannot be replayed. A failed request fails this attempt, and
+        // the per-object retry (in `handle`) reads the source again.
+        const r = await putStream(key, hashing, size, {
+          ...(obj.sha256 ? { sha256: obj.sha256 } : { sha256After: digest }),
+          ...(obj.md5 ? { md5: obj.md5 } : {}),
+          ...(signal ? { signal } : {}),
+        }).catch((e: unknown) => {
+          source.destroy();
+          throw e;
+        });
+        const got = digest();
+        if (got === undefined) throw changed();
+        if ((obj.sha256 && obj.sha256 !== got) || (obj.md5 && r.md5 && r.md5 !== obj.md5)) {
+          await dst.delete(key).catch(() => {});
+          throw new StoreError(
+            "Integrity",
+            `${key}: the data stored differs from the source's recorded hash`,
+          );
+        }
         s.bytesMoved += size;
-        return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
+        return { size, sha256: got, srcEtag: obj.etag, dstEtag: r.etag };
       } finally {
         budget.release(held);
       }
-    }
-    if (dst.putStream && size <= uploadCutoff && size <= dst.capabilities.maxPutSize)
-      return copyStreamed(obj, key, dst.putStream.bind(dst));
-    return copyInParts(obj, key, partSize);
-  };
+    };
 
-  /**
-   * A mid-sized object in one streamed request: read once, hashed (sha256) on the way through,
-   * never held whole; the stream's window counts against the byte budget as one part.
-   * Integrity: the sha256 is checked against the source's recorded one and recorded; a source
-   * MD5 goes as Content-MD5 and must equal the MD5 the store reports (a mismatch deletes the
-   * object and fails this attempt, so the manifest never records it); a source sha256 is S3's
-   * payload hash, which S3 checks before the object becomes visible. With neither, the bytes
-   * are not hashed twice (MD5 costs more CPU than SHA-256 here): the sha256 carried end to end
-   * and `verify: "content"` are the check, as for rclone without a source hash.
-   */
-  const copyStreamed = async (
-    obj: ObjectInfo,
-    key: string,
-    putStream: NonNullable<ObjectStore["putStream"]>,
-  ): Promise<ManifestEntry> => {
-    const size = obj.size;
-    const held = await budget.acquire(Math.min(size, basePartSize));
-    try {
-      const source = await src.read(key, { ifMatch: obj.etag, ...(signal ? { signal } : {}) });
-      const sha = createHash("sha256");
-      let seen = 0;
-      const changed = () => new StoreError("Transient", `${key}: source changed size while it was read`);
-      const hashing = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-          seen += chunk.length;
-          if (seen > size) return done(changed());
-          sha.update(chunk);
-          done(null, chunk);
-        },
-        flush(done) {
-          done(seen === size ? null : changed());
-        },
-      });
-      source.on("error", (e) => hashing.destroy(e));
-      hashing.on("error", () => source.destroy());
-      source.pipe(hashing);
-      let sha256: string | undefined;
-      const digest = () => {
-        if (seen !== size || !hashing.writableFinished) return undefined;
-        sha256 ??= sha.digest("hex");
-        return sha256;
-      };
-      // Not retried here: a stream cannot be replayed. A failed request fails this attempt, and
-      // the per-object retry (in `handle`) reads the source again.
-      const r = await putStream(key, hashing, size, {
-        ...(obj.sha256 ? { sha256: obj.sha256 } : { sha256After: digest }),
-        ...(obj.md5 ? { md5: obj.md5 } : {}),
-        ...(signal ? { signal } : {}),
-      }).catch((e: unknown) => {
-        source.destroy();
-        throw e;
-      });
-      const got = digest();
-      if (got === undefined) throw changed();
-      if ((obj.sha256 && obj.sha256 !== got) || (obj.md5 && r.md5 && r.md5 !== obj.md5)) {
-        await dst.delete(key).catch(() => {});
-        throw new StoreError("Integrity", `${key}: the data stored differs from the source's recorded hash`);
-      }
-      s.bytesMoved += size;
-      return { size, sha256: got, srcEtag: obj.etag, dstEtag: r.etag };
-    } finally {
-      budget.release(held);
-    }
-  };
-
-  /**
-   * A large object: its parts are read with ranged GETs and uploaded in parallel (one stream
-   * per part — a single stream is capped by one connection and, on the emulators, by one
-   * request's pace), each part holding its share of the byte budget until it is both uploaded
-   * and hashed. The sha256 is computed in part order: parts read early wait, holding their
-   * budget, for the ones before them. Budget is acquired in part order (the budget is FIFO),
-   * so the lowest unhashed part always has its buffer and the frontier always advances.
-   * Every ranged read is conditional on the listed etag: a source replaced mid-copy fails the
-   * read (PreconditionFailed) instead of mixing two versions.
-   */
-  const copyInParts = async (obj: ObjectInfo, key: string, partSize: number): Promise<ManifestEntry> => {
-    const size = obj.size;
-    const upload = await retry(`start ${key}`, () =>
-      dst.startUpload(key, {
-        partSize,
-        ...(obj.sha256 ? { sha256: obj.sha256 } : {}),
-        ...(signal ? { signal } : {}),
-      }),
-    );
-    interface Part {
-      n: number;
-      held: number;
-      /** Released when 0: one hold for the upload, one for the hash. */
-      holds: number;
-      released: boolean;
-      buf?: Buffer;
-    }
-    const parts = new Map<number, Part>();
-    const release = (p: Part) => {
-      if (!p.released) {
-        p.released = true;
-        p.buf = undefined;
-        budget.release(p.held);
-      }
-    };
-    const drop = (p: Part) => {
-      if (--p.holds === 0) release(p);
-    };
-    const hash = createHash("sha256");
-    let hashed = 0; // parts 1..hashed are in the hash
-    const advanceHash = () => {
-      for (let p = parts.get(hashed + 1); p?.buf; p = parts.get(hashed + 1)) {
-        hash.update(p.buf);
-        hashed++;
-        drop(p);
-      }
-    };
-    const receipts: PartReceipt[] = [];
-    const inflight = new Set<Promise<void>>();
-    let failure: unknown;
-    let moved = 0;
-    const count = Math.max(1, Math.ceil(size / partSize));
-    try {
-      for (let n = 1; n <= count && failure === undefined; n++) {
-        const start = (n - 1) * partSize;
-        const end = Math.min(size, start + partSize);
-        const part: Part = { n, held: await budget.acquire(end - start), holds: 2, released: false };
-        parts.set(n, part);
-        if (failure !== undefined) break;
-        const task = (async () => {
-          const buf = await retry(`read ${key} part ${n}`, () =>
-            readExactly(src, key, end - start, signal, { start, end }, obj.etag),
-          );
-          if (part.released) return; // the copy already failed
-          part.buf = buf;
-          advanceHash();
-          const r = await retry(`upload ${key} part ${n}`, () => upload.uploadPart(n, buf, signal));
-          receipts.push(r);
-          s.bytesMoved += buf.length;
-          moved += buf.length;
-          drop(part);
-        })()
-          .catch((e: unknown) => {
-            failure ??= e;
-            // The copy is lost: free every part's budget now, or parts waiting for the hash
-            // frontier (which will not advance) and the loop's next acquire would wait forever.
-            for (const p of parts.values()) release(p);
-          })
-          .finally(() => inflight.delete(task));
-        inflight.add(task);
-      }
-      while (inflight.size > 0) await Promise.race(inflight);
-      if (failure !== undefined) throw failure;
-      if (hashed !== count)
-        throw new StoreError("Other", `${key}: ${count - hashed} parts were never hashed`);
-      const sha256 = hash.digest("hex");
-      checkSourceHash(obj, key, sha256);
-      const r = await retry(`commit ${key}`, () =>
-        upload.commit(receipts, { sha256, ...(signal ? { signal } : {}) }),
+    /**
+     * A large object: its parts are read with ranged GETs and uploaded in parallel (one stream
+     * per part — a single stream is capped by one connection and, on the emulators, by one
+     * request's pace), each part holding its share of the byte budget until it is both uploaded
+     * and hashed. The sha256 is computed in part order: parts read early wait, holding their
+     * budget, for the ones before them. Budget is acquired in part order (the budget is FIFO),
+     * so the lowest unhashed part always has its buffer and the frontier always advances.
+     * Every ranged read is conditional on the listed etag: a source replaced mid-copy fails the
+     * read (PreconditionFailed) instead of mixing two versions.
+     */
+    const copyInParts = async (obj: ObjectInfo, key: string, partSize: number): Promise<ManifestEntry> => {
+      const size = obj.size;
+      const upload = await retry(`start ${key}`, () =>
+        dst.startUpload(key, {
+          partSize,
+          ...(obj.sha256 ? { sha256: obj.sha256 } : {}),
+          ...(signal ? { signal } : {}),
+        }),
       );
-      return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
-    } catch (e) {
-      await Promise.allSettled([...inflight]);
-      for (const p of parts.values()) release(p);
-      s.bytesMoved -= moved;
-      await upload.abort();
-      throw e;
-    }
-  };
-
-  const verifyContent = async (key: string, entry: ManifestEntry): Promise<boolean> => {
-    try {
-      const stream = await dst.read(key, signal ? { signal } : {});
-      const h = createHash("sha256");
-      let n = 0;
-      for await (const c of stream as AsyncIterable<Uint8Array>) {
-        h.update(c);
-        n += c.length;
+      interface Part {
+        n: number;
+        held: number;
+        /** Released when 0: one hold for the upload, one for the hash. */
+        holds: number;
+        released: boolean;
+        buf?: Buffer;
       }
-      return n === entry.size && h.digest("hex") === entry.sha256;
-    } catch (e) {
-      if (e instanceof StoreError && e.code === "NotFound") return false;
-      throw e;
-    }
-  };
-
-  const slots = new Semaphore(concurrency);
-  const tasks = new Set<Promise<void>>();
-  /** `entry`: what the destination holds now; `current`: whether the source still matches it. */
-  const handle = async (obj: ObjectInfo, key: string, entry: ManifestEntry | undefined, current: boolean) => {
-    try {
-      if (entry && current && verify === "content" && (await verifyContent(key, entry))) {
-        next.set(key, entry);
-        s.skipped.objects++;
-        s.skipped.bytes += obj.size;
-        return;
-      }
-      s.planned.objects++;
-      s.planned.bytes += obj.size;
-      if (dryRun) return;
-      // A source that changes mid-read or a transient failure of a stream is retried whole.
-      const e = await withRetry(() => copy(obj, key), {
-        policy: { ...policy, attempts: Math.min(policy.attempts, 3) },
-        ...(signal ? { signal } : {}),
-        retryable: (err) => err instanceof StoreError && (err.retryable || err.code === "Integrity"),
-      });
-      next.set(key, e);
-      done.set(key, e);
-      journalDirty = true;
-      s.copied.objects++;
-      s.copied.bytes += obj.size;
-    } catch (e) {
-      if (entry) next.set(key, entry); // the destination still holds the previous version
-      fail(key, obj.size, e);
-    }
-  };
-
-  let aborted = false;
-  try {
-    for (let step = await firstPage; !step.done; step = await listing.next()) {
-      const obj = step.value;
-      if (obj.key.startsWith(META_PREFIX)) continue;
-      if (shard && shardOf(obj.key, shard.count) !== shard.index) continue;
-      s.seen++;
-      let key: string;
+      const parts = new Map<number, Part>();
+      const release = (p: Part) => {
+        if (!p.released) {
+          p.released = true;
+          p.buf = undefined;
+          budget.release(p.held);
+        }
+      };
+      const drop = (p: Part) => {
+        if (--p.holds === 0) release(p);
+      };
+      const hash = createHash("sha256");
+      let hashed = 0; // parts 1..hashed are in the hash
+      const advanceHash = () => {
+        for (let p = parts.get(hashed + 1); p?.buf; p = parts.get(hashed + 1)) {
+          hash.update(p.buf);
+          hashed++;
+          drop(p);
+        }
+      };
+      const receipts: PartReceipt[] = [];
+      const inflight = new Set<Promise<void>>();
+      let failure: unknown;
+      let moved = 0;
+      const count = Math.max(1, Math.ceil(size / partSize));
       try {
-        key = normaliseKey(obj.key);
+        for (let n = 1; n <= count && failure === undefined; n++) {
+          const start = (n - 1) * partSize;
+          const end = Math.min(size, start + partSize);
+          const part: Part = { n, held: await budget.acquire(end - start), holds: 2, released: false };
+          parts.set(n, part);
+          if (failure !== undefined) break;
+          const task = (async () => {
+            const buf = await retry(`read ${key} part ${n}`, () =>
+              readExactly(src, key, end - start, signal, { start, end }, obj.etag),
+            );
+            if (part.released) return; // the copy already failed
+            part.buf = buf;
+            advanceHash();
+            const r = await retry(`upload ${key} part ${n}`, () => upload.uploadPart(n, buf, signal));
+            receipts.push(r);
+            s.bytesMoved += buf.length;
+            moved += buf.length;
+            drop(part);
+          })()
+            .catch((e: unknown) => {
+              failure ??= e;
+              // The copy is lost: free every part's budget now, or parts waiting for the hash
+              // frontier (which will not advance) and the loop's next acquire would wait forever.
+              for (const p of parts.values()) release(p);
+            })
+            .finally(() => inflight.delete(task));
+          inflight.add(task);
+        }
+        while (inflight.size > 0) await Promise.race(inflight);
+        if (failure !== undefined) throw failure;
+        if (hashed !== count)
+          throw new StoreError("Other", `${key}: ${count - hashed} parts were never hashed`);
+        const sha256 = hash.digest("hex");
+        checkSourceHash(obj, key, sha256);
+        const r = await retry(`commit ${key}`, () =>
+          upload.commit(receipts, { sha256, ...(signal ? { signal } : {}) }),
+        );
+        return { size, sha256, srcEtag: obj.etag, dstEtag: r.etag };
       } catch (e) {
-        s.rejected.objects++;
-        s.rejected.bytes += obj.size;
-        if (errors.length < MAX_ERRORS_REPORTED)
-          errors.push({ key: JSON.stringify(obj.key), message: (e as Error).message });
-        continue;
+        await Promise.allSettled([...inflight]);
+        for (const p of parts.values()) release(p);
+        s.bytesMoved -= moved;
+        await upload.abort();
+        throw e;
       }
-      const entry = known.get(key);
-      if (entry) known.delete(key);
-      if (isUnchanged(obj, entry) && verify !== "content") {
-        const listed = dstListing?.get(key);
-        if (!dstListing || (listed && listed.size === entry.size && listed.etag === entry.dstEtag)) {
-          next.set(key, entry);
+    };
+
+    const verifyContent = async (key: string, entry: ManifestEntry): Promise<boolean> => {
+      try {
+        const stream = await dst.read(key, signal ? { signal } : {});
+        const h = createHash("sha256");
+        let n = 0;
+        for await (const c of stream as AsyncIterable<Uint8Array>) {
+          h.update(c);
+          n += c.length;
+        }
+        return n === entry.size && h.digest("hex") === entry.sha256;
+      } catch (e) {
+        if (e instanceof StoreError && e.code === "NotFound") return false;
+        throw e;
+      }
+    };
+
+    const slots = new Semaphore(concurrency);
+    const tasks = new Set<Promise<void>>();
+    /**
+     * `entry`: what the destination holds now; `current`: whether the source still matches it.
+     * Settles the object's slot in every case: with the new entry, the previous one (the
+     * destination still holds it) or none.
+     */
+    const handle = async (
+      obj: ObjectInfo,
+      key: string,
+      entry: ManifestEntry | undefined,
+      current: boolean,
+      slot: Slot,
+    ) => {
+      let result = entry;
+      try {
+        if (entry && current && verify === "content" && (await verifyContent(key, entry))) {
           s.skipped.objects++;
           s.skipped.bytes += obj.size;
+          return;
+        }
+        s.planned.objects++;
+        s.planned.bytes += obj.size;
+        if (dryRun) return;
+        // A source that changes mid-read or a transient failure of a stream is retried whole.
+        const e = await withRetry(() => copy(obj, key), {
+          policy: { ...policy, attempts: Math.min(policy.attempts, 3) },
+          ...(signal ? { signal } : {}),
+          retryable: (err) => err instanceof StoreError && (err.retryable || err.code === "Integrity"),
+        });
+        result = e;
+        pending.set(key, e);
+        s.copied.objects++;
+        s.copied.bytes += obj.size;
+      } catch (e) {
+        fail(key, obj.size, e);
+      } finally {
+        queue.settle(slot, result);
+      }
+    };
+
+    let aborted = false;
+    try {
+      for (let step = await firstPage; !step.done; step = await listing.next()) {
+        const obj = step.value;
+        if (obj.key.startsWith(META_PREFIX)) continue;
+        if (shard && shardOf(obj.key, shard.count) !== shard.index) continue;
+        s.seen++;
+        let key: string;
+        try {
+          key = normaliseKey(obj.key);
+        } catch (e) {
+          s.rejected.objects++;
+          s.rejected.bytes += obj.size;
+          if (errors.length < MAX_ERRORS_REPORTED)
+            errors.push({ key: JSON.stringify(obj.key), message: (e as Error).message });
           continue;
         }
-      }
-      await slots.acquire();
-      const t = handle(obj, key, entry, isUnchanged(obj, entry)).finally(() => {
-        slots.release();
-        tasks.delete(t);
-      });
-      tasks.add(t);
-    }
-    listingDone = true;
-  } catch (e) {
-    if (signal?.aborted) aborted = true;
-    else {
-      await Promise.allSettled([...tasks]);
-      if (checkpointer) clearInterval(checkpointer);
-      if (ticker) clearInterval(ticker);
-      await writeJournal();
-      throw e;
-    }
-  }
-  await Promise.allSettled([...tasks]);
-  if (checkpointer) clearInterval(checkpointer);
-  aborted ||= signal?.aborted ?? false;
-
-  let version: string | undefined;
-  let complete = false;
-  try {
-    if (!dryRun && (aborted || s.failed.objects > 0)) {
-      await writeJournal();
-    } else if (!dryRun) {
-      if (options.delete) {
-        phase = "deleting";
-        for await (const o of dst.list(signal ? { signal } : {})) {
-          if (o.key.startsWith(META_PREFIX) || next.has(o.key)) continue;
-          if (shard && shardOf(o.key, shard.count) !== shard.index) continue;
-          try {
-            await retry(`delete ${o.key}`, () => dst.delete(o.key, signal));
-            s.deleted.objects++;
-            s.deleted.bytes += o.size;
-          } catch (e) {
-            fail(o.key, 0, e);
-          }
+        // A key listed out of order is answered by the cursors' side tables, or is new (copied).
+        const committedEntry = await known.take(key);
+        const j = journaled?.get(key);
+        if (j) journaled!.delete(key);
+        const entry = j ?? committedEntry;
+        const listed = await dstListed?.take(key);
+        await queue.room();
+        const slot = queue.push(key);
+        const current = isUnchanged(obj, entry);
+        if (
+          current &&
+          verify !== "content" &&
+          (!dstListed || (listed && listed.size === entry.size && listed.etag === entry.dstEtag))
+        ) {
+          s.skipped.objects++;
+          s.skipped.bytes += obj.size;
+          queue.settle(slot, entry);
+        } else {
+          await slots.acquire();
+          const t = handle(obj, key, entry, current, slot).finally(() => {
+            slots.release();
+            tasks.delete(t);
+          });
+          tasks.add(t);
         }
+        const disk = writer.ready();
+        if (disk) await disk;
       }
-      phase = "committing";
-      version = manifestDigest(next);
-      // Nothing to write when the new manifest is the committed one: no journal, no copy, every
-      // committed entry carried over unchanged and nothing else added.
-      const unchanged =
-        ownManifest && !journal && done.size === 0 && known.size === 0 && next.size === committedCount;
-      if (!unchanged)
-        await retry("write manifest", () =>
-          saveManifest(dst, mKey, next, { source: src.displayUri, ...(shard ? { shard } : {}) }, signal),
-        );
-      if (journal || done.size > 0)
-        await journalWrite.then(() => retry("drop journal", () => dst.delete(jKey, signal)));
-      complete = s.failed.objects === 0;
-    } else {
-      complete = s.failed.objects === 0;
+      listingDone = true;
+    } catch (e) {
+      if (signal?.aborted) aborted = true;
+      else {
+        await Promise.allSettled([...tasks]);
+        if (checkpointer) clearInterval(checkpointer);
+        if (ticker) clearInterval(ticker);
+        await writeJournal();
+        throw e;
+      }
     }
-  } finally {
-    phase = "done";
-    if (ticker) clearInterval(ticker);
-    options.onProgress?.(progress());
-  }
+    await Promise.allSettled([...tasks]);
+    if (checkpointer) clearInterval(checkpointer);
+    aborted ||= signal?.aborted ?? false;
 
-  return {
-    source: src.displayUri,
-    destination: dst.displayUri,
-    dryRun,
-    planned: s.planned,
-    copied: s.copied,
-    skipped: s.skipped,
-    failed: s.failed,
-    deleted: s.deleted,
-    rejected: s.rejected,
-    errors,
-    ...(version && !dryRun ? { version } : {}),
-    complete: complete && !aborted,
-    aborted,
-    durationMs: Date.now() - started,
-    peakBufferBytes: budget.peak,
-    verify,
+    let version: string | undefined;
+    let complete = false;
+    try {
+      if (!dryRun && (aborted || s.failed.objects > 0)) {
+        await writeJournal();
+      } else if (!dryRun) {
+        const written = await writer.finish();
+        if (options.delete) {
+          phase = "deleting";
+          await deleteExtra(
+            dst,
+            writer,
+            shard,
+            limits.sideTable,
+            async (o) => {
+              try {
+                await retry(`delete ${o.key}`, () => dst.delete(o.key, signal));
+                s.deleted.objects++;
+                s.deleted.bytes += o.size;
+              } catch (e) {
+                fail(o.key, 0, e);
+              }
+            },
+            signal,
+          );
+        }
+        phase = "committing";
+        version = written.version;
+        // Nothing to write when the new manifest is the committed one: no journal, no copy,
+        // every committed entry carried over (none left behind by the merge) in key order.
+        const changed =
+          !ownManifest ||
+          hadJournal ||
+          s.copied.objects > 0 ||
+          known.outOfOrder > 0 ||
+          reader?.truncated === true ||
+          (await known.anyLeft());
+        if (changed)
+          await retry("write manifest", () =>
+            writer.upload(
+              dst,
+              mKey,
+              { source: src.displayUri, ...(shard ? { shard } : {}) },
+              { retry: { ...policy, attempts: 1 }, ...(signal ? { signal } : {}) },
+            ),
+          );
+        await journalWrite;
+        if (hadJournal || segmentsWritten > 0) await dropJournal(dst, shard, retry, signal);
+        complete = s.failed.objects === 0;
+      } else {
+        complete = s.failed.objects === 0;
+      }
+    } finally {
+      phase = "done";
+      if (ticker) clearInterval(ticker);
+      options.onProgress?.(progress());
+    }
+
+    return {
+      source: src.displayUri,
+      destination: dst.displayUri,
+      dryRun,
+      planned: s.planned,
+      copied: s.copied,
+      skipped: s.skipped,
+      failed: s.failed,
+      deleted: s.deleted,
+      rejected: s.rejected,
+      errors,
+      ...(version && !dryRun ? { version } : {}),
+      complete: complete && !aborted,
+      aborted,
+      durationMs: Date.now() - started,
+      peakBufferBytes: budget.peak,
+      verify,
+    };
   };
+
+  try {
+    return await run();
+  } finally {
+    await Promise.allSettled([known.close(), dstListed?.close()]);
+    reader?.close();
+    await writer.dispose();
+  }
+}
+
+type Retry = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+
+function segmentKey(shard: ShardSpec | undefined, seq: number): string {
+  return `${journalDir(shard)}${String(seq).padStart(10, "0")}.json`;
+}
+
+/**
+ * The journal an interrupted sync left: its segments in order (a later one wins for a key),
+ * over the single-file journal of earlier engines. Held in memory — only on a resume, and it is
+ * what the interrupted runs finished, not the whole manifest.
+ */
+async function readJournal(
+  dst: ObjectStore,
+  shard: ShardSpec | undefined,
+  retry: Retry,
+  signal: AbortSignal | undefined,
+): Promise<{ entries: Manifest | undefined; keys: string[]; nextSeq: number }> {
+  const dir = journalDir(shard);
+  const [segments, legacy] = await Promise.all([
+    retry("list journal", async () => {
+      const keys: string[] = [];
+      for await (const o of dst.list({ prefix: dir, ...(signal ? { signal } : {}) }))
+        if (o.key.startsWith(dir) && o.key.endsWith(".json")) keys.push(o.key);
+      return keys.sort(compareKeys); // zero-padded sequence numbers
+    }),
+    retry("read journal", () => loadManifest(dst, journalKey(shard), signal)),
+  ]);
+  let entries: Manifest | undefined = legacy;
+  for (const key of segments) {
+    const seg = await retry("read journal", () => loadManifest(dst, key, signal));
+    if (!seg) continue;
+    entries ??= new Map();
+    for (const [k, e] of seg) entries.set(k, e);
+  }
+  const last = segments.at(-1);
+  const lastSeq = last ? Number.parseInt(last.slice(dir.length), 10) : 0;
+  return {
+    entries,
+    keys: legacy ? [journalKey(shard), ...segments] : segments,
+    nextSeq: (Number.isFinite(lastSeq) ? lastSeq : 0) + 1,
+  };
+}
+
+/**
+ * Removes the journal after the manifest was committed: every segment there is (listed again,
+ * so a segment whose write was reported failed but landed goes too) and the single-file one.
+ */
+async function dropJournal(
+  dst: ObjectStore,
+  shard: ShardSpec | undefined,
+  retry: Retry,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const dir = journalDir(shard);
+  const keys = await retry("list journal", async () => {
+    const keys: string[] = [];
+    for await (const o of dst.list({ prefix: dir, ...(signal ? { signal } : {}) }))
+      if (o.key.startsWith(dir)) keys.push(o.key);
+    return keys;
+  });
+  keys.push(journalKey(shard));
+  for (let i = 0; i < keys.length; i += 8)
+    await Promise.all(keys.slice(i, i + 8).map((k) => retry("drop journal", () => dst.delete(k, signal))));
+}
+
+/**
+ * `--delete`: the destination listing merged with the new manifest (sorted, from the local
+ * file). An object is deleted only when the manifest certainly lacks it: for a key in listing
+ * order the merge is exact; a key the destination lists out of order (the manifest cursor may
+ * have passed it) is checked by a full scan of the manifest file, batched.
+ */
+async function deleteExtra(
+  dst: ObjectStore,
+  manifest: SortedManifestWriter,
+  shard: ShardSpec | undefined,
+  batch: number,
+  remove: (o: ObjectInfo) => Promise<void>,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const rows = manifest.rows();
+  let head: Row | undefined;
+  let started = false;
+  const advance = async () => {
+    const prev = head?.[0];
+    const r = await rows.next();
+    head = r.done ? undefined : r.value;
+    // The file is written in strict key order; anything else must stop the deletions.
+    if (head && prev !== undefined && compareKeys(head[0], prev) <= 0)
+      throw new Error(
+        `the new manifest is not in key order at ${JSON.stringify(head[0])}: nothing more deleted`,
+      );
+  };
+  const inManifest = async (key: string) => {
+    if (!started) {
+      started = true;
+      await advance();
+    }
+    while (head && compareKeys(head[0], key) < 0) await advance();
+    return head?.[0] === key;
+  };
+  let unsure = new Map<string, ObjectInfo>();
+  const resolveUnsure = async () => {
+    if (unsure.size === 0) return;
+    const check = unsure;
+    unsure = new Map();
+    for await (const [k] of manifest.rows()) check.delete(k);
+    for (const o of check.values()) await remove(o);
+  };
+  let prev: string | undefined;
+  try {
+    for await (const o of dst.list(signal ? { signal } : {})) {
+      if (o.key.startsWith(META_PREFIX)) continue;
+      if (shard && shardOf(o.key, shard.count) !== shard.index) continue;
+      if (prev === undefined || compareKeys(o.key, prev) > 0) {
+        prev = o.key;
+        if (!(await inManifest(o.key))) await remove(o);
+      } else {
+        unsure.set(o.key, o);
+        if (unsure.size >= batch) await resolveUnsure();
+      }
+    }
+    await resolveUnsure();
+  } finally {
+    await rows.return(undefined);
+  }
 }
 
 function checkSourceHash(obj: ObjectInfo, key: string, sha256: string): void {

@@ -1,0 +1,764 @@
+/**
+ * The manifest as streams, so a sync holds no per-object state whatever the object count:
+ *
+ * - `ManifestReader` reads a stored manifest line by line (the format of `serialiseManifest`:
+ *   a header line, one entry per line, `]}`), resuming with a ranged read after a broken stream.
+ * - `KeyCursor` merges a sorted stream of rows with a listing as a cursor ("take key k"); rows
+ *   it passed, and rows its stream held out of order, wait in a bounded side table for a key
+ *   that arrives out of order. A row evicted from it counts as absent, which every caller
+ *   treats the safe way (recopy, keep).
+ * - `ReorderQueue` turns copies finishing in any order back into listing order, with room for
+ *   a bounded number of undecided objects (the listing waits when it is full).
+ * - `SortedManifestWriter` writes the new manifest to a local temp file in key order, hashing
+ *   it on the fly for the version; rows that come out of order (the source listed them out of
+ *   order) are kept aside, bounded (spilled to sorted runs), and merged in by a final pass;
+ *   the document is then uploaded streamed from the file.
+ *
+ * Key order is `compareKeys` (UTF-8 byte order) throughout.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { type FileHandle, mkdtemp, open, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  compareKeys,
+  MANIFEST_FORMAT,
+  type Manifest,
+  type ManifestEntry,
+  manifestKey,
+  parseManifest,
+} from "./manifest.ts";
+import { backoffDelay, DEFAULT_RETRY, type RetryPolicy, withRetry } from "./retry.ts";
+import { type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
+
+export type Row = [key: string, entry: ManifestEntry];
+
+/** Bounds of the streaming merge (entries held at most); tests make them small. */
+export interface StreamLimits {
+  /** Rows a cursor keeps for keys that arrive out of order. */
+  sideTable: number;
+  /** Objects listed but not yet decided (copies in flight and the ones behind them). */
+  reorder: number;
+  /** Out-of-order rows the writer holds before spilling them to a sorted run file. */
+  stragglers: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { sideTable: 4096, reorder: 8192, stragglers: 4096 };
+
+interface Line {
+  text: string;
+  /** Bytes the line took in the stream, its newline included. */
+  bytes: number;
+}
+
+/** Splits a byte stream into UTF-8 lines (without the `\n`); the last one may lack it. */
+async function* splitLines(stream: AsyncIterable<Uint8Array>): AsyncGenerator<Line> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  for await (const chunk of stream) {
+    const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let start = 0;
+    for (let nl = buf.indexOf(10, start); nl !== -1; nl = buf.indexOf(10, start)) {
+      if (pending.length > 0) {
+        pending.push(buf.subarray(start, nl));
+        const whole = Buffer.concat(pending);
+        yield { text: whole.toString("utf8"), bytes: whole.length + 1 };
+        pending = [];
+        pendingBytes = 0;
+      } else {
+        yield { text: buf.toString("utf8", start, nl), bytes: nl - start + 1 };
+      }
+      start = nl + 1;
+    }
+    if (start < buf.length) {
+      // Copied: the chunk's memory may be reused by the stream after this iteration.
+      pending.push(Buffer.from(buf.subarray(start)));
+      pendingBytes += buf.length - start;
+    }
+  }
+  if (pendingBytes > 0) {
+    const whole = Buffer.concat(pending);
+    yield { text: whole.toString("utf8"), bytes: whole.length };
+  }
+}
+
+/** One entry line (`["key",size,"sha256","srcEtag","dstEtag"]` with or without a trailing comma). */
+function parseEntryLine(line: string): Row | "skip" | undefined {
+  const body = line.endsWith(",") ? line.slice(0, -1) : line;
+  if (!body.startsWith("[")) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(v)) return undefined;
+  const [key, size, sha256, srcEtag, dstEtag] = v as unknown[];
+  // The same rows `parseManifest` skips.
+  if (typeof key !== "string" || typeof size !== "number" || typeof sha256 !== "string") return "skip";
+  return [key, { size, sha256, srcEtag: String(srcEtag ?? ""), dstEtag: String(dstEtag ?? "") }];
+}
+
+function entryLine(key: string, e: ManifestEntry): string {
+  return JSON.stringify([key, e.size, e.sha256, e.srcEtag, e.dstEtag]);
+}
+
+export interface ManifestHeader {
+  format: string;
+  version?: string;
+  objects?: number;
+  [field: string]: unknown;
+}
+
+export interface ReadOptions {
+  signal?: AbortSignal;
+  retry?: RetryPolicy;
+}
+
+/**
+ * A stored manifest read line by line. `open` reads only the header; `rows()` yields the
+ * entries in stored order (sorted, unless an older engine wrote it in UTF-16 order: callers
+ * merge with a `KeyCursor`, which copes). A broken stream is reopened at the last complete
+ * line with a ranged read. A document that ends early or has an unreadable line ends the
+ * rows there (`truncated`): the rest counts as absent, i.e. is checked again.
+ */
+export class ManifestReader {
+  truncated = false;
+  private stream: Readable | undefined;
+  private lines: AsyncIterator<Line> | undefined;
+
+  private constructor(
+    private readonly store: ObjectStore,
+    private readonly key: string,
+    private readonly options: ReadOptions,
+    readonly header: ManifestHeader,
+    stream: Readable | undefined,
+    lines: AsyncIterator<Line> | undefined,
+    private offset: number,
+    /** A manifest that is not one entry per line (no engine writes one): read whole. */
+    private readonly whole?: Manifest,
+  ) {
+    this.stream = stream;
+    this.lines = lines;
+  }
+
+  /** Undefined when absent, empty or unreadable (an unreadable manifest counts as absent). */
+  static async open(
+    store: ObjectStore,
+    key: string,
+    options: ReadOptions = {},
+  ): Promise<ManifestReader | undefined> {
+    const signal = options.signal;
+    return withRetry(
+      async () => {
+        let stream: Readable;
+        try {
+          stream = await store.read(key, signal ? { signal } : {});
+        } catch (e) {
+          if (e instanceof StoreError && e.code === "NotFound") return undefined;
+          throw e;
+        }
+        const lines = splitLines(stream)[Symbol.asyncIterator]();
+        try {
+          const first = await lines.next();
+          if (first.done) return undefined;
+          const text = first.value.text;
+          if (text.startsWith("{") && text.endsWith('"entries":[')) {
+            let header: ManifestHeader;
+            try {
+              header = JSON.parse(`${text}]}`) as ManifestHeader;
+            } catch {
+              stream.destroy();
+              return undefined;
+            }
+            if (header.format !== MANIFEST_FORMAT) {
+              stream.destroy();
+              return undefined;
+            }
+            return new ManifestReader(store, key, options, header, stream, lines, first.value.bytes);
+          }
+          const parts = [text];
+          for (let l = await lines.next(); !l.done; l = await lines.next()) parts.push(l.value.text);
+          let m: Manifest;
+          try {
+            m = parseManifest(parts.join("\n"));
+          } catch {
+            return undefined;
+          }
+          return new ManifestReader(
+            store,
+            key,
+            options,
+            { format: MANIFEST_FORMAT },
+            undefined,
+            undefined,
+            0,
+            m,
+          );
+        } catch (e) {
+          stream.destroy();
+          throw e;
+        }
+      },
+      { policy: options.retry ?? DEFAULT_RETRY, ...(signal ? { signal } : {}) },
+    );
+  }
+
+  async *rows(): AsyncGenerator<Row> {
+    if (this.whole) {
+      for (const key of [...this.whole.keys()].sort(compareKeys)) yield [key, this.whole.get(key)!];
+      return;
+    }
+    const policy = this.options.retry ?? DEFAULT_RETRY;
+    const signal = this.options.signal;
+    let failures = 0;
+    try {
+      for (;;) {
+        try {
+          for (let r = await this.lines!.next(); !r.done; r = await this.lines!.next()) {
+            this.offset += r.value.bytes;
+            const line = r.value.text;
+            if (line === "") continue;
+            if (line === "]}") return;
+            const row = parseEntryLine(line);
+            if (row === "skip") continue;
+            if (!row) {
+              this.truncated = true;
+              return;
+            }
+            yield row;
+          }
+          this.truncated = true; // no closing `]}`
+          return;
+        } catch (e) {
+          // A broken stream: reopen at the last complete line.
+          this.stream?.destroy();
+          if (++failures >= policy.attempts || signal?.aborted) throw e;
+          await sleep(backoffDelay(policy, failures, e), undefined, signal ? { signal } : {});
+          this.stream = await this.store.read(this.key, {
+            range: { start: this.offset },
+            ...(signal ? { signal } : {}),
+          });
+          this.lines = splitLines(this.stream)[Symbol.asyncIterator]();
+        }
+      }
+    } finally {
+      this.stream?.destroy();
+    }
+  }
+
+  /** Stops reading (the rows were not all consumed). */
+  close(): void {
+    this.stream?.destroy();
+  }
+}
+
+/**
+ * A sorted stream of rows merged with a listing in the same order: `take(key)` advances the
+ * cursor to `key` and returns its value. Rows passed on the way and rows the stream itself
+ * yields out of order go to a side table of at most `sideLimit` rows (oldest evicted), which
+ * answers keys that arrive out of order. An evicted row is lost to the merge: callers treat a
+ * missing value the safe way.
+ */
+export class KeyCursor<V> {
+  private head: [string, V] | undefined;
+  private needRead = true;
+  private last: string | undefined;
+  private readonly side = new Map<string, V>();
+  /** Rows dropped from the side table. */
+  evicted = 0;
+  /** Rows the stream yielded out of key order. */
+  outOfOrder = 0;
+
+  constructor(
+    private readonly rows: AsyncIterator<[string, V]>,
+    private readonly sideLimit: number,
+  ) {}
+
+  private async read(): Promise<void> {
+    this.needRead = false;
+    for (;;) {
+      const r = await this.rows.next();
+      if (r.done) {
+        this.head = undefined;
+        return;
+      }
+      const [key, value] = r.value;
+      if (this.last !== undefined && compareKeys(key, this.last) <= 0) {
+        this.outOfOrder++;
+        this.stash(key, value);
+        continue;
+      }
+      this.last = key;
+      this.head = [key, value];
+      return;
+    }
+  }
+
+  private stash(key: string, value: V): void {
+    this.side.delete(key);
+    this.side.set(key, value);
+    if (this.side.size > this.sideLimit) {
+      this.side.delete(this.side.keys().next().value as string);
+      this.evicted++;
+    }
+  }
+
+  /** The value of `key`, taken out of the stream (a second take of it finds nothing). */
+  async take(key: string): Promise<V | undefined> {
+    if (this.needRead) await this.read();
+    while (this.head && compareKeys(this.head[0], key) < 0) {
+      this.stash(this.head[0], this.head[1]);
+      await this.read();
+    }
+    if (this.head && this.head[0] === key) {
+      const v = this.head[1];
+      this.head = undefined;
+      this.needRead = true;
+      return v;
+    }
+    const v = this.side.get(key);
+    if (v !== undefined) this.side.delete(key);
+    return v;
+  }
+
+  /** Whether any row was never taken (passed, evicted, or still ahead). */
+  async anyLeft(): Promise<boolean> {
+    if (this.side.size > 0 || this.evicted > 0) return true;
+    if (this.needRead) await this.read();
+    return this.head !== undefined;
+  }
+
+  async close(): Promise<void> {
+    await this.rows.return?.();
+  }
+}
+
+export interface Slot {
+  key: string;
+  settled: boolean;
+  entry?: ManifestEntry | undefined;
+}
+
+/**
+ * Listing order restored for results that settle in any order: `push` a slot per listed object,
+ * `settle` it with its manifest entry (or none), and entries are emitted in push order as the
+ * oldest slots settle. `room()` waits while `limit` slots are unsettled-or-behind: one slow
+ * copy at the head holds back the listing, not memory.
+ */
+export class ReorderQueue {
+  private slots: (Slot | undefined)[] = [];
+  private first = 0;
+  private readonly waiters: (() => void)[] = [];
+
+  constructor(
+    private readonly limit: number,
+    private readonly emit: (key: string, entry: ManifestEntry | undefined) => void,
+  ) {}
+
+  get size(): number {
+    return this.slots.length - this.first;
+  }
+
+  async room(): Promise<void> {
+    while (this.size >= this.limit) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
+  push(key: string): Slot {
+    const slot: Slot = { key, settled: false };
+    this.slots.push(slot);
+    return slot;
+  }
+
+  settle(slot: Slot, entry: ManifestEntry | undefined): void {
+    slot.settled = true;
+    slot.entry = entry;
+    for (let s = this.slots[this.first]; s?.settled; s = this.slots[this.first]) {
+      this.slots[this.first++] = undefined;
+      this.emit(s.key, s.entry);
+    }
+    if (this.first > 1024 && this.first * 2 > this.slots.length) {
+      this.slots = this.slots.slice(this.first);
+      this.first = 0;
+    }
+    while (this.waiters.length > 0 && this.size < this.limit) this.waiters.shift()!();
+  }
+}
+
+/** Appends rows in strictly increasing key order to a file as the manifest's entry lines. */
+class RunAppender {
+  private buf: string[] = [];
+  private bufChars = 0;
+  private writing: Promise<void> = Promise.resolve();
+  private failed: unknown;
+  private inFlight = 0;
+  private readonly digest = createHash("sha256");
+  count = 0;
+  last: string | undefined;
+
+  constructor(
+    private readonly handle: FileHandle,
+    /** Manifest entry lines (`,\n` between rows) and the digest; else one row per line. */
+    private readonly asManifest: boolean,
+  ) {}
+
+  append(key: string, e: ManifestEntry): void {
+    const line = entryLine(key, e);
+    const text = this.asManifest ? (this.count === 0 ? line : `,\n${line}`) : `${line}\n`;
+    if (this.asManifest) this.digest.update(`${key}\t${e.size}\t${e.sha256}\n`);
+    this.buf.push(text);
+    this.bufChars += text.length;
+    this.count++;
+    this.last = key;
+    if (this.bufChars >= 64 * 1024) this.flush();
+  }
+
+  /** Characters buffered or being written: the caller waits on `drained` above a bound. */
+  get pending(): number {
+    return this.bufChars + this.inFlight;
+  }
+
+  flush(): Promise<void> {
+    if (this.buf.length > 0) {
+      const data = Buffer.from(this.buf.join(""), "utf8");
+      const chars = this.bufChars;
+      this.buf = [];
+      this.bufChars = 0;
+      this.inFlight += chars;
+      this.writing = this.writing.then(async () => {
+        try {
+          if (this.failed === undefined) await this.handle.write(data);
+        } catch (e) {
+          this.failed = e;
+        } finally {
+          this.inFlight -= chars;
+        }
+      });
+    }
+    return this.writing;
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.handle.close();
+    if (this.failed !== undefined) throw this.failed;
+  }
+
+  version(): string {
+    return `sha256:${this.digest.digest("hex")}`;
+  }
+}
+
+/** Rows of a file a `RunAppender` wrote (either layout). */
+async function* fileRows(path: string): AsyncGenerator<Row> {
+  for await (const l of splitLines(createReadStream(path, { highWaterMark: 256 * 1024 }))) {
+    if (l.text === "") continue;
+    const row = parseEntryLine(l.text);
+    if (row === "skip") continue;
+    if (!row) throw new Error(`manifest temp file ${path}: unreadable line`);
+    yield row;
+  }
+}
+
+/**
+ * Merges sorted row streams into one strictly increasing stream; of equal keys, the row of the
+ * later stream wins (its value is the newer one).
+ */
+async function* mergeSorted(streams: AsyncIterator<Row>[]): AsyncGenerator<Row> {
+  const heads: (Row | undefined)[] = await Promise.all(
+    streams.map(async (s) => {
+      const r = await s.next();
+      return r.done ? undefined : r.value;
+    }),
+  );
+  for (;;) {
+    let min: string | undefined;
+    for (const h of heads) if (h && (min === undefined || compareKeys(h[0], min) < 0)) min = h[0];
+    if (min === undefined) return;
+    let winner: Row | undefined;
+    for (let i = 0; i < heads.length; i++) {
+      const h = heads[i];
+      if (h && h[0] === min) {
+        winner = h;
+        const r = await streams[i]!.next();
+        heads[i] = r.done ? undefined : r.value;
+      }
+    }
+    yield winner!;
+  }
+}
+
+export interface WrittenManifest {
+  version: string;
+  objects: number;
+  bytes: number;
+}
+
+/**
+ * The new manifest, written to a temp directory under `os.tmpdir()` (removed by `dispose`).
+ * `add` takes rows in listing order; rows in key order go straight to the file (hashed as they
+ * go), others are held aside (bounded; spilled as sorted runs) and merged in by `finish`.
+ * A writer made with `discard` keeps nothing (a dry run).
+ */
+export class SortedManifestWriter {
+  private main: RunAppender | undefined;
+  private mainPath = "";
+  private stragglers: Row[] = [];
+  private readonly runs: string[] = [];
+  private runWrites: Promise<void> = Promise.resolve();
+  private bodyPath = "";
+  private result: WrittenManifest | undefined;
+  objects = 0;
+  bytes = 0;
+
+  private constructor(
+    private readonly dir: string | undefined,
+    private readonly stragglerLimit: number,
+  ) {}
+
+  static async create(
+    options: { discard?: boolean; stragglers?: number } = {},
+  ): Promise<SortedManifestWriter> {
+    const limit = options.stragglers ?? DEFAULT_STREAM_LIMITS.stragglers;
+    if (options.discard) return new SortedManifestWriter(undefined, limit);
+    const dir = await mkdtemp(join(tmpdir(), "spillway-manifest-"));
+    const w = new SortedManifestWriter(dir, limit);
+    w.mainPath = join(dir, "entries");
+    w.main = new RunAppender(await open(w.mainPath, "w"), true);
+    return w;
+  }
+
+  /** Rows that came out of key order so far (in memory or spilled). */
+  stragglerCount = 0;
+
+  add(key: string, entry: ManifestEntry): void {
+    this.objects++;
+    this.bytes += entry.size;
+    if (!this.main) return;
+    if (this.main.last === undefined || compareKeys(key, this.main.last) > 0) {
+      this.main.append(key, entry);
+      return;
+    }
+    this.stragglerCount++;
+    this.stragglers.push([key, entry]);
+    if (this.stragglers.length >= this.stragglerLimit) this.spill();
+  }
+
+  /** Resolves at once unless much is waiting for the disk (the caller then waits). */
+  ready(): Promise<void> | undefined {
+    if (this.main && this.main.pending > 4 * 1024 * 1024) return this.main.flush();
+    return undefined;
+  }
+
+  private spill(): void {
+    // A stable sort: of equal keys the later row stays later, and wins the merge.
+    const rows = this.stragglers.sort((a, b) => compareKeys(a[0], b[0]));
+    this.stragglers = [];
+    const path = join(this.dir!, `run-${this.runs.length}`);
+    this.runs.push(path);
+    this.runWrites = this.runWrites.then(async () => {
+      const run = new RunAppender(await open(path, "w"), false);
+      for (const [k, e] of dedupe(rows)) run.append(k, e);
+      await run.close();
+    });
+  }
+
+  /** Closes the file and merges in the stragglers; the manifest's version and size. */
+  async finish(): Promise<WrittenManifest> {
+    if (this.result) return this.result;
+    if (!this.main) {
+      this.result = { version: "", objects: this.objects, bytes: this.bytes };
+      return this.result;
+    }
+    await this.main.close();
+    if (this.stragglers.length === 0 && this.runs.length === 0) {
+      this.bodyPath = this.mainPath;
+      this.result = { version: this.main.version(), objects: this.main.count, bytes: this.bytes };
+      return this.result;
+    }
+    if (this.stragglers.length > 0) this.spill();
+    await this.runWrites;
+    this.bodyPath = join(this.dir!, "merged");
+    const out = new RunAppender(await open(this.bodyPath, "w"), true);
+    let bytes = 0;
+    for await (const [k, e] of mergeSorted([this.mainPath, ...this.runs].map((p) => fileRows(p)))) {
+      out.append(k, e);
+      bytes += e.size;
+      if (out.pending > 1024 * 1024) await out.flush();
+    }
+    await out.close();
+    await Promise.all([this.mainPath, ...this.runs].map((p) => rm(p, { force: true })));
+    this.result = { version: out.version(), objects: out.count, bytes };
+    return this.result;
+  }
+
+  /** The committed rows, in key order, from the local file (after `finish`). */
+  rows(): AsyncGenerator<Row> {
+    if (!this.bodyPath) throw new Error("SortedManifestWriter.rows before finish");
+    return fileRows(this.bodyPath);
+  }
+
+  /** Uploads the manifest document streamed from the file (retried whole: the file replays). */
+  async upload(
+    store: ObjectStore,
+    key: string,
+    extra: Record<string, unknown>,
+    options: { signal?: AbortSignal; retry?: RetryPolicy } = {},
+  ): Promise<void> {
+    const r = await this.finish();
+    if (!this.bodyPath) return;
+    const head = JSON.stringify({
+      format: MANIFEST_FORMAT,
+      version: r.version,
+      objects: r.objects,
+      ...extra,
+    });
+    const prefix = Buffer.from(`${head.slice(0, -1)},"entries":[\n`);
+    const suffix = Buffer.from("\n]}\n");
+    const size = prefix.length + (await stat(this.bodyPath)).size + suffix.length;
+    const path = this.bodyPath;
+    const body = () =>
+      Readable.from(
+        (async function* () {
+          yield prefix;
+          yield* createReadStream(path, { highWaterMark: 256 * 1024 });
+          yield suffix;
+        })(),
+        { objectMode: false },
+      );
+    await uploadBody(store, key, body, size, options);
+  }
+
+  async dispose(): Promise<void> {
+    if (this.dir) await rm(this.dir, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+function* dedupe(sorted: Row[]): Generator<Row> {
+  for (let i = 0; i < sorted.length; i++) {
+    const next = sorted[i + 1];
+    if (next && next[0] === sorted[i]![0]) continue; // the later of equal keys wins
+    yield sorted[i]!;
+  }
+}
+
+/**
+ * Writes a document of `size` bytes from a replayable stream: one streamed request where the
+ * store has one (with its sha256 and MD5, which S3 and Azure check), else a multipart upload in
+ * small parts (the file store). Never holds the document whole.
+ */
+async function uploadBody(
+  store: ObjectStore,
+  key: string,
+  body: () => Readable,
+  size: number,
+  options: { signal?: AbortSignal; retry?: RetryPolicy },
+): Promise<void> {
+  const signal = options.signal;
+  const retry = <T>(fn: () => Promise<T>) =>
+    withRetry(fn, { policy: options.retry ?? DEFAULT_RETRY, ...(signal ? { signal } : {}) });
+  if (store.putStream && size <= store.capabilities.maxPutSize) {
+    const sha = createHash("sha256");
+    const md5 = createHash("md5");
+    for await (const c of body()) {
+      sha.update(c as Buffer);
+      md5.update(c as Buffer);
+    }
+    const hashes = { sha256: sha.digest("hex"), md5: md5.digest("hex") };
+    await retry(() =>
+      store.putStream!(key, body(), size, {
+        ...hashes,
+        contentType: "application/json",
+        ...(signal ? { signal } : {}),
+      }),
+    );
+    return;
+  }
+  const partSize = Math.max(
+    store.capabilities.minPartSize,
+    1024 * 1024,
+    Math.ceil(size / store.capabilities.maxParts),
+  );
+  await retry(async () => {
+    const upload = await store.startUpload(key, {
+      partSize,
+      contentType: "application/json",
+      ...(signal ? { signal } : {}),
+    });
+    try {
+      const receipts: PartReceipt[] = [];
+      let chunks: Buffer[] = [];
+      let fill = 0;
+      const send = async () => {
+        receipts.push(await upload.uploadPart(receipts.length + 1, Buffer.concat(chunks, fill), signal));
+        chunks = [];
+        fill = 0;
+      };
+      for await (const c of body()) {
+        let chunk = c as Buffer;
+        while (chunk.length > 0) {
+          const take = Math.min(chunk.length, partSize - fill);
+          chunks.push(Buffer.from(chunk.subarray(0, take))); // the stream may reuse its buffer
+          fill += take;
+          chunk = chunk.subarray(take);
+          if (fill === partSize) await send();
+        }
+      }
+      if (fill > 0 || receipts.length === 0) await send();
+      await upload.commit(receipts, signal ? { signal } : {});
+    } catch (e) {
+      await upload.abort();
+      throw e;
+    }
+  });
+}
+
+/** The header of a stored manifest (its `version`, `objects`), reading nothing more. */
+export async function readManifestHeader(
+  store: ObjectStore,
+  key: string,
+  signal?: AbortSignal,
+): Promise<ManifestHeader | undefined> {
+  const r = await ManifestReader.open(store, key, signal ? { signal } : {});
+  r?.close();
+  return r?.header;
+}
+
+/**
+ * After every worker of a sharded sync succeeded: a streaming k-way merge of the N shard
+ * manifests into the main manifest (one open stream per shard, no shard held whole); returns
+ * the dataset version. Throws NotFound when a shard's manifest is missing, before writing.
+ */
+export async function mergeShardManifestStreams(
+  store: ObjectStore,
+  count: number,
+  signal?: AbortSignal,
+): Promise<string> {
+  const readers: ManifestReader[] = [];
+  const writer = await SortedManifestWriter.create();
+  try {
+    for (let index = 0; index < count; index++) {
+      const r = await ManifestReader.open(store, manifestKey({ index, count }), signal ? { signal } : {});
+      if (!r) throw new StoreError("NotFound", `shard ${index}/${count} has no committed manifest`);
+      readers.push(r);
+    }
+    // Each shard's rows are sorted (an older engine's may be in UTF-16 order: the writer puts
+    // such rows in place); shards hold disjoint keys.
+    for await (const [k, e] of mergeSorted(readers.map((r) => r.rows()))) {
+      writer.add(k, e);
+      await writer.ready();
+    }
+    const truncated = readers.findIndex((r) => r.truncated);
+    if (truncated >= 0)
+      throw new StoreError("Other", `shard ${truncated}/${count}'s manifest is damaged (ends early)`);
+    const { version } = await writer.finish();
+    await writer.upload(store, manifestKey(), {}, signal ? { signal } : {});
+    return version;
+  } finally {
+    for (const r of readers) r.close();
+    await writer.dispose();
+  }
+}
