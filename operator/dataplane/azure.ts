@@ -3,7 +3,7 @@
  * transactional MD5 the service checks) made visible by one commitBlockList; uncommitted
  * blocks of an abandoned upload are never visible and expire on their own.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, createSecretKey, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 // A dependency of @azure/storage-blob (its own pipeline's), imported for the raw listing.
 import { createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
@@ -68,6 +68,22 @@ export function classifyAzureError(e: unknown, what: string): StoreError {
   )
     return new StoreError("Transient", `${what}: ${code || err.message}`, { cause: e });
   return new StoreError("Other", `${what}: ${err.message ?? code}`, { cause: e });
+}
+
+/**
+ * The SDK's shared-key credential, its key held as a node KeyObject. The SDK's signing policy
+ * (and the credential's own computeHMACSHA256) call `createHmac("sha256", accountKey)` once per
+ * request; with the key as a raw Buffer, node prepares the key on every call — about 30–40 µs
+ * here against 3 µs with a KeyObject, a tenth of the client CPU of a 4 KiB Get Blob. Signing
+ * itself stays the SDK's (same string to sign, same HMAC); a KeyObject is accepted wherever
+ * `createHmac` takes a key, and the key is only ever used that way.
+ */
+class KeyObjectSharedKeyCredential extends StorageSharedKeyCredential {
+  constructor(accountName: string, accountKey: string) {
+    super(accountName, accountKey);
+    const raw = (this as unknown as { accountKey?: unknown }).accountKey;
+    if (Buffer.isBuffer(raw)) Object.defineProperty(this, "accountKey", { value: createSecretKey(raw) });
+  }
 }
 
 /** Parses `Key=Value;…` connection strings (values may contain `=`). */
@@ -323,7 +339,7 @@ export class AzureBlobStore implements ObjectStore {
       if (cs.AccountKey) {
         container = new ListingContainerClient(
           url(),
-          new StorageSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey),
+          new KeyObjectSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey),
           pipeline,
         );
       } else if (cs.SharedAccessSignature) {
@@ -341,7 +357,7 @@ export class AzureBlobStore implements ObjectStore {
     } else if (creds.accountKey) {
       container = new ListingContainerClient(
         url(),
-        new StorageSharedKeyCredential(loc.account, creds.accountKey),
+        new KeyObjectSharedKeyCredential(loc.account, creds.accountKey),
         pipeline,
       );
     } else {

@@ -15,14 +15,57 @@
  * retries here (the sync engine retries with backoff, as with the SDK at `maxAttempts: 1`).
  * The measured gain is in the adapter's comment where the path is chosen (`s3.ts`).
  */
+
+import { createHash, createHmac, createSecretKey, type Hash, type Hmac, type KeyObject } from "node:crypto";
 import type { Agent as HttpAgent, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { request as httpRequest } from "node:http";
 import type { Agent as HttpsAgent } from "node:https";
 import { request as httpsRequest } from "node:https";
 import type { Readable } from "node:stream";
-// Both are dependencies of @aws-sdk/client-s3 (its signer and its sha256), not new packages.
-import { Sha256 } from "@smithy/core/checksum";
+// A dependency of @aws-sdk/client-s3 (the signer it signs with), not a new package.
 import { SignatureV4 } from "@smithy/signature-v4";
+import type { Checksum, SourceData } from "@smithy/types";
+
+/** Node KeyObjects of the HMAC keys the signer hands in, by the key's identity. */
+const keyObjects = new WeakMap<object, KeyObject>();
+
+/**
+ * The sha256 the signer is constructed with (its `sha256` option; the SDK passes its own
+ * node:crypto one). Same algorithm, one difference: an HMAC key given as bytes becomes a
+ * KeyObject once. `createHmac` with a raw Buffer key prepares the key on every call — about
+ * 30–40 µs here against 3 µs with a KeyObject — and the signer HMACs the string to sign with its
+ * cached signing key (the same Uint8Array every request of a day), once per request.
+ */
+export class KeyedSha256 implements Checksum {
+  private hash: Hash | Hmac;
+  constructor(private readonly secret?: SourceData) {
+    this.hash = this.start();
+  }
+  private start(): Hash | Hmac {
+    const secret = this.secret;
+    if (secret === undefined) return createHash("sha256");
+    if (typeof secret === "string") return createHmac("sha256", secret);
+    let key = keyObjects.get(secret);
+    if (!key) {
+      const bytes = ArrayBuffer.isView(secret)
+        ? Buffer.from(secret.buffer, secret.byteOffset, secret.byteLength)
+        : Buffer.from(secret);
+      key = createSecretKey(Buffer.from(bytes));
+      keyObjects.set(secret, key);
+    }
+    return createHmac("sha256", key);
+  }
+  update(chunk: Uint8Array): void {
+    this.hash.update(chunk);
+  }
+  async digest(): Promise<Uint8Array> {
+    const b = this.hash.digest();
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  }
+  reset(): void {
+    this.hash = this.start();
+  }
+}
 
 export interface S3HttpOptions {
   /** `http(s)://host[:port][/base]`; path-style requests go to `<base>/<bucket>/<key>`. */
@@ -75,7 +118,7 @@ export class S3ObjectHttp {
       service: "s3",
       region: options.region,
       credentials: options.credentials,
-      sha256: Sha256,
+      sha256: KeyedSha256,
       // S3 signs the path as sent (encoded once), not encoded a second time.
       uriEscapePath: false,
       applyChecksum: false,
