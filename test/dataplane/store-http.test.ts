@@ -9,6 +9,12 @@ import { createHash } from "node:crypto";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
+import {
+  ContainerSASPermissions,
+  generateBlobSASQueryParameters,
+  SASProtocol,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
 import { Sha256 } from "@smithy/core/checksum";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { type ObjectStore, openStore, StoreError } from "../../operator/dataplane/index.ts";
@@ -238,6 +244,26 @@ describe("Azure reads", () => {
     const two = Buffer.from("version two");
     await az.put("versioned.bin", two, { sha256: sha(two) });
     expect(await codeOf(az.read("versioned.bin", { ifMatch: etag }))).toBe("PreconditionFailed");
+  });
+
+  it("reads with a SAS in the URI (the token rides on every Get Blob), and a read-only SAS cannot write", async () => {
+    const sas = generateBlobSASQueryParameters(
+      {
+        containerName: "hot",
+        permissions: ContainerSASPermissions.parse("rl"),
+        expiresOn: new Date(Date.now() + 3600_000),
+        protocol: SASProtocol.HttpsAndHttp,
+      },
+      new StorageSharedKeyCredential(emu.azurite.accountName, emu.azurite.accountKey),
+    ).toString();
+    const viaSas = await openStore(
+      `azblob://${emu.azurite.accountName}/hot/p/?endpoint=${encodeURIComponent(emu.azurite.blobEndpoint)}&sas=${encodeURIComponent(sas)}`,
+      {},
+    );
+    const key = KEYS[1]!;
+    expect(await readAll(await viaSas.read(key))).toEqual(await readAll(await az.read(key)));
+    expect(await codeOf(viaSas.read("no/such.bin"))).toBe("NotFound");
+    expect(await codeOf(viaSas.put("sas.bin", Buffer.from("x")))).toBe("Auth");
   });
 
   it("maps a wrong account key to Auth", async () => {
