@@ -11,7 +11,7 @@
  * `BENCH_RUNS` changes the count. No peer: no other federating operator runs in the sandbox;
  * bench/placement.bench.ts has the no-offer peer at 1,000 runs.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TrainingRun } from "../operator/api/v1alpha1/index.ts";
@@ -24,11 +24,15 @@ import {
   buildOperator,
   eventsDrained,
   forceGc,
+  formatSmaps,
   loadAverage,
   memMiB,
   percentile,
+  type SmapsBreakdown,
   scrapeHeap,
+  scrapeHeapSpaces,
   scrapeRequests,
+  smapsBreakdown,
   startOperatorProcess,
   startWorld,
 } from "./lib/operator.ts";
@@ -77,18 +81,46 @@ const client = KubeClient.fromKubeconfig(world.kubeconfig, {
 // counted as the operator's memory otherwise); --expose-gc so the bench can force a full GC
 // before reading memory after the runs are deleted.
 const op = await startOperatorProcess(world, {
-  main: buildOperator(),
+  main: process.env.BENCH_OPERATOR_MAIN ?? buildOperator(),
   nodeArgs: [
     "--expose-gc",
+    // What the chart sets (NODE_OPTIONS in charts/spillway/templates/manager.yaml).
+    "--max-semi-space-size=16",
     ...(process.env.BENCH_HEAP_MIB ? [`--max-old-space-size=${process.env.BENCH_HEAP_MIB}`] : []),
+    // BENCH_OPERATOR_NODE_ARGS: more node flags, e.g. to compare V8 settings.
+    ...(process.env.BENCH_OPERATOR_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
   ],
+  // BENCH_OPERATOR_ENV="K=V K2=V2": more environment, e.g. GLIBC_TUNABLES=… to compare.
+  env: Object.fromEntries(
+    (process.env.BENCH_OPERATOR_ENV?.split(" ").filter(Boolean) ?? []).map((kv) => [
+      kv.slice(0, kv.indexOf("=")),
+      kv.slice(kv.indexOf("=") + 1),
+    ]),
+  ),
   maxConcurrentReconciles: "16",
+  // BENCH_OPERATOR_LOG: the operator's JSON log lines, appended to this file.
+  ...(process.env.BENCH_OPERATOR_LOG ? { logFile: process.env.BENCH_OPERATOR_LOG } : {}),
 });
 const { metrics } = op;
 const pid = op.pid;
 await new Promise((r) => setTimeout(r, 2_000));
 const atStart = memMiB(pid);
 const heapAtStart = await scrapeHeap(metrics);
+// Where the resident memory is at each step (smaps) and V8's heap spaces; BENCH_SMAPS_DIR
+// keeps a copy of each /proc/PID/smaps for a closer look.
+const smaps: [string, SmapsBreakdown, string][] = [];
+const snapshot = async (step: string) => {
+  smaps.push([step, smapsBreakdown(pid), await scrapeHeapSpaces(metrics)]);
+  const keep = process.env.BENCH_SMAPS_DIR;
+  if (keep) {
+    mkdirSync(keep, { recursive: true });
+    writeFileSync(
+      join(keep, `${smaps.length}-${step.replace(/\W+/g, "-")}.smaps`),
+      readFileSync(`/proc/${pid}/smaps`),
+    );
+  }
+};
+await snapshot("start");
 const base = await scrapeRequests(metrics);
 
 const created = new Map<string, number>();
@@ -129,6 +161,7 @@ await Promise.all(
 const tCreated = (Date.now() - t0) / 1000;
 await waitUntil("every placement", () => placed.size >= N);
 const tPlaced = (Math.max(...placed.values()) - t0) / 1000;
+await snapshot("all placed");
 const latencies = [...placed.entries()]
   .map(([n, t]) => (t - (created.get(n) ?? t0)) / 1000)
   .sort((a, b) => a - b);
@@ -137,6 +170,7 @@ const tFinished = (Date.now() - t0) / 1000;
 await eventsDrained(metrics);
 const afterRuns = await scrapeRequests(metrics);
 const whenFinished = memMiB(pid);
+await snapshot("all finished");
 
 const offers = await client.listAll<
   KubeObject & { spec: { run: { name: string } }; status?: { outcome?: string } }
@@ -165,12 +199,20 @@ await waitUntil("every run to be gone", () => watcher.list().length === 0);
 await new Promise((r) => setTimeout(r, 30_000));
 const afterDelete = memMiB(pid);
 const heapAfterDelete = await scrapeHeap(metrics);
+await snapshot("deleted +30 s");
+// The operator gives memory back once idle for a whole interval (15 s) after a burst
+// (operator/runtime/memory.ts): a second look 30 s later.
+await new Promise((r) => setTimeout(r, 30_000));
+const afterDelete60 = memMiB(pid);
+const heapAfterDelete60 = await scrapeHeap(metrics);
+await snapshot("deleted +60 s");
 // A forced full GC: if the heap falls back and RSS does not, V8 is keeping freed pages (not
 // a leak); if the heap stays up, something still holds the objects.
 const gcOk = await forceGc(metrics);
 await new Promise((r) => setTimeout(r, 2_000));
 const afterGc = memMiB(pid);
 const heapAfterGc = await scrapeHeap(metrics);
+await snapshot("after GC");
 const load = loadAverage();
 
 await watcher.stop();
@@ -195,9 +237,11 @@ console.log(
   `  API requests to the management cluster: ${(reqs / N).toFixed(1)} per run, LISTs ${afterRuns.lists - base.lists} in all`,
 );
 console.log(
-  `  operator RSS: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB, after a forced GC ${afterGc.rss.toFixed(0)} MiB`,
+  `  operator RSS: start ${atStart.rss.toFixed(0)} MiB, peak ${whenFinished.peak.toFixed(0)} MiB, all finished ${whenFinished.rss.toFixed(0)} MiB, runs deleted +30 s ${afterDelete.rss.toFixed(0)} MiB, +60 s ${afterDelete60.rss.toFixed(0)} MiB, then after a forced GC ${afterGc.rss.toFixed(0)} MiB`,
 );
 console.log(
-  `  operator V8 heap used: start ${heapAtStart.used.toFixed(0)} MiB, runs deleted +30 s ${heapAfterDelete.used.toFixed(0)} MiB (of ${heapAfterDelete.total.toFixed(0)} MiB allocated), after a forced GC ${gcOk ? `${heapAfterGc.used.toFixed(0)} MiB (of ${heapAfterGc.total.toFixed(0)}); external memory ${heapAfterGc.external.toFixed(0)} MiB` : "n/a (no --expose-gc)"}`,
+  `  operator V8 heap used: start ${heapAtStart.used.toFixed(0)} MiB, runs deleted +30 s ${heapAfterDelete.used.toFixed(0)} MiB (of ${heapAfterDelete.total.toFixed(0)} MiB allocated), +60 s ${heapAfterDelete60.used.toFixed(0)} MiB (of ${heapAfterDelete60.total.toFixed(0)}), then after a forced GC ${gcOk ? `${heapAfterGc.used.toFixed(0)} MiB (of ${heapAfterGc.total.toFixed(0)}); external memory ${heapAfterGc.external.toFixed(0)} MiB` : "n/a (no --expose-gc)"}`,
 );
+console.log("  operator resident memory by kind, MiB (smaps), and V8 heap spaces used/committed, MiB:");
+for (const [step, b, spaces] of smaps) console.log(`    ${step}: ${formatSmaps(b)}\n      V8: ${spaces}`);
 console.log(`  load average at the end: ${load}`);

@@ -240,6 +240,8 @@ export interface OperatorProcessOptions {
   maxConcurrentReconciles?: string;
   /** Append the operator's JSON log lines here. */
   logFile?: string;
+  /** Extra environment variables (e.g. GLIBC_TUNABLES), on top of the bench's own. */
+  env?: Record<string, string>;
 }
 
 /** Starts `spillway operator` against the sandbox, tuned for throughput; resolves once it leads. */
@@ -269,7 +271,7 @@ export async function startOperatorProcess(
         "2000",
       ],
     ],
-    { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
+    { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...opts.env } },
   );
   const metrics = await new Promise<string>((resolve, reject) => {
     let buf = "";
@@ -296,4 +298,86 @@ export async function startOperatorProcess(
       await exited;
     },
   };
+}
+
+/**
+ * Where a process's resident memory is, MiB, from /proc/PID/smaps: glibc's main arena
+ * (`[heap]`, grown with brk), anonymous mappings that look like glibc thread arenas (glibc
+ * reserves each as a 64 MiB-aligned region), the other anonymous mappings (V8's pages and
+ * code space, large malloc chunks that glibc mmaps on its own), file-backed mappings (the
+ * node binary and libraries) and stacks. `count` is the number of mappings in each.
+ */
+export interface SmapsBreakdown {
+  heap: number;
+  arenas: number;
+  arenaCount: number;
+  anon: number;
+  anonCount: number;
+  files: number;
+  stacks: number;
+  total: number;
+  threads: number;
+}
+
+export function smapsBreakdown(pid: number): SmapsBreakdown {
+  const text = readFileSync(`/proc/${pid}/smaps`, "utf8");
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const out: SmapsBreakdown = {
+    heap: 0,
+    arenas: 0,
+    arenaCount: 0,
+    anon: 0,
+    anonCount: 0,
+    files: 0,
+    stacks: 0,
+    total: 0,
+    threads: Number(/Threads:\s+(\d+)/.exec(status)?.[1] ?? 0),
+  };
+  const ARENA_ALIGN = 64n * 2n ** 20n;
+  let cur: { start: bigint; perms: string; path: string } | undefined;
+  for (const line of text.split("\n")) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      cur = { start: BigInt(`0x${head[1]}`), perms: head[3]!, path: head[4] ?? "" };
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (!rss || !cur) continue;
+    const mib = Number(rss[1]) / 1024;
+    out.total += mib;
+    if (cur.path === "[heap]") out.heap += mib;
+    else if (cur.path.startsWith("[stack")) out.stacks += mib;
+    else if (cur.path.startsWith("/")) out.files += mib;
+    else if (cur.path === "" && cur.start % ARENA_ALIGN === 0n && cur.perms.startsWith("rw")) {
+      out.arenas += mib;
+      out.arenaCount++;
+    } else {
+      out.anon += mib;
+      if (mib > 0) out.anonCount++;
+    }
+  }
+  return out;
+}
+
+/** One line of a breakdown ("heap 12, thread arenas 40 (3), other anon 120 (210), …"). */
+export function formatSmaps(s: SmapsBreakdown): string {
+  const f = (n: number) => n.toFixed(0);
+  return `[heap] ${f(s.heap)}, thread arenas ${f(s.arenas)} (${s.arenaCount}), other anonymous ${f(s.anon)} (${s.anonCount} mappings), files ${f(s.files)}, stacks ${f(s.stacks)}; ${s.threads} threads`;
+}
+
+/** V8's heap spaces (prom-client's nodejs_heap_space_size_*_bytes), MiB: "old 40/60, …" used/committed. */
+export async function scrapeHeapSpaces(metricsAddr: string): Promise<string> {
+  const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();
+  const spaces = new Map<string, { used: number; total: number }>();
+  for (const m of text.matchAll(
+    /^nodejs_heap_space_size_(used|total)_bytes\{space="([^"]+)"\} ([0-9.e+]+)/gm,
+  )) {
+    const s = spaces.get(m[2]!) ?? { used: 0, total: 0 };
+    s[m[1] as "used" | "total"] = Number(m[3]) / 2 ** 20;
+    spaces.set(m[2]!, s);
+  }
+  return [...spaces]
+    .filter(([, s]) => s.total >= 0.5)
+    .map(([k, s]) => `${k} ${s.used.toFixed(0)}/${s.total.toFixed(0)}`)
+    .join(", ");
 }

@@ -7,6 +7,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { buildAdapters } from "../../adapters.ts";
 import { Manager } from "../../manager.ts";
 import { createLogger } from "../../runtime/logging.ts";
+import { IdleMemoryReducer } from "../../runtime/memory.ts";
 import { parseDuration } from "../../util/duration.ts";
 
 const duration = (v: string): number => {
@@ -144,16 +145,21 @@ export function register(program: Command): void {
         },
         ...adapters,
       });
+      // Gives back the memory a burst grew the process to once it is idle again (V8 keeps
+      // freed pages pooled otherwise; see operator/runtime/memory.ts for the measurements).
+      const memory = new IdleMemoryReducer({ log });
       let stopping = false;
       const shutdown = (signal: string) => {
         if (stopping) return;
         stopping = true;
+        memory.stop();
         log.info("shutting down", { signal });
         void manager.stop().then(() => process.exit(0));
       };
       process.on("SIGTERM", () => shutdown("SIGTERM"));
       process.on("SIGINT", () => shutdown("SIGINT"));
       await manager.start();
+      memory.start();
       log.info("operator started", { identity: manager.identity, ...manager.addresses });
     });
 }

@@ -1,0 +1,124 @@
+/**
+ * Gives memory back to the system once the operator is idle after a burst (issue 9: "memory
+ * after the runs finish returns near its start").
+ *
+ * Where the memory was (measured with /proc/PID/smaps, `--trace-gc` and the heap spaces,
+ * `BENCH_RUNS=500 npm run bench -- scale`): after a burst, the operator's resident memory
+ * stayed at its peak (151 → 390 MiB) although the V8 heap in use was back near its start
+ * (63 MiB after a forced GC). 257 MiB of it were 1,033 anonymous 256 KiB mappings — V8 pages —
+ * of which the heap counted only 108 MiB: the rest sat in V8's page pool. V8 (13.6, Node 24)
+ * pools the pages a shrinking heap frees, for reuse, and releases the pool only in a
+ * last-resort GC (`CollectAllAvailableGarbage`): a regular full GC, `gc()` included, keeps
+ * it (`--trace-gc` prints `pooled: 316 MB` after the heap fell to 42 MB), and V8's memory
+ * reducer, which would shrink the heap when the isolate is idle, never fires in Node (it
+ * sees the isolate as in the foreground: `--trace-memory-reducer` prints "high alloc,
+ * foreground" every 8 s on an idle process). glibc's arenas grew by ~40 MiB, a minor part.
+ *
+ * So: every `intervalMs` this looks at the event loop's utilisation over the interval and at
+ * RSS; when the loop was idle for a whole interval and RSS is `growthBytes` above where it
+ * was after the last reduction (or at start), it runs one last-resort GC (a few full GCs:
+ * ~200 ms on a 60 MiB live heap, only when idle, so no placement waits on it) and takes the
+ * RSS after it as the new floor. A steady operator never pays for it; a burst pays once.
+ */
+import { performance } from "node:perf_hooks";
+import v8 from "node:v8";
+import { runInNewContext } from "node:vm";
+import type { Logger } from "./logging.ts";
+
+export interface IdleMemoryReducerOptions {
+  /** How often to look (default 15 s). The loop must be idle for one whole interval. */
+  intervalMs?: number;
+  /** Event-loop utilisation (0…1) below which an interval counts as idle (default 0.1). */
+  idleUtilization?: number;
+  /** RSS growth above the floor that is worth a reduction (default 64 MiB). */
+  growthBytes?: number;
+  /** Defaults: a last-resort GC, `process.memoryUsage.rss`, the event loop's utilisation. */
+  gc?: () => void;
+  rss?: () => number;
+  /** Utilisation of the event loop since the previous call (0…1). */
+  utilization?: () => number;
+  log?: Pick<Logger, "info">;
+}
+
+/**
+ * A function running V8's last-resort GC (the one that also releases its page pool). Uses
+ * `gc` when node runs with --expose-gc; otherwise exposes it for one new context only, as
+ * Jest's leak detector does (`v8.setFlagsFromString` then `vm.runInNewContext("gc")`), so
+ * the operator's own global scope never gets a `gc`.
+ */
+export function lastResortGc(): () => void {
+  let gc = (globalThis as { gc?: (opts?: object) => void }).gc;
+  if (!gc) {
+    v8.setFlagsFromString("--expose-gc");
+    gc = runInNewContext("gc") as (opts?: object) => void;
+    v8.setFlagsFromString("--no-expose-gc");
+  }
+  const collect = gc;
+  return () => collect({ type: "major", execution: "sync", flavor: "last-resort" });
+}
+
+function eventLoopUtilization(): () => number {
+  let last = performance.eventLoopUtilization();
+  return () => {
+    const now = performance.eventLoopUtilization();
+    const delta = performance.eventLoopUtilization(now, last);
+    last = now;
+    return delta.utilization;
+  };
+}
+
+export class IdleMemoryReducer {
+  private readonly intervalMs: number;
+  private readonly idleUtilization: number;
+  private readonly growthBytes: number;
+  private readonly gc: () => void;
+  private readonly rss: () => number;
+  private readonly utilization: () => number;
+  private readonly log: Pick<Logger, "info"> | undefined;
+  private floor: number;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(opts: IdleMemoryReducerOptions = {}) {
+    this.intervalMs = opts.intervalMs ?? 15_000;
+    this.idleUtilization = opts.idleUtilization ?? 0.1;
+    this.growthBytes = opts.growthBytes ?? 64 * 2 ** 20;
+    this.gc = opts.gc ?? lastResortGc();
+    this.rss = opts.rss ?? (() => process.memoryUsage.rss());
+    this.utilization = opts.utilization ?? eventLoopUtilization();
+    this.log = opts.log;
+    this.floor = this.rss();
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.utilization();
+    this.timer = setInterval(() => this.tick(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** One look; true when it reduced. */
+  tick(): boolean {
+    const busy = this.utilization();
+    const rss = this.rss();
+    // Memory that went back on its own lowers the floor too.
+    this.floor = Math.min(this.floor, rss);
+    if (busy >= this.idleUtilization || rss - this.floor < this.growthBytes) return false;
+    const t0 = performance.now();
+    this.gc();
+    const after = this.rss();
+    this.floor = after;
+    this.log?.info("idle after a burst: released memory", {
+      rssBeforeMiB: Math.round(rss / 2 ** 20),
+      rssAfterMiB: Math.round(after / 2 ** 20),
+      gcMs: Math.round(performance.now() - t0),
+    });
+    // The GC's own time is not the workload's: start the next interval afresh.
+    this.utilization();
+    return true;
+  }
+}

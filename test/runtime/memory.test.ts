@@ -1,0 +1,66 @@
+/**
+ * The operator gives back the memory a burst grew it to once it is idle again
+ * (operator/runtime/memory.ts): one last-resort GC per burst, never while busy, never for
+ * small growth; and that GC really shrinks V8's heap.
+ */
+import v8 from "node:v8";
+import { IdleMemoryReducer, lastResortGc } from "../../operator/runtime/memory.ts";
+
+const MiB = 2 ** 20;
+
+/** A reducer over a scripted process: RSS and loop utilisation are set by the test. */
+function scripted(startRss: number) {
+  const state = { rss: startRss, busy: 0, gcs: 0, releaseTo: startRss };
+  const reducer = new IdleMemoryReducer({
+    growthBytes: 64 * MiB,
+    idleUtilization: 0.1,
+    rss: () => state.rss,
+    utilization: () => state.busy,
+    gc: () => {
+      state.gcs++;
+      state.rss = state.releaseTo;
+    },
+  });
+  return { state, reducer };
+}
+
+test("after a burst it collects once, when the event loop is idle, and memory returns", () => {
+  const { state, reducer } = scripted(150 * MiB);
+  state.rss = 400 * MiB;
+  state.busy = 0.9;
+  expect(reducer.tick()).toBe(false);
+  expect(state.gcs).toBe(0);
+
+  state.busy = 0.02;
+  state.releaseTo = 160 * MiB;
+  expect(reducer.tick()).toBe(true);
+  expect(state.gcs).toBe(1);
+  expect(state.rss).toBe(160 * MiB);
+
+  // Still idle, nothing new to give back: no second collection.
+  expect(reducer.tick()).toBe(false);
+  expect(state.gcs).toBe(1);
+
+  // The next burst is measured from where the last reduction left memory.
+  state.rss = 230 * MiB;
+  expect(reducer.tick()).toBe(true);
+  expect(state.gcs).toBe(2);
+});
+
+test("an idle process that grew less than the threshold is left alone", () => {
+  const { state, reducer } = scripted(150 * MiB);
+  state.rss = 200 * MiB;
+  state.busy = 0;
+  expect(reducer.tick()).toBe(false);
+  expect(state.gcs).toBe(0);
+});
+
+test("the last-resort GC shrinks the V8 heap a burst grew", () => {
+  let burst: object[] | undefined = Array.from({ length: 400_000 }, (_, i) => ({ i, s: `run-${i}` }));
+  const grown = v8.getHeapStatistics().total_heap_size;
+  expect(burst.length).toBe(400_000);
+  burst = undefined;
+  lastResortGc()();
+  expect(burst).toBeUndefined();
+  expect(v8.getHeapStatistics().total_heap_size).toBeLessThan(grown);
+});
