@@ -395,20 +395,22 @@ class RunReconciler {
     if (!eligibility.primary) {
       const direct = serving ? undefined : placeWithoutPrimary(placeable, attempt, now);
       if (!direct) {
-        if (full.size > 0 && failed.size === 0) {
+        const others = ineligibleSummary(eligibility);
+        if (full.size > 0) {
+          // Waiting for room (capacity.ts wakes it); without a primary there is no offer.
           await this.setWaiting(
             run,
             "Pending",
             NO_CLUSTER_CAPACITY,
-            `no room for attempt ${attempt} (${roomless}); the run is placed as soon as a cluster frees up`,
+            `no room for attempt ${attempt} (${roomless}${others ? `; ${others}` : ""}); the run is placed as soon as a cluster frees up`,
           );
-          return { requeueAfter: 60_000 };
+        } else {
+          const message =
+            eligibility.alternatives.length === 0 && failed.size === 0
+              ? noEligibleProviderMessage(eligibility)
+              : `no eligible provider for attempt ${attempt}: ${others || "every alternative failed"}`;
+          await this.setWaiting(run, "Pending", "NoEligibleProvider", message);
         }
-        const message =
-          eligibility.alternatives.length === 0 && failed.size === 0
-            ? noEligibleProviderMessage(eligibility)
-            : `no eligible provider for attempt ${attempt}: ${[ineligibleSummary(eligibility), roomless].filter(Boolean).join("; ") || "every alternative failed"}`;
-        await this.setWaiting(run, "Pending", "NoEligibleProvider", message);
         if (failed.size > 0) return this.newAttemptLater(run, attempt, 60_000, "alternatives failed");
         return { requeueAfter: 60_000 };
       }
