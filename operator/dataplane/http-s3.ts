@@ -132,14 +132,15 @@ export class S3ObjectHttp {
    * after S3's `<Code>`. `payloadHash` is the x-amz-content-sha256 value; `body` is sent as is.
    */
   async send(
-    method: "GET" | "PUT",
+    method: "GET" | "PUT" | "HEAD",
     key: string,
     headers: Record<string, string>,
     payloadHash: string,
     body?: Uint8Array | Readable,
     signal?: AbortSignal,
   ): Promise<IncomingMessage> {
-    const path = this.base + encodeKeyPath(key);
+    // "" is the bucket itself (`/<bucket>`, as the SDK sends HeadBucket path-style).
+    const path = key === "" ? this.base.slice(0, -1) : this.base + encodeKeyPath(key);
     const signed = await this.signer.sign({
       method,
       protocol: this.secure ? "https:" : "http:",
@@ -178,7 +179,15 @@ export class S3ObjectHttp {
     if (status >= 200 && status < 300) return response;
     throw await errorOf(response, status, signal);
   }
+
+  /** HeadBucket: resolves when the bucket exists and these credentials reach it. */
+  headBucket(signal?: AbortSignal): Promise<IncomingMessage> {
+    return this.send("HEAD", "", {}, EMPTY_SHA256, undefined, signal);
+  }
 }
+
+/** The SigV4 payload hash of an empty body. */
+export const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /** The error a failed response describes: S3's `<Code>` from its XML body, else the status. */
 async function errorOf(

@@ -220,6 +220,16 @@ describe("S3 writes", () => {
     await expect(s3.putStream!("half.bin", failing, 1024 * 1024)).rejects.toThrow("source went away");
   });
 
+  it("checks the bucket with a signed HEAD: present, missing (ContainerNotFound), unknown key (Auth)", async () => {
+    await s3.check();
+    const missing = await openStore(emu.s3Uri("no-such-bucket", "p/"), emu.credentials);
+    expect(await codeOf(missing.check())).toBe("ContainerNotFound");
+    const stranger = await openStore(emu.s3Uri("hot", "p/"), {
+      s3: { accessKeyId: "NOSUCHKEY", secretAccessKey: "x" },
+    });
+    expect(await codeOf(stranger.check())).toBe("Auth");
+  });
+
   // s3rver checks the access key id, not SigV4 signatures (the signing proxy below does).
   it("maps an unknown access key to Auth, for reads and writes, without the secret in the message", async () => {
     const secret = "definitely-not-the-secret";
