@@ -166,13 +166,17 @@ export class S3Store implements ObjectStore {
         requestTimeout: requestTimeoutMs,
       },
     };
-    // GetObject and PutObject — one of each per small object a sync copies — go through
-    // S3ObjectHttp: the SDK's signer over node:http on the same keep-alive agents, without the
-    // SDK's middleware stack (see http-s3.ts). Measured on a cold copy of 1,000 × 4 KiB objects
-    // Azurite → s3rver (bench/sync.bench.ts, same run, SDK route vs this one): see the figures
-    // in the comment of `put`. SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK as before
-    // (a comparison switch for the benchmark, and a way out should a store need the SDK's
-    // handling of a response this path does not know).
+    // Decision: GetObject, PutObject (buffered and streamed) and HeadBucket go through
+    // S3ObjectHttp — the SDK's signer over node:http on the same keep-alive agents, without
+    // the SDK's middleware stack (see http-s3.ts); the rest stays on the SDK.
+    // Measured (2026-11-22, 2 shared cores): client CPU per 4 KiB PutObject against s3rver,
+    // 16 at a time, 1.4–1.9 ms through the SDK, 0.25–0.35 ms this way (with the KeyObject
+    // HMAC key). `npm run bench -- sync` (b) cold 5,000 × 4 KiB Azurite → s3rver, one run
+    // (SYNC_BENCH_SDK=1, load 6–10): 14.4 s / 4.6 CPU s this way (with Azure's raw Get Blob)
+    // against 32.0 s / 11.0 CPU s through the SDKs and rclone's 37.7 s / 7.2 CPU s; (a) best
+    // of 3 at load 18: 3.0 against 4.0 CPU s. SPILLWAY_STORE_SDK_ONLY=1 sends everything
+    // through the SDK as before (the benchmark's comparison switch, and a way out should a
+    // store need the SDK's handling of a response this path does not know).
     const objects =
       process.env.SPILLWAY_STORE_SDK_ONLY === "1"
         ? undefined
