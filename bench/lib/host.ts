@@ -103,3 +103,9 @@ const onSignal = () => {
 };
 process.on("SIGTERM", onSignal);
 process.on("SIGINT", onSignal);
+// A bench killed outright (SIGKILL) cannot stop its hosts: a host re-parented away from the
+// bench that started it stops itself.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) onSignal();
+}, 1_000).unref();

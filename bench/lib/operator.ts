@@ -32,6 +32,10 @@ async function startHost<I>(role: "cluster" | "sandbox", spec: object, dir: stri
     [join(ROOT, "bin", "run-ts.mjs"), join(ROOT, "bench", "lib", "host.ts"), role, specFile],
     { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] },
   );
+  // A bench that throws after starting its world must not leave the hosts running.
+  const killOnExit = () => child.kill("SIGTERM");
+  process.once("exit", killOnExit);
+  child.once("exit", () => process.off("exit", killOnExit));
   const info = await new Promise<I>((resolve, reject) => {
     let buf = "";
     const onData = (d: Buffer) => {
@@ -273,6 +277,10 @@ export async function startOperatorProcess(
     ],
     { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...opts.env } },
   );
+  // A bench that throws must not leave the operator running.
+  const killOnExit = () => child.kill("SIGTERM");
+  process.once("exit", killOnExit);
+  child.once("exit", () => process.off("exit", killOnExit));
   const metrics = await new Promise<string>((resolve, reject) => {
     let buf = "";
     child.stdout!.on("data", (d: Buffer) => {
