@@ -363,6 +363,10 @@ export class ReorderQueue {
     return this.slots.length - this.first;
   }
 
+  get full(): boolean {
+    return this.size >= this.limit;
+  }
+
   async room(): Promise<void> {
     while (this.size >= this.limit) await new Promise<void>((r) => this.waiters.push(r));
   }

@@ -8,8 +8,10 @@
  *   `normaliseKey`: a key that would escape the prefix (`..`, absolute, backslash, NUL, empty
  *   segment) is rejected with `StoreError("InvalidKey")` before any request is made.
  * - `list` is an async iterable over pages fetched on demand: memory stays constant whatever
- *   the object count. Order is the store's (lexicographic for S3 and Azure, sorted per
- *   directory for files); callers must not rely on a global order.
+ *   the object count. Order is the store's: UTF-8 byte order for S3 and Azure and, by its
+ *   walk, for files (`compareKeys`); an emulator or foreign store may differ for unusual
+ *   keys, so callers merging a listing with a sorted stream must cope with keys out of order
+ *   (the sync engine does: manifest-stream.ts).
  * - `read` streams; a range is `[start, end)` (end exclusive, clamped to the size).
  * - Nothing written is visible under its key until complete: `put` is one atomic request (or
  *   temp file + fsync + rename), `startUpload` stages parts that become visible only at

@@ -645,8 +645,8 @@ export async function syncStores(
         const j = journaled?.get(key);
         if (j) journaled!.delete(key);
         const entry = j ?? committedEntry;
-        const listed = await dstListed?.take(key);
-        await queue.room();
+        const listed = dstListed ? await dstListed.take(key) : undefined;
+        if (queue.full) await queue.room();
         const slot = queue.push(key);
         const current = isUnchanged(obj, entry);
         if (
