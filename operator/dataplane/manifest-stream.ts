@@ -220,6 +220,7 @@ export class ManifestReader {
         try {
           for (let r = await this.lines!.next(); !r.done; r = await this.lines!.next()) {
             this.offset += r.value.bytes;
+            failures = 0; // attempts count breaks in a row: a long merge may outlive several
             const line = r.value.text;
             if (line === "") continue;
             if (line === "]}") return;
@@ -234,7 +235,10 @@ export class ManifestReader {
           this.truncated = true; // no closing `]}`
           return;
         } catch (e) {
-          // A broken stream: reopen at the last complete line.
+          // A broken stream (a merge holds it open for the whole listing; servers drop idle
+          // connections): reopen at the last complete line. Not conditional on the version read
+          // first (a read returns no etag): two syncs into one destination at once are not
+          // supported anyway.
           this.stream?.destroy();
           if (++failures >= policy.attempts || signal?.aborted) throw e;
           await sleep(backoffDelay(policy, failures, e), undefined, signal ? { signal } : {});
