@@ -689,46 +689,53 @@ export async function syncStores(
       if (!dryRun && (aborted || s.failed.objects > 0)) {
         await writeJournal();
       } else if (!dryRun) {
-        const written = await writer.finish();
-        if (options.delete) {
-          phase = "deleting";
-          await deleteExtra(
-            dst,
-            writer,
-            shard,
-            limits.sideTable,
-            async (o) => {
-              try {
-                await retry(`delete ${o.key}`, () => dst.delete(o.key, signal));
-                s.deleted.objects++;
-                s.deleted.bytes += o.size;
-              } catch (e) {
-                fail(o.key, 0, e);
-              }
-            },
-            signal,
-          );
-        }
-        phase = "committing";
-        version = written.version;
-        // Nothing to write when the new manifest is the committed one: no journal, no copy,
-        // every committed entry carried over (none left behind by the merge) in key order.
-        const changed =
-          !ownManifest ||
-          hadJournal ||
-          s.copied.objects > 0 ||
-          known.outOfOrder > 0 ||
-          reader?.truncated === true ||
-          (await known.anyLeft());
-        if (changed)
-          await retry("write manifest", () =>
-            writer.upload(
+        // A failure from here on (the destination listing for --delete, the manifest upload)
+        // journals this run's copies first, so the rerun does not redo them.
+        await (async () => {
+          const written = await writer.finish();
+          if (options.delete) {
+            phase = "deleting";
+            await deleteExtra(
               dst,
-              mKey,
-              { source: src.displayUri, ...(shard ? { shard } : {}) },
-              { retry: { ...policy, attempts: 1 }, ...(signal ? { signal } : {}) },
-            ),
-          );
+              writer,
+              shard,
+              limits.sideTable,
+              async (o) => {
+                try {
+                  await retry(`delete ${o.key}`, () => dst.delete(o.key, signal));
+                  s.deleted.objects++;
+                  s.deleted.bytes += o.size;
+                } catch (e) {
+                  fail(o.key, 0, e);
+                }
+              },
+              signal,
+            );
+          }
+          phase = "committing";
+          version = written.version;
+          // Nothing to write when the new manifest is the committed one: no journal, no copy,
+          // every committed entry carried over (none left behind by the merge) in key order.
+          const changed =
+            !ownManifest ||
+            hadJournal ||
+            s.copied.objects > 0 ||
+            known.outOfOrder > 0 ||
+            reader?.truncated === true ||
+            (await known.anyLeft());
+          if (changed)
+            await retry("write manifest", () =>
+              writer.upload(
+                dst,
+                mKey,
+                { source: src.displayUri, ...(shard ? { shard } : {}) },
+                { retry: { ...policy, attempts: 1 }, ...(signal ? { signal } : {}) },
+              ),
+            );
+        })().catch(async (e: unknown) => {
+          await writeJournal();
+          throw e;
+        });
         await journalWrite;
         if (hadJournal || segmentsWritten > 0) await dropJournal(dst, shard, retry, signal);
         complete = s.failed.objects === 0;

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { FileStore } from "../../operator/dataplane/file.ts";
-import { type ObjectInfo, type ObjectStore, syncStores } from "../../operator/dataplane/index.ts";
+import { type ObjectInfo, type ObjectStore, StoreError, syncStores } from "../../operator/dataplane/index.ts";
 import {
   compareKeys,
   loadManifest,
@@ -300,5 +300,24 @@ describe("resuming from journal segments", () => {
     const r = await syncStores(src, dst);
     expect(r).toMatchObject({ complete: true, skipped: { objects: 2 }, copied: { objects: 2 } });
     expect(await dst.head(".spillway/journal.json")).toBeUndefined();
+  });
+
+  it("journals the copies when the manifest cannot be written, so the rerun does not redo them", async () => {
+    const keys = ["a", "b", "c"];
+    const src = listedInOrder(keys.map((k) => [k, `content ${k}`]));
+    const real = fresh();
+    const dst: ObjectStore = {
+      ...faulty(real, {}),
+      async startUpload(key, o) {
+        if (key === manifestKey())
+          throw new StoreError("Auth", "injected: manifest write refused (HTTP 403)");
+        return real.startUpload(key, o);
+      },
+    };
+    await expect(
+      syncStores(src, dst, { retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: 1 } }),
+    ).rejects.toThrow("manifest write refused");
+    const again = await syncStores(src, real);
+    expect(again).toMatchObject({ complete: true, copied: { objects: 0 }, skipped: { objects: 3 } });
   });
 });
