@@ -18,7 +18,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { type FileHandle, mkdtemp, open, rm, stat } from "node:fs/promises";
+import { type FileHandle, mkdtemp, open, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -532,7 +532,8 @@ export class SortedManifestWriter {
   ): Promise<SortedManifestWriter> {
     const limit = options.stragglers ?? DEFAULT_STREAM_LIMITS.stragglers;
     if (options.discard) return new SortedManifestWriter(undefined, limit);
-    const dir = await mkdtemp(join(tmpdir(), "spillway-manifest-"));
+    await removeAbandonedTempDirs();
+    const dir = await mkdtemp(join(tmpdir(), `${TEMP_PREFIX}${process.pid}-`));
     const w = new SortedManifestWriter(dir, limit);
     w.mainPath = join(dir, "entries");
     w.main = new RunAppender(await open(w.mainPath, "w"), true);
@@ -642,6 +643,46 @@ export class SortedManifestWriter {
 
   async dispose(): Promise<void> {
     if (this.dir) await rm(this.dir, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+const TEMP_PREFIX = "spillway-manifest-";
+/** A temp dir is abandoned when its process is gone and nothing in it changed for this long. */
+const ABANDONED_AFTER_MS = 10 * 60 * 1000;
+
+/**
+ * Best effort: removes the temp dirs of syncs that were killed (SIGKILL, OOM) before their
+ * `dispose`. A dir is removed only when the pid in its name is not a live process and its
+ * files are older than ten minutes, so a live sync's dir (in this process or another sharing
+ * the temp dir) is never touched.
+ */
+export async function removeAbandonedTempDirs(now = Date.now()): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = /^spillway-manifest-(\d+)-/.exec(name)?.[1];
+    if (!pid || Number(pid) === process.pid || isAlive(Number(pid))) continue;
+    const dir = join(tmpdir(), name);
+    try {
+      let newest = (await stat(dir)).mtimeMs;
+      for (const f of await readdir(dir)) newest = Math.max(newest, (await stat(join(dir, f))).mtimeMs);
+      if (now - newest > ABANDONED_AFTER_MS) await rm(dir, { recursive: true, force: true });
+    } catch {
+      // Gone meanwhile, or not ours to read: leave it.
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"; // alive, another user's
   }
 }
 

@@ -4,8 +4,19 @@
  * and resuming from journal segments. Stores are directories and in-memory doubles (the
  * emulator paths are covered by sync.test.ts).
  */
+
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -19,7 +30,11 @@ import {
   manifestKey,
   serialiseManifest,
 } from "../../operator/dataplane/manifest.ts";
-import { ManifestReader, SortedManifestWriter } from "../../operator/dataplane/manifest-stream.ts";
+import {
+  ManifestReader,
+  removeAbandonedTempDirs,
+  SortedManifestWriter,
+} from "../../operator/dataplane/manifest-stream.ts";
 import { faulty, ListedSource } from "./doubles.ts";
 import { contents } from "./fixtures.ts";
 
@@ -319,5 +334,29 @@ describe("resuming from journal segments", () => {
     ).rejects.toThrow("manifest write refused");
     const again = await syncStores(src, real);
     expect(again).toMatchObject({ complete: true, copied: { objects: 0 }, skipped: { objects: 3 } });
+  });
+});
+
+describe("temp files", () => {
+  it("a sync removes the manifest temp dir a killed sync left, never a live one", async () => {
+    const dead = spawnSync("true").pid!;
+    const abandoned = join(tmpdir(), `spillway-manifest-${dead}-test`);
+    const recent = join(tmpdir(), `spillway-manifest-${dead}-recent`);
+    const live = join(tmpdir(), `spillway-manifest-${process.ppid}-test`);
+    for (const d of [abandoned, recent, live]) {
+      mkdirSync(d, { recursive: true });
+      writeFileSync(join(d, "entries"), "[]");
+    }
+    const old = new Date(Date.now() - 3600_000);
+    for (const d of [abandoned, live]) {
+      utimesSync(join(d, "entries"), old, old);
+      utimesSync(d, old, old);
+    }
+    try {
+      await removeAbandonedTempDirs();
+      expect([existsSync(abandoned), existsSync(recent), existsSync(live)]).toEqual([false, true, true]);
+    } finally {
+      for (const d of [abandoned, recent, live]) rmSync(d, { recursive: true, force: true });
+    }
   });
 });
