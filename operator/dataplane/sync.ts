@@ -4,6 +4,11 @@
  *
  * - Listing is streamed page by page; each object is decided against the manifest as it
  *   arrives, so the destination is neither listed nor HEADed on a rerun.
+ * - No per-object state: the committed manifest is read as a stream and merged with the
+ *   listing (both in `compareKeys` order); the new manifest is written in key order to a temp
+ *   file as objects are decided and uploaded at the end; `verify: "list"` and `delete` merge
+ *   the destination listing the same way. What is held is bounded by `streamLimits` (keys
+ *   listed out of order, undecided objects), not by the object count (manifest-stream.ts).
  * - Data buffers come from one byte budget of `concurrency × partSize`: memory is bounded
  *   whatever the object count or size. A large object is read as one stream, hashed in order,
  *   and its parts are uploaded in parallel while the next ones are read.
@@ -11,7 +16,8 @@
  *   carries one, stored as destination metadata and in the manifest; every part/put carries an
  *   MD5 the store checks; `verify: "content"` re-reads the destination.
  * - Crash safety: objects become visible only when complete (atomic put / multipart commit);
- *   completed copies are checkpointed to a journal, so a rerun after a kill resumes; the
+ *   completed copies are checkpointed to journal segments (the copies since the last
+ *   checkpoint each), so a rerun after a kill resumes; the
  *   manifest is committed last, and only when nothing failed; `delete` runs only then.
  */
 import { createHash } from "node:crypto";
