@@ -10,10 +10,12 @@ const MiB = 2 ** 20;
 
 /** A reducer over a scripted process: RSS and loop utilisation are set by the test. */
 function scripted(startRss: number) {
-  const state = { rss: startRss, busy: 0, gcs: 0, releaseTo: startRss };
+  const state = { rss: startRss, busy: 0, gcs: 0, releaseTo: startRss, now: 0 };
   const reducer = new IdleMemoryReducer({
     growthBytes: 64 * MiB,
     idleUtilization: 0.1,
+    minSpacingMs: 300_000,
+    now: () => state.now,
     rss: () => state.rss,
     utilization: () => state.busy,
     gc: () => {
@@ -41,8 +43,12 @@ test("after a burst it collects once, when the event loop is idle, and memory re
   expect(reducer.tick()).toBe(false);
   expect(state.gcs).toBe(1);
 
-  // The next burst is measured from where the last reduction left memory.
+  // The next burst is measured from where the last reduction left memory, and waits for
+  // the least spacing between two reductions.
   state.rss = 230 * MiB;
+  state.now = 60_000;
+  expect(reducer.tick()).toBe(false);
+  state.now = 300_000;
   expect(reducer.tick()).toBe(true);
   expect(state.gcs).toBe(2);
 });
