@@ -211,7 +211,10 @@ export function renderWorkerJob(i: WorkerJobInputs): KubeObject & Record<string,
               volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
             },
           ],
-          volumes: [{ name: "tmp", emptyDir: { sizeLimit: "64Mi" } }],
+          // The sync writes the new manifest to a temp file as it goes (≈ 150–200 B per object,
+          // twice that while out-of-order keys are merged in): 1 GiB holds a shard of a few
+          // million objects. It is disk, not memory: the engine holds no per-object state.
+          volumes: [{ name: "tmp", emptyDir: { sizeLimit: "1Gi" } }],
         },
       },
     },
