@@ -19,7 +19,8 @@
  * `SYNC_BENCH_PROFILE=DIR` writes a V8 CPU profile of every Spillway run to DIR;
  * `SYNC_BENCH_ARGS="--upload-cutoff 0"` adds options to every Spillway run;
  * `SYNC_BENCH_SDK=1` adds, to (a) and (b), a Spillway run with the stores' object requests sent
- * through the SDKs as before the raw routes (`SPILLWAY_STORE_SDK_ONLY=1`): before/after in one run.
+ * through the SDKs as before the raw routes (`SPILLWAY_STORE_SDK_ONLY=1`): before/after in one run;
+ * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=4"` adds V8 flags to every Spillway process.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -197,9 +198,13 @@ async function main(): Promise<void> {
     ): Run => {
       const src = `azblob://${az.accountName}/${container}/?endpoint=${enc(az.blobEndpoint)}`;
       const dst = `s3://${bucket}/${prefix}?endpoint=${enc(s3.endpoint)}&region=${s3.region}`;
-      const profile = process.env.SYNC_BENCH_PROFILE
-        ? ["--cpu-prof", "--cpu-prof-dir", process.env.SYNC_BENCH_PROFILE]
-        : [];
+      const profile = [
+        ...(process.env.SYNC_BENCH_PROFILE
+          ? ["--cpu-prof", "--cpu-prof-dir", process.env.SYNC_BENCH_PROFILE]
+          : []),
+        // V8 flags for Spillway's process, e.g. "--max-semi-space-size=4" (memory scenario).
+        ...(process.env.SYNC_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean),
+      ];
       const r = timed(
         process.execPath,
         [...profile, ...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra, ...oursExtra],
