@@ -18,8 +18,10 @@
  * RSS; when the loop was idle for a whole interval and RSS is `growthBytes` above where it
  * was after the last reduction (or at start), it runs one last-resort GC (a few full GCs:
  * ~200 ms on a 60 MiB live heap, only when idle, so no placement waits on it) and takes the
- * RSS after it as the new floor (at most one per `minSpacingMs`). A busy operator never pays
- * for it; a burst pays once.
+ * RSS after it as the new floor. It also reduces when a busy spell has just ended and RSS is
+ * `growthBytes` above the start (at 10,000 runs the last reduction came while they ran, and
+ * their deletion freed the heap without raising RSS again). Reductions are spaced by at least
+ * `minSpacingMs` and 100 times their own duration. A busy operator never pays for it.
  *
  * Measured (500 runs, same harness, load 6–13 on 2 cores): RSS start 158, peak 353, 30 s
  * after the runs were deleted 179 MiB (without this: 151 → 388 → 390, and still 390 after a
@@ -44,10 +46,10 @@ export interface IdleMemoryReducerOptions {
   /** RSS growth above the floor that is worth a reduction (default 64 MiB). */
   growthBytes?: number;
   /**
-   * Least time between two reductions (default 5 min). An operator holding 10,000 running
-   * runs, mostly waiting, counts as idle and its heap churns back up by 64 MiB within a
-   * minute or two; a reduction then took 0.6–1.5 s (2 loaded cores): at most one per 5 min
-   * keeps that under 0.5 % of the time.
+   * Least time between two reductions (default 60 s), and never less than 100 times the last
+   * reduction's own duration, so reductions take at most 1 % of the time. An operator holding
+   * 10,000 running runs, mostly waiting, counts as idle between its busy spells; a reduction
+   * then took 0.6–1.5 s (2 loaded cores).
    */
   minSpacingMs?: number;
   now?: () => number;
@@ -93,6 +95,11 @@ export class IdleMemoryReducer {
   private readonly minSpacingMs: number;
   private readonly now: () => number;
   private lastReduction = Number.NEGATIVE_INFINITY;
+  private lastGcMs = 0;
+  /** RSS when started: nothing is reduced below start + growth. */
+  private readonly startRss: number;
+  /** A busy interval was seen since the last reduction (a burst, e.g. a mass deletion). */
+  private sawBusy = false;
   private readonly gc: () => void;
   private readonly rss: () => number;
   private readonly utilization: () => number;
@@ -104,13 +111,14 @@ export class IdleMemoryReducer {
     this.intervalMs = opts.intervalMs ?? 15_000;
     this.idleUtilization = opts.idleUtilization ?? 0.1;
     this.growthBytes = opts.growthBytes ?? 64 * 2 ** 20;
-    this.minSpacingMs = opts.minSpacingMs ?? 300_000;
+    this.minSpacingMs = opts.minSpacingMs ?? 60_000;
     this.now = opts.now ?? Date.now;
     this.gc = opts.gc ?? lastResortGc();
     this.rss = opts.rss ?? (() => process.memoryUsage.rss());
     this.utilization = opts.utilization ?? eventLoopUtilization();
     this.log = opts.log;
     this.floor = this.rss();
+    this.startRss = this.floor;
   }
 
   start(): void {
@@ -129,19 +137,30 @@ export class IdleMemoryReducer {
   tick(): boolean {
     const busy = this.utilization();
     const rss = this.rss();
+    if (busy >= this.idleUtilization) {
+      this.sawBusy = true;
+      return false;
+    }
     // Memory that went back on its own lowers the floor too.
     this.floor = Math.min(this.floor, rss);
-    if (busy >= this.idleUtilization || rss - this.floor < this.growthBytes) return false;
-    if (this.now() - this.lastReduction < this.minSpacingMs) return false;
+    // Grown since the last reduction, or a busy spell ended (its garbage, e.g. deleted runs,
+    // is what a reduction gives back) while above the start.
+    const grown = rss - this.floor >= this.growthBytes;
+    const afterBurst = this.sawBusy && rss - this.startRss >= this.growthBytes;
+    if (!grown && !afterBurst) return false;
+    const spacing = Math.max(this.minSpacingMs, 100 * this.lastGcMs);
+    if (this.now() - this.lastReduction < spacing) return false;
     this.lastReduction = this.now();
     const t0 = performance.now();
     this.gc();
+    this.lastGcMs = performance.now() - t0;
     const after = this.rss();
     this.floor = after;
+    this.sawBusy = false;
     this.log?.info("idle after a burst: released memory", {
       rssBeforeMiB: Math.round(rss / 2 ** 20),
       rssAfterMiB: Math.round(after / 2 ** 20),
-      gcMs: Math.round(performance.now() - t0),
+      gcMs: Math.round(this.lastGcMs),
     });
     // The GC's own time is not the workload's: start the next interval afresh.
     this.utilization();

@@ -14,7 +14,7 @@ function scripted(startRss: number) {
   const reducer = new IdleMemoryReducer({
     growthBytes: 64 * MiB,
     idleUtilization: 0.1,
-    minSpacingMs: 300_000,
+    minSpacingMs: 60_000,
     now: () => state.now,
     rss: () => state.rss,
     utilization: () => state.busy,
@@ -43,13 +43,34 @@ test("after a burst it collects once, when the event loop is idle, and memory re
   expect(reducer.tick()).toBe(false);
   expect(state.gcs).toBe(1);
 
-  // The next burst is measured from where the last reduction left memory, and waits for
+  // The next growth is measured from where the last reduction left memory, and waits for
   // the least spacing between two reductions.
   state.rss = 230 * MiB;
-  state.now = 60_000;
+  state.now = 30_000;
   expect(reducer.tick()).toBe(false);
-  state.now = 300_000;
+  state.now = 60_000;
   expect(reducer.tick()).toBe(true);
+  expect(state.gcs).toBe(2);
+});
+
+test("a busy spell that ends above the start is followed by a reduction, without new growth", () => {
+  const { state, reducer } = scripted(150 * MiB);
+  // A reduction while 10,000 runs are held: the floor becomes 300 MiB.
+  state.rss = 400 * MiB;
+  state.releaseTo = 300 * MiB;
+  expect(reducer.tick()).toBe(true);
+  // The runs are deleted (busy), then the loop is idle; RSS has not grown past the floor.
+  state.now = 120_000;
+  state.rss = 320 * MiB;
+  state.busy = 0.8;
+  expect(reducer.tick()).toBe(false);
+  state.busy = 0.01;
+  state.releaseTo = 180 * MiB;
+  expect(reducer.tick()).toBe(true);
+  expect(state.rss).toBe(180 * MiB);
+  // Idle on: nothing more.
+  state.now = 240_000;
+  expect(reducer.tick()).toBe(false);
   expect(state.gcs).toBe(2);
 });
 
