@@ -10,6 +10,13 @@
  *
  * `BENCH_RUNS` changes the count. No peer: no other federating operator runs in the sandbox;
  * bench/placement.bench.ts has the no-offer peer at 1,000 runs.
+ *
+ * It also prints where the operator's resident memory is at each step (/proc/PID/smaps:
+ * glibc's main arena, its thread arenas, other anonymous mappings — V8's pages — files) and
+ * V8's heap spaces. Knobs to compare memory settings under the same harness:
+ * `BENCH_OPERATOR_ENV="K=V …"` (e.g. GLIBC_TUNABLES), `BENCH_OPERATOR_NODE_ARGS`,
+ * `BENCH_HEAP_MIB`, `BENCH_OPERATOR_MAIN` (another build), `BENCH_SMAPS_DIR` (keeps each
+ * smaps), `BENCH_OPERATOR_LOG` (the operator's log lines, e.g. its "released memory" line).
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
