@@ -137,7 +137,9 @@ describe("the operator process", () => {
 
   test("leader election: of two replicas only one acts; killing it hands over", async () => {
     e.arm.setCapacity("eastus", AZURE_SKU, 4);
-    const flags = ["--leader-elect", "--lease-duration", "2s", "--leader-election-id", "spillway-e2e"];
+    // 6 s, not 2 s: on two loaded cores a leader could miss a 2 s renewal while it was busy,
+    // and the standby took over while it still acted (a flake, not a handover).
+    const flags = ["--leader-elect", "--lease-duration", "6s", "--leader-election-id", "spillway-e2e"];
     const a = start(flags);
     const b = start(flags);
     const leaderOf = () => [a, b].find((o) => o.has("leading: starting controllers"));
