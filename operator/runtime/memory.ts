@@ -32,6 +32,9 @@
  * RSS after deletion was 169 MiB instead of 179 (thread arenas 10 instead of 17 MiB, the
  * main arena unchanged at 35), within run-to-run noise and at the price of fewer malloc
  * arenas for V8's GC and libuv threads; `MALLOC_ARENA_MAX=2` alone made no difference earlier.
+ * At 3,000 runs the same tunables gave 200 MiB after deletion instead of 225 (thread arenas
+ * 12 instead of 38 MiB, main arena 56 vs 54): worth adopting once a same-load throughput
+ * comparison shows arena_max=2 costs nothing.
  */
 import { performance } from "node:perf_hooks";
 import v8 from "node:v8";
