@@ -182,15 +182,112 @@ class ListingContainerClient extends ContainerClient {
     const response = await ctx.sendRequest.call(ctx, request);
     if ((response.status === 200 || response.status === 206) && response.readableStreamBody)
       return response.readableStreamBody;
-    const body = response.bodyAsText ?? "";
-    const code = response.headers.get("x-ms-error-code") ?? /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? "";
-    throw Object.assign(new Error(`Get Blob: HTTP ${response.status} ${code}`), {
-      name: "RestError",
-      statusCode: response.status,
-      code,
+    throw restErrorOf("Get Blob", response);
+  }
+
+  /**
+   * Put Blob (a block blob in one request) sent raw through the same pipeline: the body as
+   * given (bytes, or a stream of exactly `size` bytes), the headers as given (the caller's
+   * Content-MD5, metadata, content type, conditions). Resolves with the response's ETag and
+   * Content-MD5 (base64), throws a RestError-shaped error for `classifyAzureError` — the
+   * same fields the SDK's RestError carries, so both routes map alike. `undefined` if the
+   * SDK's internals moved (the caller then uses `upload`; a stream body is left untouched).
+   *
+   * Why: `BlockBlobClient.upload` goes through the same operation-spec serialization and
+   * typed header deserialization as `download` (see `getBlob`), around a request that is, on
+   * the wire, one signed PUT. Measured figures are in `AzureBlobStore.put`.
+   *
+   * A stream body that fails mid-way aborts the request with the stream's error
+   * (`abortOnError`).
+   */
+  async putBlob(
+    name: string,
+    body: Uint8Array | Readable,
+    size: number,
+    headers: Record<string, string>,
+    signal?: AbortSignal,
+  ): Promise<{ etag: string; contentMD5: string | undefined } | undefined> {
+    const ctx = (this as unknown as { storageClientContext?: { sendRequest?: SendRequest } })
+      .storageClientContext;
+    if (typeof ctx?.sendRequest !== "function") return undefined;
+    this.base ??= splitUrl(this.url);
+    const path = name.split("/").map(encodeURIComponent).join("/");
+    const failed = body instanceof Uint8Array ? undefined : abortOnError(body, signal);
+    const abortSignal = failed?.signal ?? signal;
+    const request = createPipelineRequest({
+      url: `${this.base.path}/${path}${this.base.query}`,
+      method: "PUT",
+      headers: createHttpHeaders({
+        "x-ms-version": LIST_API_VERSION,
+        "x-ms-blob-type": "BlockBlob",
+        // The request's own type, as the SDK sends it; the blob's is x-ms-blob-content-type.
+        "Content-Type": "application/octet-stream",
+        "Content-Length": String(size),
+        ...headers,
+      }),
+      body,
+      allowInsecureConnection: this.base.path.startsWith("http:"),
+      ...(abortSignal ? { abortSignal } : {}),
     });
+    let response: Awaited<ReturnType<SendRequest>>;
+    try {
+      response = await ctx.sendRequest.call(ctx, request);
+    } catch (e) {
+      throw failed?.error() ?? e;
+    }
+    if (failed?.error() !== undefined) throw failed.error();
+    if (response.status === 201)
+      return {
+        etag: response.headers.get("etag") ?? "",
+        contentMD5: response.headers.get("content-md5"),
+      };
+    throw restErrorOf("Put Blob", response);
   }
   private base: { path: string; query: string } | undefined;
+}
+
+/**
+ * A signal that aborts when `body` fails (or `signal` does), and the body's error. The HTTP
+ * client pipes a stream body into the request and does not end the request when the stream
+ * fails; aborting it sends a short body the service discards, and the put fails at once with
+ * the source's error rather than waiting for bytes that never come.
+ */
+function abortOnError(
+  body: Readable,
+  signal: AbortSignal | undefined,
+): { signal: AbortSignal; error(): unknown } {
+  const controller = new AbortController();
+  let error: unknown;
+  body.once("error", (e) => {
+    error ??= e;
+    controller.abort();
+  });
+  return {
+    signal: signal ? AbortSignal.any([signal, controller.signal]) : controller.signal,
+    error: () => error,
+  };
+}
+
+/**
+ * A failed raw response as the fields of the SDK's RestError that `classifyAzureError` reads:
+ * the status, and the service's error code (its `x-ms-error-code` header, else the XML body's
+ * `<Code>`) — where the SDK takes them from too.
+ */
+function restErrorOf(
+  what: string,
+  response: {
+    status: number;
+    bodyAsText?: string | null;
+    headers: { get(name: string): string | undefined };
+  },
+): Error {
+  const body = response.bodyAsText ?? "";
+  const code = response.headers.get("x-ms-error-code") ?? /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? "";
+  return Object.assign(new Error(`${what}: HTTP ${response.status} ${code}`), {
+    name: "RestError",
+    statusCode: response.status,
+    code,
+  });
 }
 
 /** A container URL as its path part and its query (a SAS: `?…`, or ""). */
@@ -295,10 +392,11 @@ export class AzureBlobStore implements ObjectStore {
   };
   readonly displayUri: string;
   /**
-   * Whether reads go through `getBlob` (raw Get Blob) rather than the SDK's `download`.
-   * SPILLWAY_STORE_SDK_ONLY=1 restores the SDK route (a comparison switch for the benchmark).
+   * Whether reads and single-request writes go raw (`getBlob`, `putBlob`) rather than through
+   * the SDK's `download` and `upload`. SPILLWAY_STORE_SDK_ONLY=1 restores the SDK route (a
+   * comparison switch for the benchmark, and a way back should a service reject the raw form).
    */
-  private readonly rawGet = process.env.SPILLWAY_STORE_SDK_ONLY !== "1";
+  private readonly raw = process.env.SPILLWAY_STORE_SDK_ONLY !== "1";
 
   private constructor(
     private readonly container: ListingContainerClient,
@@ -516,7 +614,7 @@ export class AzureBlobStore implements ObjectStore {
     const r = options.range;
     if (r && r.end !== undefined && r.end <= r.start) return Readable.from([]);
     try {
-      if (this.rawGet) {
+      if (this.raw) {
         const raw = await this.container.getBlob(this.prefix + normaliseKey(key), {
           ...(r ? { range: r } : {}),
           ...(options.ifMatch ? { ifMatch: `"${unquote(options.ifMatch)}"` } : {}),
@@ -553,9 +651,48 @@ export class AzureBlobStore implements ObjectStore {
     };
   }
 
+  /**
+   * The headers of a raw Put Blob: what `upload` sends for the same options (checked on the
+   * wire against the SDK's request): the MD5 both as Content-MD5 (checked against the body)
+   * and as the blob's property, metadata as `x-ms-meta-*` (Spillway's sha256 among them), the
+   * blob's content type, the conditions.
+   */
+  private putHeaders(options: WriteOptions, digest: Buffer | undefined): Record<string, string> {
+    const headers: Record<string, string> = {};
+    if (digest) {
+      const b64 = digest.toString("base64");
+      headers["Content-MD5"] = b64;
+      headers["x-ms-blob-content-md5"] = b64;
+    }
+    if (options.contentType) headers["x-ms-blob-content-type"] = options.contentType;
+    for (const [name, value] of Object.entries(this.metadataOf(options)))
+      headers[`x-ms-meta-${name}`] = value;
+    if (options.ifNoneMatch) headers["If-None-Match"] = options.ifNoneMatch;
+    if (options.ifMatch) headers["If-Match"] = `"${unquote(options.ifMatch)}"`;
+    return headers;
+  }
+
+  /**
+   * Measured (2026-11-22, Azurite, 16 at a time, `/tmp` script driving this store; figures in
+   * docs/dataplane.md): client CPU per 4 KiB put through `upload` against this raw Put Blob.
+   */
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);
     try {
+      if (this.raw) {
+        const r = await this.container.putBlob(
+          this.prefix + normaliseKey(key),
+          body,
+          body.length,
+          this.putHeaders(options, digest),
+          options.signal,
+        );
+        if (r) {
+          if (!sameBytes(r.contentMD5 ? Buffer.from(r.contentMD5, "base64") : undefined, digest))
+            throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
+          return { etag: unquote(r.etag) };
+        }
+      }
       const r = await this.blob(key).upload(body, body.length, {
         metadata: this.metadataOf(options),
         conditions: this.conditionsOf(options),
@@ -578,7 +715,9 @@ export class AzureBlobStore implements ObjectStore {
    * One streamed Put Blob up to `maxPutSize`: no staged blocks to commit. The service checks
    * a Content-MD5 given in advance and returns the MD5 it computed otherwise. A sha256 known
    * only after the body was sent is added as metadata (no data rewrite; the etag changes, and
-   * the update is conditional on the etag just written).
+   * the update is conditional on the etag just written). Raw like `put`, the SDK's `upload`
+   * when SPILLWAY_STORE_SDK_ONLY=1; the late metadata stays on the SDK (one request per
+   * object of at least a part size, where the request's CPU is noise beside the data's).
    */
   async putStream(
     key: string,
@@ -589,19 +728,42 @@ export class AzureBlobStore implements ObjectStore {
     const blob = this.blob(key);
     const given = options.md5 ? Buffer.from(options.md5, "hex") : undefined;
     try {
-      const r = await blob.upload(() => body, size, {
-        metadata: this.metadataOf(options),
-        conditions: this.conditionsOf(options),
-        blobHTTPHeaders: {
-          ...(given ? { blobContentMD5: given } : {}),
-          ...(options.contentType ? { blobContentType: options.contentType } : {}),
-        },
-        ...(given ? { transactionalContentMD5: given } : {}),
-        ...(options.signal ? { abortSignal: options.signal } : {}),
-      });
-      let etag = unquote(r.etag);
-      const md5 =
-        r.contentMD5 && r.contentMD5.length === 16 ? Buffer.from(r.contentMD5).toString("hex") : undefined;
+      const sent = this.raw
+        ? await this.container.putBlob(
+            this.prefix + normaliseKey(key),
+            body,
+            size,
+            this.putHeaders(options, given),
+            options.signal,
+          )
+        : undefined;
+      let etag: string;
+      let md5: string | undefined;
+      if (sent) {
+        etag = unquote(sent.etag);
+        const got = sent.contentMD5 ? Buffer.from(sent.contentMD5, "base64") : undefined;
+        md5 = got && got.length === 16 ? got.toString("hex") : undefined;
+      } else {
+        const failed = abortOnError(body, options.signal);
+        const r = await blob
+          .upload(() => body, size, {
+            metadata: this.metadataOf(options),
+            conditions: this.conditionsOf(options),
+            blobHTTPHeaders: {
+              ...(given ? { blobContentMD5: given } : {}),
+              ...(options.contentType ? { blobContentType: options.contentType } : {}),
+            },
+            ...(given ? { transactionalContentMD5: given } : {}),
+            abortSignal: failed.signal,
+          })
+          .catch((e: unknown) => {
+            throw failed.error() ?? e;
+          });
+        if (failed.error() !== undefined) throw failed.error();
+        etag = unquote(r.etag);
+        md5 =
+          r.contentMD5 && r.contentMD5.length === 16 ? Buffer.from(r.contentMD5).toString("hex") : undefined;
+      }
       const late = options.sha256 ? undefined : options.sha256After?.();
       if (late) {
         const m = await blob.setMetadata(this.metadataOf(options, late), {

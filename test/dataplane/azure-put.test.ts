@@ -1,0 +1,325 @@
+/**
+ * Azure writes in one request sent raw (azure.ts `putBlob`: Put Blob through the container
+ * client's own pipeline and credential) against a real Azurite, read back with the SDK: bytes,
+ * metadata (Spillway's sha256 among it), Content-MD5 and content type, for each credential
+ * kind; what is refused and how, compared with the SDK's `upload` route
+ * (SPILLWAY_STORE_SDK_ONLY=1), which must keep working; throttling and server errors retried.
+ */
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import {
+  BlockBlobClient,
+  ContainerClient,
+  ContainerSASPermissions,
+  generateBlobSASQueryParameters,
+  SASProtocol,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+import { jest } from "@jest/globals";
+import {
+  type ObjectStore,
+  openStore,
+  type StoreCredentials,
+  StoreError,
+} from "../../operator/dataplane/index.ts";
+import { readAll } from "../../operator/dataplane/manifest.ts";
+import { withRetry } from "../../operator/dataplane/retry.ts";
+import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
+
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+const md5 = (b: Buffer) => createHash("md5").update(b).digest("hex");
+
+let dir: string;
+let azurite: AzuriteEmulator;
+/** The SDK, reading back what the stores wrote. */
+let sdk: ContainerClient;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "spillway-azput-"));
+  azurite = await AzuriteEmulator.start({ dir, containers: ["put"] });
+  sdk = new ContainerClient(
+    `${azurite.blobEndpoint}/put`,
+    new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey),
+  );
+});
+afterAll(async () => {
+  await azurite.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+afterEach(() => jest.restoreAllMocks());
+
+type Route = "raw" | "SDK";
+
+/** Opens a store on the route asked for (the switch is read when the store is opened). */
+async function open(
+  route: Route,
+  credentials: StoreCredentials = { azure: { connectionString: azurite.connectionString } },
+  options: { endpoint?: string; sas?: string; container?: string } = {},
+): Promise<ObjectStore> {
+  const previous = process.env.SPILLWAY_STORE_SDK_ONLY;
+  if (route === "SDK") process.env.SPILLWAY_STORE_SDK_ONLY = "1";
+  else delete process.env.SPILLWAY_STORE_SDK_ONLY;
+  try {
+    const endpoint = encodeURIComponent(options.endpoint ?? azurite.blobEndpoint);
+    const sas = options.sas ? `&sas=${encodeURIComponent(options.sas)}` : "";
+    return await openStore(
+      `azblob://${azurite.accountName}/${options.container ?? "put"}/${route}/?endpoint=${endpoint}${sas}`,
+      credentials,
+    );
+  } finally {
+    if (previous === undefined) delete process.env.SPILLWAY_STORE_SDK_ONLY;
+    else process.env.SPILLWAY_STORE_SDK_ONLY = previous;
+  }
+}
+
+function sas(permissions: string): string {
+  return generateBlobSASQueryParameters(
+    {
+      containerName: "put",
+      permissions: ContainerSASPermissions.parse(permissions),
+      expiresOn: new Date(Date.now() + 3600_000),
+      protocol: SASProtocol.HttpsAndHttp,
+    },
+    new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey),
+  ).toString();
+}
+
+/** Where a promise fails: its StoreError code, or "resolved". */
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "resolved";
+  } catch (e) {
+    return e instanceof StoreError ? e.code : `not a StoreError: ${String(e)}`;
+  }
+}
+
+/** What the SDK reads back of a blob: bytes, Spillway's sha256 and user metadata, MD5, type. */
+async function readBack(name: string) {
+  const blob = sdk.getBlobClient(name);
+  const p = await blob.getProperties();
+  const bytes = await blob.downloadToBuffer();
+  return {
+    sha256OfBytes: sha(bytes),
+    metadata: p.metadata,
+    md5: p.contentMD5 ? Buffer.from(p.contentMD5).toString("hex") : undefined,
+    contentType: p.contentType,
+  };
+}
+
+/** A stream of `body` in 64 KiB chunks (a source's response arrives in pieces). */
+function chunked(body: Buffer): Readable {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < body.length; i += 64 * 1024) chunks.push(body.subarray(i, i + 64 * 1024));
+  return Readable.from(chunks);
+}
+
+const credentialKinds: [string, () => Promise<ObjectStore[]>][] = [
+  ["connection string (shared key)", async () => [await open("raw"), await open("SDK")]],
+  [
+    "account key (shared key)",
+    async () => {
+      const c = { azure: { accountKey: azurite.accountKey } };
+      return [await open("raw", c), await open("SDK", c)];
+    },
+  ],
+  [
+    "SAS in the URI",
+    async () => {
+      const token = sas("racwdl");
+      return [await open("raw", {}, { sas: token }), await open("SDK", {}, { sas: token })];
+    },
+  ],
+];
+
+describe.each(credentialKinds)("with a %s", (_kind, stores) => {
+  it("writes buffered and streamed objects on both routes that the SDK reads back alike", async () => {
+    const upload = jest.spyOn(BlockBlobClient.prototype, "upload");
+    const [raw, viaSdk] = await stores();
+    const small = Buffer.from("small object ünïcödé ".repeat(200));
+    const large = Buffer.alloc(700 * 1024);
+    for (let i = 0; i < large.length; i++) large[i] = (i * 31) & 0xff;
+    const results: Record<Route, unknown> = { raw: undefined, SDK: undefined };
+    for (const [route, store] of [
+      ["raw", raw],
+      ["SDK", viaSdk],
+    ] as const) {
+      const calls = upload.mock.calls.length;
+      await store!.put("dir/buffered ü.txt", small, {
+        sha256: sha(small),
+        metadata: { owner: "team" },
+        contentType: "text/plain",
+      });
+      await store!.put("empty.bin", Buffer.alloc(0), { sha256: sha(Buffer.alloc(0)) });
+      const known = await store!.putStream!("streamed-md5.bin", chunked(large), large.length, {
+        sha256: sha(large),
+        md5: md5(large),
+      });
+      const late = await store!.putStream!("streamed-late.bin", chunked(large), large.length, {
+        sha256After: () => sha(large),
+      });
+      // The raw route never calls the SDK's upload; SPILLWAY_STORE_SDK_ONLY=1 always does.
+      expect(upload.mock.calls.length - calls).toBe(route === "raw" ? 0 : 4);
+      expect([known.md5, late.md5]).toEqual([md5(large), md5(large)]);
+      results[route] = {
+        buffered: await readBack(`${route}/dir/buffered ü.txt`),
+        empty: await readBack(`${route}/empty.bin`),
+        streamedMd5: await readBack(`${route}/streamed-md5.bin`),
+        streamedLate: await readBack(`${route}/streamed-late.bin`),
+      };
+      // The etag returned is the blob's current one (after the late metadata, too).
+      expect(late.etag).toBe((await store!.head("streamed-late.bin"))?.etag);
+    }
+    expect(results.raw).toEqual({
+      buffered: {
+        sha256OfBytes: sha(small),
+        metadata: { owner: "team", spillwaysha256: sha(small) },
+        md5: md5(small),
+        contentType: "text/plain",
+      },
+      empty: {
+        sha256OfBytes: sha(Buffer.alloc(0)),
+        metadata: { spillwaysha256: sha(Buffer.alloc(0)) },
+        md5: md5(Buffer.alloc(0)),
+        contentType: "application/octet-stream",
+      },
+      streamedMd5: {
+        sha256OfBytes: sha(large),
+        metadata: { spillwaysha256: sha(large) },
+        md5: md5(large),
+        contentType: "application/octet-stream",
+      },
+      streamedLate: {
+        sha256OfBytes: sha(large),
+        metadata: { spillwaysha256: sha(large) },
+        md5: md5(large),
+        contentType: "application/octet-stream",
+      },
+    });
+    expect(results.SDK).toEqual(results.raw);
+  });
+});
+
+describe.each(["raw", "SDK"] as const)("the %s route refuses and maps like the SDK's", (route) => {
+  it("refuses a body whose Content-MD5 is wrong (Integrity), storing nothing", async () => {
+    const store = await open(route);
+    const body = Buffer.from("the real bytes");
+    const wrong = md5(Buffer.from("other bytes"));
+    expect(await codeOf(store.put("bad-md5.bin", body, { sha256: sha(body), md5: wrong }))).toBe("Integrity");
+    expect(
+      await codeOf(store.putStream!("bad-md5-stream.bin", chunked(body), body.length, { md5: wrong })),
+    ).toBe("Integrity");
+    expect([await store.head("bad-md5.bin"), await store.head("bad-md5-stream.bin")]).toEqual([
+      undefined,
+      undefined,
+    ]);
+  });
+
+  it("enforces If-None-Match: * and If-Match (PreconditionFailed), and writes when they hold", async () => {
+    const store = await open(route);
+    const one = Buffer.from("one");
+    const first = await store.put("cond.bin", one, { ifNoneMatch: "*" });
+    expect(await codeOf(store.put("cond.bin", one, { ifNoneMatch: "*" }))).toBe("PreconditionFailed");
+    const two = Buffer.from("two");
+    const second = await store.put("cond.bin", two, { ifMatch: first.etag });
+    expect(await codeOf(store.put("cond.bin", one, { ifMatch: first.etag }))).toBe("PreconditionFailed");
+    expect(
+      await codeOf(store.putStream!("cond.bin", chunked(one), one.length, { ifMatch: first.etag })),
+    ).toBe("PreconditionFailed");
+    expect((await readAll(await store.read("cond.bin", { ifMatch: second.etag }))).toString()).toBe("two");
+  });
+
+  it("maps a missing container, a wrong key and a read-only SAS as the SDK does", async () => {
+    const body = Buffer.from("x");
+    const missing = await open(route, undefined, { container: "no-such-container" });
+    const wrongKey = await open(route, {
+      azure: { accountKey: Buffer.from("not the key").toString("base64") },
+    });
+    const readOnly = await open(route, {}, { sas: sas("rl") });
+    const codes = [];
+    for (const store of [missing, wrongKey, readOnly])
+      codes.push(
+        await codeOf(store.put("e.bin", body)),
+        await codeOf(store.putStream!("e.bin", chunked(body), body.length)),
+      );
+    expect(codes).toEqual(["ContainerNotFound", "ContainerNotFound", "Auth", "Auth", "Auth", "Auth"]);
+  });
+
+  it("fails a streamed put whose source fails mid-way, with the source's error, leaving nothing", async () => {
+    const store = await open(route);
+    let sent = 0;
+    const failing = new Readable({
+      read() {
+        if (sent++ < 2) this.push(Buffer.alloc(64 * 1024, 1));
+        else this.destroy(new Error("source went away"));
+      },
+    });
+    await expect(store.putStream!("half.bin", failing, 1024 * 1024)).rejects.toThrow("source went away");
+    expect(await store.head("half.bin")).toBeUndefined();
+  });
+});
+
+/** A proxy in front of Azurite answering the next requests with the statuses in `fail`. */
+async function failingProxy(
+  target: string,
+): Promise<{ url: string; fail: number[]; seen: number; server: Server }> {
+  const t = new URL(target);
+  const state = { url: "", fail: [] as number[], seen: 0, server: undefined as unknown as Server };
+  state.server = createServer((req, res) => {
+    state.seen++;
+    const status = state.fail.shift();
+    if (status !== undefined) {
+      req.resume();
+      const code = status === 503 ? "ServerBusy" : "InternalError";
+      res.writeHead(status, { "content-type": "application/xml", "x-ms-error-code": code });
+      res.end(
+        `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
+      );
+      return;
+    }
+    const up = request(
+      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((resolve) => state.server.listen(0, "127.0.0.1", resolve));
+  state.url = `http://127.0.0.1:${(state.server.address() as AddressInfo).port}${t.pathname.replace(/\/+$/, "")}`;
+  return state;
+}
+
+describe.each(["raw", "SDK"] as const)("throttling and server errors on the %s route", (route) => {
+  it("a 503 is Throttled, a 500 Transient, and the caller's retry gets the put through", async () => {
+    const proxy = await failingProxy(azurite.blobEndpoint);
+    try {
+      const store = await open(route, undefined, { endpoint: proxy.url });
+      const body = Buffer.from("through the proxy");
+      proxy.fail.push(503, 500);
+      expect([
+        await codeOf(store.put("proxied.bin", body)),
+        await codeOf(store.put("proxied.bin", body)),
+      ]).toEqual(["Throttled", "Transient"]);
+      proxy.fail.push(503);
+      expect(await codeOf(store.putStream!("proxied.bin", chunked(body), body.length))).toBe("Throttled");
+      proxy.fail.push(503, 500);
+      const before = proxy.seen;
+      await withRetry(() => store.put("proxied.bin", body, { sha256: sha(body) }), {
+        policy: { attempts: 4, baseDelayMs: 1, maxDelayMs: 5 },
+      });
+      expect(proxy.seen - before).toBe(3);
+      expect((await readBack(`${route}/proxied.bin`)).sha256OfBytes).toBe(sha(body));
+    } finally {
+      proxy.server.closeAllConnections();
+      await new Promise<void>((resolve) => proxy.server.close(() => resolve()));
+    }
+  });
+});
