@@ -198,7 +198,7 @@ class ListingContainerClient extends ContainerClient {
    * the wire, one signed PUT. Measured figures are in `AzureBlobStore.put`.
    *
    * A stream body that fails mid-way aborts the request with the stream's error
-   * (`abortOnError`).
+   * (`sendingStream`).
    */
   async putBlob(
     name: string,
@@ -211,31 +211,28 @@ class ListingContainerClient extends ContainerClient {
       .storageClientContext;
     if (typeof ctx?.sendRequest !== "function") return undefined;
     this.base ??= splitUrl(this.url);
+    const base = this.base;
     const path = name.split("/").map(encodeURIComponent).join("/");
-    const failed = body instanceof Uint8Array ? undefined : abortOnError(body, signal);
-    const abortSignal = failed?.signal ?? signal;
-    const request = createPipelineRequest({
-      url: `${this.base.path}/${path}${this.base.query}`,
-      method: "PUT",
-      headers: createHttpHeaders({
-        "x-ms-version": LIST_API_VERSION,
-        "x-ms-blob-type": "BlockBlob",
-        // The request's own type, as the SDK sends it; the blob's is x-ms-blob-content-type.
-        "Content-Type": "application/octet-stream",
-        "Content-Length": String(size),
-        ...headers,
-      }),
-      body,
-      allowInsecureConnection: this.base.path.startsWith("http:"),
-      ...(abortSignal ? { abortSignal } : {}),
-    });
-    let response: Awaited<ReturnType<SendRequest>>;
-    try {
-      response = await ctx.sendRequest.call(ctx, request);
-    } catch (e) {
-      throw failed?.error() ?? e;
-    }
-    if (failed?.error() !== undefined) throw failed.error();
+    const request = (abortSignal: AbortSignal | undefined) =>
+      createPipelineRequest({
+        url: `${base.path}/${path}${base.query}`,
+        method: "PUT",
+        headers: createHttpHeaders({
+          "x-ms-version": LIST_API_VERSION,
+          "x-ms-blob-type": "BlockBlob",
+          // The request's own type, as the SDK sends it; the blob's is x-ms-blob-content-type.
+          "Content-Type": "application/octet-stream",
+          "Content-Length": String(size),
+          ...headers,
+        }),
+        body,
+        allowInsecureConnection: base.path.startsWith("http:"),
+        ...(abortSignal ? { abortSignal } : {}),
+      });
+    const send = ctx.sendRequest;
+    const response = await (body instanceof Uint8Array
+      ? send.call(ctx, request(signal))
+      : sendingStream(body, signal, (s) => send.call(ctx, request(s))));
     if (response.status === 201)
       return {
         etag: response.headers.get("etag") ?? "",
@@ -247,25 +244,36 @@ class ListingContainerClient extends ContainerClient {
 }
 
 /**
- * A signal that aborts when `body` fails (or `signal` does), and the body's error. The HTTP
- * client pipes a stream body into the request and does not end the request when the stream
- * fails; aborting it sends a short body the service discards, and the put fails at once with
- * the source's error rather than waiting for bytes that never come.
+ * Runs `send` with a signal that aborts when `body` fails (or `signal` does); a failed body
+ * rejects with the body's own error. The HTTP client pipes a stream body into the request and
+ * does not end the request when the stream fails: aborting sends a short body the service
+ * discards, and the put fails at once instead of waiting for bytes that never come. (No
+ * AbortSignal.any: one dependent signal per object of a long sync, tied to the sync's signal.)
  */
-function abortOnError(
+async function sendingStream<T>(
   body: Readable,
   signal: AbortSignal | undefined,
-): { signal: AbortSignal; error(): unknown } {
+  send: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
   const controller = new AbortController();
   let error: unknown;
+  // Left attached: a body failing after the request ended has a listener, as it had here.
   body.once("error", (e) => {
     error ??= e;
     controller.abort();
   });
-  return {
-    signal: signal ? AbortSignal.any([signal, controller.signal]) : controller.signal,
-    error: () => error,
-  };
+  const onAbort = () => controller.abort(signal?.reason);
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    const result = await send(controller.signal);
+    if (error !== undefined) throw error;
+    return result;
+  } catch (e) {
+    throw error ?? e;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+  }
 }
 
 /**
@@ -744,9 +752,8 @@ export class AzureBlobStore implements ObjectStore {
         const got = sent.contentMD5 ? Buffer.from(sent.contentMD5, "base64") : undefined;
         md5 = got && got.length === 16 ? got.toString("hex") : undefined;
       } else {
-        const failed = abortOnError(body, options.signal);
-        const r = await blob
-          .upload(() => body, size, {
+        const r = await sendingStream(body, options.signal, (abortSignal) =>
+          blob.upload(() => body, size, {
             metadata: this.metadataOf(options),
             conditions: this.conditionsOf(options),
             blobHTTPHeaders: {
@@ -754,12 +761,9 @@ export class AzureBlobStore implements ObjectStore {
               ...(options.contentType ? { blobContentType: options.contentType } : {}),
             },
             ...(given ? { transactionalContentMD5: given } : {}),
-            abortSignal: failed.signal,
-          })
-          .catch((e: unknown) => {
-            throw failed.error() ?? e;
-          });
-        if (failed.error() !== undefined) throw failed.error();
+            abortSignal,
+          }),
+        );
         etag = unquote(r.etag);
         md5 =
           r.contentMD5 && r.contentMD5.length === 16 ? Buffer.from(r.contentMD5).toString("hex") : undefined;
