@@ -2,6 +2,7 @@
  * The data plane's public surface: stores, the sync engine and the helpers the DataSet
  * controller calls. See docs/dataplane.md.
  */
+import { createHash } from "node:crypto";
 import type { CloudProvider } from "../api/v1alpha1/index.ts";
 import { storeForProvider } from "./credentials.ts";
 import type { ObjectStore } from "./store.ts";
@@ -57,10 +58,28 @@ export async function syncDataset(
 
 /**
  * The version a replica currently holds (digest of its committed manifest), or undefined. The
- * controller gates a run's start on this equalling the source's version.
+ * controller gates a run's start on this equalling the source's version. Computed over the
+ * manifest read as a stream (never held whole); a manifest not in key order (an older engine's)
+ * is read whole and sorted instead, and a damaged one counts as absent.
  */
 export async function replicaVersion(store: ObjectStore, signal?: AbortSignal): Promise<string | undefined> {
-  const { loadManifest, manifestDigest, manifestKey } = await import("./manifest.ts");
-  const m = await loadManifest(store, manifestKey(), signal);
-  return m ? manifestDigest(m) : undefined;
+  const { compareKeys, loadManifest, manifestDigest, manifestKey } = await import("./manifest.ts");
+  const { ManifestReader } = await import("./manifest-stream.ts");
+  const reader = await ManifestReader.open(store, manifestKey(), signal ? { signal } : {});
+  if (!reader) return undefined;
+  const h = createHash("sha256");
+  let last: string | undefined;
+  try {
+    for await (const [key, e] of reader.rows()) {
+      if (last !== undefined && compareKeys(key, last) <= 0) {
+        const m = await loadManifest(store, manifestKey(), signal);
+        return m ? manifestDigest(m) : undefined;
+      }
+      last = key;
+      h.update(`${key}\t${e.size}\t${e.sha256}\n`);
+    }
+  } finally {
+    reader.close();
+  }
+  return reader.truncated ? undefined : `sha256:${h.digest("hex")}`;
 }

@@ -777,6 +777,31 @@ export async function readManifestHeader(
 }
 
 /**
+ * The objects and bytes a stored manifest lists, read as a stream (nothing held per row);
+ * undefined when it is absent or unreadable, or when it ends early (a damaged document's
+ * totals would be wrong).
+ */
+export async function manifestTotals(
+  store: ObjectStore,
+  key: string,
+  signal?: AbortSignal,
+): Promise<{ objects: number; bytes: number; header: ManifestHeader } | undefined> {
+  const r = await ManifestReader.open(store, key, signal ? { signal } : {});
+  if (!r) return undefined;
+  let objects = 0;
+  let bytes = 0;
+  try {
+    for await (const [, e] of r.rows()) {
+      objects++;
+      bytes += e.size;
+    }
+  } finally {
+    r.close();
+  }
+  return r.truncated ? undefined : { objects, bytes, header: r.header };
+}
+
+/**
  * After every worker of a sharded sync succeeded: a streaming k-way merge of the N shard
  * manifests into the main manifest (one open stream per shard, no shard held whole); returns
  * the dataset version. Throws NotFound when a shard's manifest is missing, before writing.

@@ -19,7 +19,8 @@
  *   committed its shard manifest at the destination, which is read for objects and bytes.
  * - **Result**: when every index succeeded, the shard manifests are merged
  *   (`mergeShardManifests`) into the replica's manifest, and the merged manifest is checked
- *   against a fresh listing of the source (keys, sizes, etags or sha256): the replica is
+ *   against a fresh listing of the source (keys, sizes, etags or sha256), both read as streams
+ *   and merged in key order, so the operator holds no per-object state: the replica is
  *   Synced only when its version is the source's. A failed Job gives the failed indexes and
  *   the worker's own last line. Job and Secret are then deleted (uid preconditions).
  * - **Deletion**: the DataSet carries the `spillway.dev/sync-workers` finalizer from its first
@@ -29,14 +30,19 @@
 import type { CloudProvider, DataSet } from "../../api/v1alpha1/index.ts";
 import { locationForProvider } from "../../dataplane/credentials.ts";
 import {
-  loadManifest,
-  type Manifest,
+  type ManifestEntry,
   META_PREFIX,
   manifestKey,
   mergeShardManifests,
 } from "../../dataplane/manifest.ts";
+import {
+  DEFAULT_STREAM_LIMITS,
+  KeyCursor,
+  ManifestReader,
+  manifestTotals,
+} from "../../dataplane/manifest-stream.ts";
 import type { ShardedSyncOutcome, ShardedSyncRequest, ShardedSyncRunner } from "../../dataplane/stager.ts";
-import { normaliseKey, type ObjectStore } from "../../dataplane/store.ts";
+import { normaliseKey, type ObjectInfo, type ObjectStore } from "../../dataplane/store.ts";
 import { isAlreadyExists, isConflict, isNotFound, type KubeClient } from "../../runtime/client.ts";
 import { safeMessage } from "../../runtime/events.ts";
 import type { Informer } from "../../runtime/informer.ts";
@@ -243,11 +249,12 @@ export class SyncWorkers implements ShardedSyncRunner {
     const status = job.status as (RemoteJob["status"] & { completedIndexes?: string }) | undefined;
     for (const index of parseIndexes(status?.completedIndexes)) {
       if (done.has(index) || index >= count) continue;
-      const m = await loadManifest(req.dst, manifestKey({ index, count }), req.signal).catch(() => undefined);
-      if (!m) continue;
-      let bytes = 0;
-      for (const e of m.values()) bytes += e.size;
-      done.set(index, { objects: m.size, bytes });
+      // Summed as a stream: a shard of millions of objects is never held in the operator.
+      const t = await manifestTotals(req.dst, manifestKey({ index, count }), req.signal).catch(
+        () => undefined,
+      );
+      if (!t) continue;
+      done.set(index, { objects: t.objects, bytes: t.bytes });
     }
     let objects = 0;
     let bytes = 0;
@@ -265,31 +272,28 @@ export class SyncWorkers implements ShardedSyncRunner {
   private async finish(req: ShardedSyncRequest, count: number, where: string): Promise<ShardedSyncOutcome> {
     req.report(`merging ${count} shard manifests (${where})`);
     const version = await mergeShardManifests(req.dst, count, req.signal);
-    const merged = await loadManifest(req.dst, manifestKey(), req.signal);
-    if (!merged)
+    const checked = await compareWithSource(req.src, req.dst, req.signal);
+    if ("unreadable" in checked)
       return {
         kind: "done",
         complete: false,
         failure: "replica",
-        message: "the merged manifest could not be read back",
+        message: `the merged manifest could not be read back${checked.unreadable ? `: ${checked.unreadable}` : ""}`,
       };
-    const mismatch = await compareWithSource(req.src, merged, req.signal);
-    let bytes = 0;
-    for (const e of merged.values()) bytes += e.size;
-    if (mismatch)
+    if ("mismatch" in checked)
       return {
         kind: "done",
         complete: false,
         failure: "replica",
-        message: `the workers finished but the replica does not hold the source's current version: ${mismatch}`,
+        message: `the workers finished but the replica does not hold the source's current version: ${checked.mismatch}`,
       };
     return {
       kind: "done",
       complete: true,
       version,
-      objects: merged.size,
-      bytes,
-      message: `${merged.size} objects synced by ${where}`,
+      objects: checked.objects,
+      bytes: checked.bytes,
+      message: `${checked.objects} objects synced by ${where}`,
     };
   }
 
@@ -432,33 +436,102 @@ export class SyncWorkers implements ShardedSyncRunner {
   }
 }
 
+/** What `compareWithSource` found: a mismatch (why) or none, and the manifest's totals. */
+export type SourceComparison =
+  | { objects: number; bytes: number }
+  | { mismatch: string }
+  | { unreadable: string | undefined };
+
 /**
- * Whether `merged` is what the source holds now: the same keys, sizes and content (sha256
- * when the source records one, else the etag the workers copied). Undefined when it is; else why not.
+ * Whether the replica's committed manifest is what the source holds now: the same keys, sizes
+ * and content (sha256 when the source records one, else the etag the workers copied).
+ *
+ * Both sides are streams merged in key order — the source listing and the manifest read line
+ * by line through a `KeyCursor` — so the operator's memory does not grow with the dataset's
+ * object count. A listed key the cursor cannot answer is certainly absent while the cursor has
+ * dropped nothing from its side table; after it has (a source listing far out of key order),
+ * such keys are collected, bounded, and looked up by a full pass over the manifest instead.
  */
 export async function compareWithSource(
   src: ObjectStore,
-  merged: Manifest,
+  replica: ObjectStore,
   signal?: AbortSignal,
-): Promise<string | undefined> {
-  let seen = 0;
-  for await (const o of src.list(signal ? { signal } : {})) {
-    if (o.key.startsWith(META_PREFIX)) continue;
-    let key: string;
-    try {
-      key = normaliseKey(o.key);
-    } catch {
-      continue; // keys a sync rejects are in no version
+  sideLimit = DEFAULT_STREAM_LIMITS.sideTable,
+): Promise<SourceComparison> {
+  const options = signal ? { signal } : {};
+  const reader = await ManifestReader.open(replica, manifestKey(), options);
+  if (!reader) return { unreadable: undefined };
+  let rowsRead = 0;
+  let bytes = 0;
+  const counted = (async function* () {
+    for await (const row of reader.rows()) {
+      rowsRead++;
+      bytes += row[1].size;
+      yield row;
     }
-    const e = merged.get(key);
-    if (!e) return `${key} is not in the replica's manifest`;
-    const same = e.size === o.size && (o.sha256 ? o.sha256 === e.sha256 : e.srcEtag === o.etag);
-    if (!same) return `${key} changed at the source during the sync`;
-    seen++;
+  })();
+  const cursor = new KeyCursor<ManifestEntry>(counted, sideLimit);
+  const same = (o: ObjectInfo, e: ManifestEntry) =>
+    e.size === o.size && (o.sha256 ? o.sha256 === e.sha256 : e.srcEtag === o.etag);
+  let matched = 0;
+  let unsure = new Map<string, ObjectInfo>();
+  /** Looks the unsure keys up in one full pass over the manifest. */
+  const resolveUnsure = async (): Promise<string | undefined> => {
+    if (unsure.size === 0) return undefined;
+    const check = unsure;
+    unsure = new Map();
+    const again = await ManifestReader.open(replica, manifestKey(), options);
+    if (!again) return "the replica's manifest vanished while it was compared";
+    try {
+      for await (const [k, e] of again.rows()) {
+        const o = check.get(k);
+        if (!o) continue;
+        if (!same(o, e)) return `${k} changed at the source during the sync`;
+        check.delete(k);
+        matched++;
+      }
+    } finally {
+      again.close();
+    }
+    const missing = check.keys().next();
+    return missing.done ? undefined : `${missing.value} is not in the replica's manifest`;
+  };
+  try {
+    for await (const o of src.list(options)) {
+      if (o.key.startsWith(META_PREFIX)) continue;
+      let key: string;
+      try {
+        key = normaliseKey(o.key);
+      } catch {
+        continue; // keys a sync rejects are in no version
+      }
+      const e = await cursor.take(key);
+      if (!e) {
+        if (cursor.evicted === 0) return { mismatch: `${key} is not in the replica's manifest` };
+        unsure.set(key, o);
+        if (unsure.size >= sideLimit) {
+          const why = await resolveUnsure();
+          if (why) return { mismatch: why };
+        }
+        continue;
+      }
+      if (!same(o, e)) return { mismatch: `${key} changed at the source during the sync` };
+      matched++;
+    }
+    const why = await resolveUnsure();
+    if (why) return { mismatch: why };
+    // The rows the listing never asked for: objects gone from the source.
+    for (let r = await counted.next(); !r.done; r = await counted.next()) {}
+    if (reader.truncated) return { unreadable: "it ends early" };
+    if (rowsRead !== matched)
+      return {
+        mismatch: `${rowsRead - matched} objects of the replica's manifest are gone from the source`,
+      };
+    return { objects: rowsRead, bytes };
+  } finally {
+    await cursor.close();
+    reader.close();
   }
-  if (seen !== merged.size)
-    return `${merged.size - seen} objects of the replica's manifest are gone from the source`;
-  return undefined;
 }
 
 /** The failed worker's exit code and last line (its termination message), if a pod says. */
