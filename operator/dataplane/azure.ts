@@ -97,10 +97,11 @@ function parseConnectionString(cs: string): Record<string, string> {
 }
 
 /**
- * A ContainerClient that can also send a raw List Blobs request through its own pipeline (so
- * with its credential: shared key or SAS) and return the XML unparsed. The SDK's listing turns
- * the XML into a generic tree and then maps it through its serializer: on a 5,000-blob page
- * that is most of a no-op sync's CPU. `listXml` is undefined if the SDK's internals moved.
+ * A ContainerClient that can also send the hot requests raw through its own pipeline (so with
+ * its credential: shared key or SAS): List Blobs (the XML returned unparsed), Get Blob, Put
+ * Blob. The SDK's listing turns the XML into a generic tree and then maps it through its
+ * serializer: on a 5,000-blob page that is most of a no-op sync's CPU. Each raw method returns
+ * undefined if the SDK's internals moved, and the store then takes the SDK's own call.
  */
 class ListingContainerClient extends ContainerClient {
   async listXml(query: Record<string, string>, signal?: AbortSignal): Promise<string | undefined> {
@@ -681,8 +682,13 @@ export class AzureBlobStore implements ObjectStore {
   }
 
   /**
-   * Measured (2026-11-22, Azurite, 16 at a time, `/tmp` script driving this store; figures in
-   * docs/dataplane.md): client CPU per 4 KiB put through `upload` against this raw Put Blob.
+   * One Put Blob, raw (`putBlob`) unless SPILLWAY_STORE_SDK_ONLY=1. Measured (2026-11-22,
+   * Azurite, 16 puts at a time, this store driven directly, the routes alternating in blocks;
+   * a neighbour's benchmark kept the load average at 9–13 on 2 cores): client CPU per 4 KiB put
+   * 0.67–0.76 ms (medians of 4 runs) through `upload`, 0.50–0.57 ms raw; per 1 MiB put
+   * 1.18–1.51 → 0.84–1.06 ms. A smaller gain than Get Blob's (0.68–0.79 → 0.36–0.44 ms in the
+   * same runs): `upload` deserializes a handful of response headers and wraps no stream; what a
+   * put still costs is mostly Node's HTTP client and the pipeline's shared-key signing.
    */
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);
@@ -783,6 +789,11 @@ export class AzureBlobStore implements ObjectStore {
     }
   }
 
+  /**
+   * Blocks stay on the SDK (stageBlock, commitBlockList): an 8 MiB Put Block costs 13–21 ms of
+   * client CPU (its MD5, the socket writes), so the raw route's ~0.2 ms per request would be
+   * 1–2 % of it; Put Block List is one request per object above the upload cutoff.
+   */
   async startUpload(key: string, options: WriteOptions = {}): Promise<MultipartUpload> {
     const blob = this.blob(key);
     // Block ids must have one length within a blob; a per-upload nonce keeps a crashed
