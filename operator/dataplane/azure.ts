@@ -739,7 +739,6 @@ export class AzureBlobStore implements ObjectStore {
     size: number,
     options: StreamWriteOptions = {},
   ): Promise<StreamPutResult> {
-    const blob = this.blob(key);
     const given = options.md5 ? Buffer.from(options.md5, "hex") : undefined;
     try {
       const sent = this.raw
@@ -759,7 +758,7 @@ export class AzureBlobStore implements ObjectStore {
         md5 = got && got.length === 16 ? got.toString("hex") : undefined;
       } else {
         const r = await sendingStream(body, options.signal, (abortSignal) =>
-          blob.upload(() => body, size, {
+          this.blob(key).upload(() => body, size, {
             metadata: this.metadataOf(options),
             conditions: this.conditionsOf(options),
             blobHTTPHeaders: {
@@ -776,7 +775,7 @@ export class AzureBlobStore implements ObjectStore {
       }
       const late = options.sha256 ? undefined : options.sha256After?.();
       if (late) {
-        const m = await blob.setMetadata(this.metadataOf(options, late), {
+        const m = await this.blob(key).setMetadata(this.metadataOf(options, late), {
           conditions: { ifMatch: `"${etag}"` },
           ...(options.signal ? { abortSignal: options.signal } : {}),
         });
