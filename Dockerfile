@@ -17,6 +17,7 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY bin ./bin
 COPY operator ./operator
 COPY infra ./infra
 RUN npm run build
@@ -74,7 +75,7 @@ COPY --from=deps /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY --from=pulumi /opt/pulumi /opt/pulumi
 COPY package.json ./
-COPY bin/spillway.mjs ./bin/spillway.mjs
+COPY bin/spillway.mjs bin/sync-runtime.mjs ./bin/
 COPY crds ./crds
 # The Pulumi programs run from source: the provisioner finds infra/ above its module and
 # points each stack's Pulumi.yaml at infra/<program>, loaded through tsx (a dependency).

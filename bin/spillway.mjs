@@ -1,16 +1,40 @@
 #!/usr/bin/env node
 // The `spillway` command. Runs the compiled CLI when `npm run build` produced it (the
 // container image does), otherwise the TypeScript sources through tsx (a checkout).
+// `spillway sync` starts with its own V8 flags and runs from its bundle: bin/sync-runtime.mjs.
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { missingSyncFlags, SYNC_BUNDLE } from "./sync-runtime.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const compiled = join(root, "dist", "operator", "cli", "main.js");
-if (existsSync(compiled)) {
-  await import(pathToFileURL(compiled).href);
+const self = fileURLToPath(import.meta.url);
+const root = join(dirname(self), "..");
+
+const sync = process.argv[2] === "sync";
+if (sync) {
+  const missing = missingSyncFlags(process.execArgv);
+  // The flags can only be given at start: the process becomes node with them (same pid, so a
+  // Job's signals and exit code are its own). Without execve (Node < 23.11) it runs as is.
+  if (missing.length > 0 && typeof process.execve === "function") {
+    process.execve(process.execPath, [
+      process.execPath,
+      ...missing,
+      ...process.execArgv,
+      self,
+      ...process.argv.slice(2),
+    ]);
+  }
+}
+
+if (sync && existsSync(SYNC_BUNDLE)) {
+  await import(pathToFileURL(SYNC_BUNDLE).href);
 } else {
-  const { register } = await import("tsx/esm/api");
-  register();
-  await import(pathToFileURL(join(root, "operator", "cli", "main.ts")).href);
+  const compiled = join(root, "dist", "operator", "cli", "main.js");
+  if (existsSync(compiled)) {
+    await import(pathToFileURL(compiled).href);
+  } else {
+    const { register } = await import("tsx/esm/api");
+    register();
+    await import(pathToFileURL(join(root, "operator", "cli", "main.ts")).href);
+  }
 }

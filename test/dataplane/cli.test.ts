@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 import { contents, type Emulators, putAll, startEmulators } from "./fixtures.ts";
 
 const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
-const entry = join(root, "test", "dataplane", "cli-entry.ts");
+// The sync command on its own (the entry of the bundle the image ships).
+const entry = join(root, "operator", "cli", "sync-main.ts");
 
 let emu: Emulators;
 let env: NodeJS.ProcessEnv;

@@ -1,0 +1,65 @@
+// How `spillway sync` runs: the V8 flags its process starts with and the bundle it runs from.
+// Shared by the launcher (bin/spillway.mjs), the image build (`npm run build`) and the sync
+// benchmark, so the benchmark measures the process users and the sync worker Jobs get.
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+/**
+ * V8 flags of a `spillway sync` process. A sync streams its data through Node's sockets: every
+ * socket read is a fresh 64 KiB ArrayBuffer outside the JS heap. With V8's default young
+ * generation (semi-spaces of up to 16 MiB and more) a cold copy of 400 MiB ran only 8
+ * scavenges, so the dead read buffers piled up as external memory and V8 answered with 26–29
+ * full mark-compacts. A 1 MiB semi-space scavenges often enough that those buffers die young:
+ * the same copy ran 10 mark-compacts and its process needed 0.5–0.9 CPU s less (2.2 against
+ * 3.1 CPU s, docs/dataplane.md); peak RSS drops too. Only `sync`: the operator's allocation
+ * pattern (many live objects) is not this one.
+ */
+export const SYNC_NODE_FLAGS = ["--max-semi-space-size=1"];
+
+/** The bundle `spillway sync` runs from when it was built (`npm run build`; the image has it). */
+export const SYNC_BUNDLE = join(root, "dist", "sync", "spillway-sync.js");
+
+/**
+ * The flags of `SYNC_NODE_FLAGS` a process started with `execArgv` lacks (a flag given
+ * explicitly, with any value, is the caller's choice and kept).
+ */
+export function missingSyncFlags(execArgv, env = process.env) {
+  const given = [...execArgv, ...(env.NODE_OPTIONS ?? "").split(/\s+/)].map((a) => a.split("=")[0]);
+  return SYNC_NODE_FLAGS.filter((f) => !given.includes(f.split("=")[0]));
+}
+
+/**
+ * Bundles `spillway sync` (operator/cli/sync-main.ts) with its packages into `outdir`, one
+ * ESM file plus chunks for what loads lazily (the S3 SDK, the Azure adapter): a worker starts
+ * without resolving hundreds of modules in node_modules — 0.2 CPU s less per start than the
+ * compiled files. Needs esbuild (a dev dependency): the build stage has it, the image does not.
+ */
+export async function bundleSync(outdir = dirname(SYNC_BUNDLE)) {
+  const { build } = await import("esbuild");
+  await build({
+    entryPoints: { "spillway-sync": join(root, "operator", "cli", "sync-main.ts") },
+    bundle: true,
+    splitting: true,
+    format: "esm",
+    platform: "node",
+    target: "node22",
+    // The packages' ESM builds: their named exports survive a lazy `await import()`.
+    mainFields: ["module", "main"],
+    // Some dependencies are CommonJS and call require(); an ESM bundle has none of its own.
+    banner: {
+      js: "import { createRequire as __spillwayRequire } from 'node:module'; const require = __spillwayRequire(import.meta.url);",
+    },
+    outdir,
+    logLevel: "error",
+    absWorkingDir: root,
+  });
+  return join(outdir, "spillway-sync.js");
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const out = await bundleSync(process.argv[2] ?? dirname(SYNC_BUNDLE));
+  console.log(`bundled spillway sync: ${out}${existsSync(out) ? "" : " (missing!)"}`);
+}

@@ -1,0 +1,105 @@
+/**
+ * How `spillway sync` starts: the launcher (bin/spillway.mjs) gives the process its V8 flags,
+ * and the bundle the image ships (bin/sync-runtime.mjs, `npm run build`) runs a real sync.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { bundleSync, missingSyncFlags, SYNC_NODE_FLAGS } from "../../bin/sync-runtime.mjs";
+import { contents, type Emulators, putAll, startEmulators } from "./fixtures.ts";
+
+const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+function run(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Result> {
+  const child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+}
+
+let emu: Emulators;
+let tmp: string;
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), "spillway-launch-"));
+  emu = await startEmulators();
+  await emu.containers("launch");
+});
+afterAll(async () => {
+  await emu?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe("spillway sync's process", () => {
+  it("lacks only the flags not already given, on the command line or in NODE_OPTIONS", () => {
+    expect(SYNC_NODE_FLAGS.length).toBeGreaterThan(0);
+    expect(missingSyncFlags([], {})).toEqual(SYNC_NODE_FLAGS);
+    const names = SYNC_NODE_FLAGS.map((f) => `${f.split("=")[0]}=7`);
+    expect(missingSyncFlags(names, {})).toEqual([]);
+    expect(missingSyncFlags([], { NODE_OPTIONS: `--trace-warnings ${names.join(" ")}` })).toEqual([]);
+  });
+
+  it("the launcher starts `spillway sync` with them (the same process, re-executed)", async () => {
+    const src = await emu.open(emu.fileUri("flags/src"));
+    await putAll(src, { "a.txt": "alpha" });
+    // A preload that reports each start's V8 flags: the first without them, the second with.
+    const report = `data:text/javascript,process.stderr.write("execArgv="+JSON.stringify(process.execArgv.filter(a=>!a.startsWith("--import")&&!a.startsWith("data:")))+"\\n")`;
+    const r = await run([
+      "--import",
+      report,
+      join(root, "bin", "spillway.mjs"),
+      "sync",
+      emu.fileUri("flags/src"),
+      emu.fileUri("flags/dst"),
+      "--json",
+    ]);
+    expect(r.code).toBe(0);
+    const starts = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("execArgv="))
+      .map((l) => JSON.parse(l.slice("execArgv=".length)) as string[]);
+    expect(starts).toEqual([[], SYNC_NODE_FLAGS]);
+    expect(JSON.parse(r.stdout)).toMatchObject({ complete: true, copied: { objects: 1 } });
+  });
+
+  it("runs from its bundle: Azure Blob to S3 and back, the SDKs loaded from the bundle's chunks", async () => {
+    const bundle = await bundleSync(join(tmp, "bundle"));
+    const env = {
+      ...process.env,
+      AZURE_STORAGE_KEY: emu.azurite.accountKey,
+      AWS_ACCESS_KEY_ID: emu.s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: emu.s3.secretAccessKey,
+    };
+    const src = await emu.open(emu.azUri("launch", "src"));
+    await putAll(src, { "a.txt": "alpha", "b/c.bin": Buffer.alloc(70_000, 7) });
+    const there = await run(
+      [...SYNC_NODE_FLAGS, bundle, "sync", emu.azUri("launch", "src"), emu.s3Uri("launch", "mid"), "--json"],
+      env,
+    );
+    expect(there.code).toBe(0);
+    expect(JSON.parse(there.stdout)).toMatchObject({ complete: true, copied: { objects: 2, bytes: 70_005 } });
+    const back = await run(
+      [bundle, "sync", emu.s3Uri("launch", "mid"), emu.azUri("launch", "back"), "--json"],
+      env,
+    );
+    expect(back.code).toBe(0);
+    const got = await contents(await emu.open(emu.azUri("launch", "back")));
+    expect([...got.keys()]).toEqual(["a.txt", "b/c.bin"]);
+    expect(got.get("b/c.bin")?.equals(Buffer.alloc(70_000, 7))).toBe(true);
+    // Bad input still exits 2 with one line from the bundle.
+    const bad = await run([bundle, "sync", "ftp://host/x", emu.fileUri("never")], env);
+    expect({ code: bad.code, lines: bad.stderr.trim().split("\n").length }).toEqual({ code: 2, lines: 1 });
+  });
+});
