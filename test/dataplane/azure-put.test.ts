@@ -262,6 +262,23 @@ describe.each(["raw", "SDK"] as const)("the %s route refuses and maps like the S
     await expect(store.putStream!("half.bin", failing, 1024 * 1024)).rejects.toThrow("source went away");
     expect(await store.head("half.bin")).toBeUndefined();
   });
+
+  it("stops a streamed put when the caller aborts mid-body (Aborted), leaving nothing", async () => {
+    const store = await open(route);
+    const controller = new AbortController();
+    let reads = 0;
+    // One chunk, then the caller aborts while the request waits for the rest.
+    const slow = new Readable({
+      read() {
+        if (reads++ === 0) this.push(Buffer.alloc(64 * 1024, 2));
+        else controller.abort();
+      },
+    });
+    expect(
+      await codeOf(store.putStream!("aborted.bin", slow, 1024 * 1024, { signal: controller.signal })),
+    ).toBe("Aborted");
+    expect(await store.head("aborted.bin")).toBeUndefined();
+  });
 });
 
 /** A proxy in front of Azurite answering the next requests with the statuses in `fail`. */
