@@ -685,10 +685,11 @@ export class AzureBlobStore implements ObjectStore {
    * One Put Blob, raw (`putBlob`) unless SPILLWAY_STORE_SDK_ONLY=1. Measured (2026-11-22,
    * Azurite, 16 puts at a time, this store driven directly, the routes alternating in blocks;
    * a neighbour's benchmark kept the load average at 9–13 on 2 cores): client CPU per 4 KiB put
-   * 0.67–0.76 ms (medians of 4 runs) through `upload`, 0.50–0.57 ms raw; per 1 MiB put
-   * 1.18–1.51 → 0.84–1.06 ms. A smaller gain than Get Blob's (0.68–0.79 → 0.36–0.44 ms in the
-   * same runs): `upload` deserializes a handful of response headers and wraps no stream; what a
-   * put still costs is mostly Node's HTTP client and the pipeline's shared-key signing.
+   * 0.67–0.76 ms (medians of 5 runs) through `upload`, 0.50–0.57 ms raw; per 1 MiB put
+   * 0.96–1.51 → 0.84–1.06 ms; a cold S3 → Azure sync of 2,000 × 4 KiB 1.34–1.53 → 1.14–1.23 ms
+   * per object. A smaller gain than Get Blob's (0.68–0.79 → 0.36–0.44 ms in the same runs):
+   * `upload` deserializes a handful of response headers and wraps no stream; what a put still
+   * costs is mostly Node's HTTP client and the pipeline's shared-key signing.
    */
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);
