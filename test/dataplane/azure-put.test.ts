@@ -281,18 +281,28 @@ describe.each(["raw", "SDK"] as const)("the %s route refuses and maps like the S
   });
 });
 
-/** A proxy in front of Azurite answering the next requests with the statuses in `fail`. */
+/**
+ * A proxy in front of Azurite answering the next requests with the statuses in `fail` (a status,
+ * or a status and the service's error code, as Azure sends it in `x-ms-error-code` and the body).
+ */
 async function failingProxy(
   target: string,
-): Promise<{ url: string; fail: number[]; seen: number; server: Server }> {
+): Promise<{ url: string; fail: (number | [number, string])[]; seen: number; server: Server }> {
   const t = new URL(target);
-  const state = { url: "", fail: [] as number[], seen: 0, server: undefined as unknown as Server };
+  const state = {
+    url: "",
+    fail: [] as (number | [number, string])[],
+    seen: 0,
+    server: undefined as unknown as Server,
+  };
   state.server = createServer((req, res) => {
     state.seen++;
-    const status = state.fail.shift();
-    if (status !== undefined) {
+    const next = state.fail.shift();
+    if (next !== undefined) {
       req.resume();
-      const code = status === 503 ? "ServerBusy" : "InternalError";
+      const [status, code] = Array.isArray(next)
+        ? next
+        : [next, next === 503 ? "ServerBusy" : "InternalError"];
       res.writeHead(status, { "content-type": "application/xml", "x-ms-error-code": code });
       res.end(
         `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
@@ -314,7 +324,7 @@ async function failingProxy(
   return state;
 }
 
-describe.each(["raw", "SDK"] as const)("throttling and server errors on the %s route", (route) => {
+describe.each(["raw", "SDK"] as const)("service errors on the %s route", (route) => {
   it("a 503 is Throttled, a 500 Transient, and the caller's retry gets the put through", async () => {
     const proxy = await failingProxy(azurite.blobEndpoint);
     try {
@@ -334,6 +344,13 @@ describe.each(["raw", "SDK"] as const)("throttling and server errors on the %s r
       });
       expect(proxy.seen - before).toBe(3);
       expect((await readBack(`${route}/proxied.bin`)).sha256OfBytes).toBe(sha(body));
+      // What Azure itself answers where Azurite differs: 409 BlobAlreadyExists to If-None-Match: *
+      // (Azurite: 412 ConditionNotMet), 403 AuthenticationFailed to a bad signature.
+      proxy.fail.push([409, "BlobAlreadyExists"], [412, "ConditionNotMet"], [403, "AuthenticationFailed"]);
+      const codes = [];
+      for (let i = 0; i < 3; i++)
+        codes.push(await codeOf(store.put("proxied.bin", body, { ifNoneMatch: "*" })));
+      expect(codes).toEqual(["PreconditionFailed", "PreconditionFailed", "Auth"]);
     } finally {
       proxy.server.closeAllConnections();
       await new Promise<void>((resolve) => proxy.server.close(() => resolve()));
