@@ -325,7 +325,7 @@ async function failingProxy(
 }
 
 describe.each(["raw", "SDK"] as const)("service errors on the %s route", (route) => {
-  it("a 503 is Throttled, a 500 Transient, and the caller's retry gets the put through", async () => {
+  it("a 503 is Throttled, a 500 Transient (the caller's retry gets through); Azure's 409/412/403 map alike", async () => {
     const proxy = await failingProxy(azurite.blobEndpoint);
     try {
       const store = await open(route, undefined, { endpoint: proxy.url });
