@@ -70,6 +70,15 @@ export function classifyAzureError(e: unknown, what: string): StoreError {
   return new StoreError("Other", `${what}: ${err.message ?? code}`, { cause: e });
 }
 
+/** A 403 of a credential that authenticated but lacks a permission (a SAS's, typically). */
+function isPermissionMismatch(e: unknown): boolean {
+  const err = e as { statusCode?: number; code?: string };
+  return (
+    err.statusCode === 403 &&
+    (err.code === "AuthorizationPermissionMismatch" || err.code === "AuthorizationResourceTypeMismatch")
+  );
+}
+
 /**
  * The SDK's shared-key credential, its key held as a node KeyObject. The SDK's signing policy
  * (and the credential's own computeHMACSHA256) call `createHmac("sha256", accountKey)` once per
@@ -487,9 +496,29 @@ export class AzureBlobStore implements ObjectStore {
     try {
       exists = await this.container.exists({ abortSignal: signal });
     } catch (e) {
-      throw classifyAzureError(e, this.displayUri);
+      // A container SAS that authenticates but may not read the container's properties (a
+      // service SAS with `rl`, `racwdl`: Azurite refuses Get Container Properties to all of
+      // them, and rclone never asks) is checked by listing one blob instead; a SAS that may not
+      // list either (a write-only destination) is let through — its first write says whether
+      // the container is there. A SAS that does not authenticate stays an Auth error.
+      if (!isPermissionMismatch(e)) throw classifyAzureError(e, this.displayUri);
+      exists = await this.checkByListing(signal);
     }
     if (!exists) throw new StoreError("ContainerNotFound", `container not found: ${this.displayUri}`);
+  }
+
+  private async checkByListing(signal?: AbortSignal): Promise<boolean> {
+    try {
+      const query = { restype: "container", comp: "list", maxresults: "1" };
+      const xml = await this.container.listXml(query, signal);
+      if (xml === undefined) await this.container.listBlobsFlat().byPage({ maxPageSize: 1 }).next();
+      return true;
+    } catch (e) {
+      if (isPermissionMismatch(e)) return true;
+      const err = classifyAzureError(e, this.displayUri);
+      if (err.code === "ContainerNotFound") return false;
+      throw err;
+    }
   }
 
   async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {

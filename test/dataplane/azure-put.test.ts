@@ -77,15 +77,15 @@ async function open(
   }
 }
 
-function sas(permissions: string): string {
+function sas(permissions: string, containerName = "put", accountKey = azurite.accountKey): string {
   return generateBlobSASQueryParameters(
     {
-      containerName: "put",
+      containerName,
       permissions: ContainerSASPermissions.parse(permissions),
       expiresOn: new Date(Date.now() + 3600_000),
       protocol: SASProtocol.HttpsAndHttp,
     },
-    new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey),
+    new StorageSharedKeyCredential(azurite.accountName, accountKey),
   ).toString();
 }
 
@@ -355,5 +355,26 @@ describe.each(["raw", "SDK"] as const)("service errors on the %s route", (route)
       proxy.server.closeAllConnections();
       await new Promise<void>((resolve) => proxy.server.close(() => resolve()));
     }
+  });
+});
+
+describe("checking a container with a SAS", () => {
+  it("accepts a SAS that may list but not read the container's properties, or only write; refuses a missing container and a bad signature", async () => {
+    const check = async (token: string, container = "put") =>
+      codeOf((await open("raw", {}, { sas: token, container })).check());
+    const badKey = Buffer.from("not the key").toString("base64");
+    expect({
+      readList: await check(sas("rl")),
+      all: await check(sas("racwdl")),
+      writeOnly: await check(sas("cw")),
+      missing: await check(sas("rl", "no-such-container"), "no-such-container"),
+      badSignature: await check(sas("rl", "put", badKey)),
+    }).toEqual({
+      readList: "resolved",
+      all: "resolved",
+      writeOnly: "resolved",
+      missing: "ContainerNotFound",
+      badSignature: "Auth",
+    });
   });
 });
