@@ -200,8 +200,11 @@ export async function runSync(src: string, dst: string, o: SyncCommandOptions): 
 }
 
 const MiB = 1024 * 1024;
-/** What a sync may leave as garbage in the old generation and outside the heap (see below). */
-const HEAP_SLACK = 16 * MiB;
+/**
+ * What a sync may leave as garbage in the old generation and outside the heap (see below);
+ * `SPILLWAY_SYNC_HEAP_SLACK_MIB` changes it, 0 turns the whole policy off (V8's defaults).
+ */
+const HEAP_SLACK_MIB = 16;
 /** The young generation's semi-space cap when the process was started without one. */
 const SEMI_SPACE_CAP = 16 * MiB;
 
@@ -225,11 +228,14 @@ const SEMI_SPACE_CAP = 16 * MiB;
  *   reaches anyway), unless the process was started with its own `--max-semi-space-size`
  *   (the launcher's flags win): `--semi-space-growth-factor` is read at each growth, so it can
  *   be set at run time, unlike the size flags;
- * - after any GC, when the old generation and external memory hold more than `HEAP_SLACK`
- *   above what the last full GC left, a full GC runs now. Its cost is that of the live set
+ * - after any GC, when the old generation and external memory hold more than the slack
+ *   (`HEAP_SLACK_MIB`) above what the last full GC left, a full GC runs now. Its cost is that of the live set
  *   (~20 MiB, 10–30 ms), about once per 16 MiB promoted: ≤ 1 % of a copy's CPU.
  */
 function holdHeapFlat(): () => void {
+  const slackMiB = Number(process.env.SPILLWAY_SYNC_HEAP_SLACK_MIB ?? HEAP_SLACK_MIB);
+  if (!(slackMiB > 0)) return () => {};
+  const slack = slackMiB * MiB;
   let gc: (() => void) | undefined;
   try {
     setFlagsFromString("--expose-gc");
@@ -258,7 +264,7 @@ function holdHeapFlat(): () => void {
         }
       }
       if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) base = used();
-      else if (gc && used() > base + HEAP_SLACK) {
+      else if (gc && used() > base + slack) {
         gc();
         base = used();
       }
