@@ -21,6 +21,8 @@ import { dirname, join, relative, sep } from "node:path";
 import type { Readable } from "node:stream";
 import { compareKeys } from "./manifest.ts";
 import {
+  type AbandonedUploadOptions,
+  type AbandonedUploadResult,
   type ListOptions,
   type MultipartUpload,
   normaliseKey,
@@ -337,6 +339,55 @@ export class FileStore implements ObjectStore {
       }
       d = dirname(d);
     }
+  }
+
+  /**
+   * Removes the temp files killed writers left in `.spillway/tmp/` (a `put`'s file, a
+   * multipart upload's file and its `.part<n>` files): each upload's files go together once
+   * none of them was written since `before`. The temp-dir clean-up of the sync's own manifest
+   * (`removeAbandonedTempDirs`, under `os.tmpdir()`) does not reach them: they live beside the
+   * data. A temp file's name says nothing of its key, so `owns` cannot apply; the age alone
+   * decides — a live writer writes its file at least once per part, so it is never that old.
+   */
+  async abortAbandonedUploads(options: AbandonedUploadOptions): Promise<AbandonedUploadResult> {
+    const result: AbandonedUploadResult = { aborted: 0, failed: 0 };
+    const dir = join(this.base, META_DIR, TMP_NAME);
+    const failed = (what: string, e: unknown) => {
+      result.failed++;
+      options.onError?.(what, fsError(e, what));
+    };
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") failed(`list ${dir}`, e);
+      return result;
+    }
+    // Upload id (the UUID before any `.part<n>`) → its files and when any of them last changed.
+    const uploads = new Map<string, { files: string[]; newest: number }>();
+    for (const name of names) {
+      const id = name.split(".")[0]!;
+      const s = await stat(join(dir, name)).catch(() => undefined); // gone meanwhile: committed
+      if (!s) continue;
+      const u = uploads.get(id) ?? { files: [], newest: 0 };
+      u.files.push(name);
+      u.newest = Math.max(u.newest, s.mtimeMs);
+      uploads.set(id, u);
+    }
+    for (const u of uploads.values()) {
+      if (options.signal?.aborted) break;
+      if (!(u.newest < options.before.getTime())) continue;
+      try {
+        for (const f of u.files)
+          await unlink(join(dir, f)).catch((e: unknown) => {
+            if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+          });
+        result.aborted++;
+      } catch (e) {
+        failed(`remove ${join(dir, u.files[0]!)}`, e);
+      }
+    }
+    return result;
   }
 }
 

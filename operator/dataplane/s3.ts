@@ -8,12 +8,20 @@ import { createHash } from "node:crypto";
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
-import type { ListObjectsCommandOutput, S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
+import type {
+  ListMultipartUploadsCommandOutput,
+  ListObjectsCommandOutput,
+  ListPartsCommandOutput,
+  S3Client,
+  S3ClientConfig,
+} from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
 import { EMPTY_SHA256, S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
 import { withRetry } from "./retry.ts";
 import {
+  type AbandonedUploadOptions,
+  type AbandonedUploadResult,
   type CommitOptions,
   type ListOptions,
   type MultipartUpload,
@@ -546,4 +554,117 @@ export class S3Store implements ObjectStore {
       if (se.code !== "NotFound") throw se;
     }
   }
+
+  /**
+   * Aborts the incomplete multipart uploads a killed writer left under the prefix (what
+   * `rclone cleanup` and `aws s3api list-multipart-uploads` + `abort-multipart-upload` do):
+   * S3 keeps and bills their parts until a lifecycle rule or an abort removes them.
+   *
+   * ListMultipartUploads is paged by key-marker + upload-id-marker (one page of at most 1,000
+   * held at a time). An upload is aborted only when it is the caller's (`owns`), was initiated
+   * before `before` and has no part uploaded since — ListParts, read only for those, so an
+   * upload a live writer started long ago (a large object still being copied) is left alone,
+   * as the temp-file clean-up leaves a file that is still being written. Both times are the
+   * store's clock, compared with ours: the grace period the caller subtracts covers the skew.
+   */
+  async abortAbandonedUploads(options: AbandonedUploadOptions): Promise<AbandonedUploadResult> {
+    const result: AbandonedUploadResult = { aborted: 0, failed: 0 };
+    const { before, signal } = options;
+    const failed = (what: string, e: unknown) => {
+      result.failed++;
+      options.onError?.(what, classifyS3Error(e, what));
+    };
+    const call = async <T>(what: string, fn: (c: S3Client, m: Sdk) => Promise<T>): Promise<T> =>
+      withRetry(
+        async () => {
+          try {
+            const { c, m } = await this.sdk();
+            return await fn(c, m);
+          } catch (e) {
+            throw classifyS3Error(e, what);
+          }
+        },
+        { policy: CLEANUP_RETRY, ...(signal ? { signal } : {}) },
+      );
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    try {
+      for (;;) {
+        const page: ListMultipartUploadsCommandOutput = await call(
+          `list multipart uploads of ${this.displayUri}`,
+          (c, m) =>
+            c.send(
+              new m.ListMultipartUploadsCommand({
+                Bucket: this.bucket,
+                Prefix: this.prefix,
+                MaxUploads: 1000,
+                ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
+                ...(uploadIdMarker !== undefined ? { UploadIdMarker: uploadIdMarker } : {}),
+              }),
+              { abortSignal: signal },
+            ),
+        );
+        for (const u of page.Uploads ?? []) {
+          const { Key, UploadId, Initiated } = u;
+          if (!Key?.startsWith(this.prefix) || !UploadId || !Initiated || !(Initiated < before)) continue;
+          const key = Key.slice(this.prefix.length);
+          if (options.owns && !options.owns(key)) continue;
+          try {
+            if (await this.partUploadedSince(Key, UploadId, before, call, signal)) continue;
+            await call(`abort upload of ${key}`, (c, m) =>
+              c.send(new m.AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), {
+                abortSignal: signal,
+              }),
+            );
+            result.aborted++;
+          } catch (e) {
+            signal?.throwIfAborted();
+            // Gone meanwhile (completed, or aborted by another clean-up): nothing left to do.
+            if (!(e instanceof StoreError && e.code === "NotFound")) failed(`abort upload of ${key}`, e);
+          }
+        }
+        const nextKey = page.NextKeyMarker ?? page.Uploads?.at(-1)?.Key;
+        const nextId = page.NextUploadIdMarker ?? page.Uploads?.at(-1)?.UploadId;
+        if (!page.IsTruncated || !nextKey || (nextKey === keyMarker && nextId === uploadIdMarker)) break;
+        keyMarker = nextKey;
+        uploadIdMarker = nextId;
+      }
+    } catch (e) {
+      if (!signal?.aborted) failed(`list multipart uploads of ${this.displayUri}`, e);
+    }
+    return result;
+  }
+
+  /** Whether any part of the upload was uploaded at or after `since` (ListParts, paged). */
+  private async partUploadedSince(
+    Key: string,
+    UploadId: string,
+    since: Date,
+    call: <T>(what: string, fn: (c: S3Client, m: Sdk) => Promise<T>) => Promise<T>,
+    signal: AbortSignal | undefined,
+  ): Promise<boolean> {
+    let marker: string | undefined;
+    for (;;) {
+      const page: ListPartsCommandOutput = await call(
+        `list parts of ${Key.slice(this.prefix.length)}`,
+        (c, m) =>
+          c.send(
+            new m.ListPartsCommand({
+              Bucket: this.bucket,
+              Key,
+              UploadId,
+              ...(marker !== undefined ? { PartNumberMarker: marker } : {}),
+            }),
+            { abortSignal: signal },
+          ),
+      );
+      if (page.Parts?.some((p) => p.LastModified !== undefined && !(p.LastModified < since))) return true;
+      const next = page.NextPartNumberMarker ?? page.Parts?.at(-1)?.PartNumber?.toString();
+      if (!page.IsTruncated || !next || next === marker) return false;
+      marker = next;
+    }
+  }
 }
+
+/** The clean-up is best effort beside a sync: a few quick retries, then it reports and moves on. */
+const CLEANUP_RETRY = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };

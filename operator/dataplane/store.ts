@@ -146,6 +146,30 @@ export interface MultipartUpload {
   abort(): Promise<void>;
 }
 
+export interface AbandonedUploadOptions {
+  /**
+   * Only uploads left alone since before this instant: S3, initiated before it and no part
+   * uploaded since; files, temp files untouched since. A live writer's upload is never older.
+   */
+  before: Date;
+  /**
+   * Whether an upload's key (relative to the store's prefix) is the caller's to clean — the
+   * sync's key space (its shard). Default: every key. A store that cannot tell an upload's key
+   * (the file store's temp files) relies on `before` alone.
+   */
+  owns?: (key: string) => boolean;
+  signal?: AbortSignal;
+  /** Each failure (one line, no secrets); the clean-up goes on with the next upload. */
+  onError?: (what: string, error: unknown) => void;
+}
+
+export interface AbandonedUploadResult {
+  /** Uploads discarded (S3 multipart uploads aborted, temp files removed). */
+  aborted: number;
+  /** Listings and aborts that failed (reported to `onError`). */
+  failed: number;
+}
+
 export interface StoreCapabilities {
   /** "enforced": the store evaluates If-Match/If-None-Match; "sent": sent, enforcement depends on the server. */
   conditionalWrites: "enforced" | "sent" | "none";
@@ -186,6 +210,14 @@ export interface ObjectStore {
   startUpload(key: string, options?: WriteOptions): Promise<MultipartUpload>;
   /** Deletes; a missing object is not an error. */
   delete(key: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Optional: discards what killed writers left staged under the prefix — invisible, but kept
+   * (and, on S3, billed) by the store. S3: incomplete multipart uploads (ListMultipartUploads,
+   * paged; AbortMultipartUpload). Files: temp files under `.spillway/tmp/`. Azure needs none:
+   * the service discards uncommitted blocks after 7 days by itself. Never throws: failures are
+   * counted and passed to `onError`.
+   */
+  abortAbandonedUploads?(options: AbandonedUploadOptions): Promise<AbandonedUploadResult>;
   /**
    * Checks that the container/bucket/directory exists and is reachable; throws
    * StoreError("ContainerNotFound") otherwise. `purpose: "write"` lets the file store accept a

@@ -47,7 +47,14 @@ import {
   type StreamLimits,
 } from "./manifest-stream.ts";
 import { DEFAULT_RETRY, type RetryPolicy, withRetry } from "./retry.ts";
-import { normaliseKey, type ObjectInfo, type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
+import {
+  type AbandonedUploadResult,
+  normaliseKey,
+  type ObjectInfo,
+  type ObjectStore,
+  type PartReceipt,
+  StoreError,
+} from "./store.ts";
 
 export const DEFAULT_CONCURRENCY = 8;
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
@@ -88,6 +95,12 @@ export interface SyncOptions {
   progressIntervalMs?: number;
   /** How often completed copies are checkpointed to the journal; default 2 s. */
   checkpointIntervalMs?: number;
+  /**
+   * Uploads that killed syncs left in this sync's key space (S3 multipart uploads, file-store
+   * temp files) are discarded at its start once untouched for this long before it (default
+   * 10 min, as for temp files): a live writer's upload is never that old.
+   */
+  abandonedAfterMs?: number;
   retry?: RetryPolicy;
   /**
    * Bounds (entries) of the streaming merge's side tables and reorder queue; the defaults keep
@@ -149,6 +162,10 @@ export interface SyncSummary {
    * was requested but the previous sync had not ended cleanly (its journal was found).
    */
   verify: "none" | "list" | "content";
+  /** Uploads killed syncs left in this sync's key space, discarded at its start (`abandonedAfterMs`). */
+  abortedUploads: number;
+  /** That clean-up's failures (they never fail the sync): how many, and the first one. */
+  uploadCleanupErrors?: { count: number; first: string };
 }
 
 /** A FIFO byte budget: the only source of data buffers, so memory is bounded by its capacity. */
@@ -249,6 +266,48 @@ function isUnchanged(obj: ObjectInfo, entry: ManifestEntry | undefined): entry i
   if (!entry || entry.size !== obj.size) return false;
   if (obj.sha256 && entry.sha256) return obj.sha256 === entry.sha256;
   return entry.srcEtag !== "" && entry.srcEtag === obj.etag;
+}
+
+/**
+ * Discards the uploads killed syncs left in this sync's key space — data keys (never
+ * `.spillway/`) of its shard — untouched since `before`: an incomplete S3 multipart upload is
+ * invisible, but its parts are kept and billed. Runs beside the sync; never fails it.
+ */
+async function abortAbandonedUploads(
+  dst: ObjectStore,
+  before: number,
+  shard: ShardSpec | undefined,
+  signal: AbortSignal | undefined,
+): Promise<Pick<SyncSummary, "abortedUploads" | "uploadCleanupErrors">> {
+  let first: string | undefined;
+  const owns = (key: string) => {
+    if (key.startsWith(META_PREFIX) || (shard && shardOf(key, shard.count) !== shard.index)) return false;
+    try {
+      return normaliseKey(key) === key; // a key no sync writes is not this sync's
+    } catch {
+      return false;
+    }
+  };
+  const onError = (_what: string, e: unknown) => {
+    first ??= (e as Error).message ?? String(e);
+  };
+  let r: AbandonedUploadResult | undefined;
+  try {
+    r = await dst.abortAbandonedUploads?.({
+      before: new Date(before),
+      owns,
+      onError,
+      ...(signal ? { signal } : {}),
+    });
+  } catch (e) {
+    onError("clean-up", e);
+    r = { aborted: 0, failed: 1 };
+  }
+  if (!r) return { abortedUploads: 0 };
+  return {
+    abortedUploads: r.aborted,
+    ...(r.failed > 0 ? { uploadCleanupErrors: { count: r.failed, first: first ?? "unknown error" } } : {}),
+  };
 }
 
 /** Syncs `src` into `dst`. Throws only for errors that stop the whole sync (bad input, manifest I/O). */
@@ -820,13 +879,18 @@ export async function syncStores(
       durationMs: Date.now() - started,
       peakBufferBytes: budget.peak,
       verify,
+      ...((await cleanup) ?? { abortedUploads: 0 }),
     };
   };
 
+  // Beside the sync, from its start: what killed syncs left staged in its key space.
+  const cleanup = dryRun
+    ? undefined
+    : abortAbandonedUploads(dst, started - (options.abandonedAfterMs ?? 10 * 60_000), shard, signal);
   try {
     return await run();
   } finally {
-    await Promise.allSettled([known.close(), dstListed?.close()]);
+    await Promise.allSettled([known.close(), dstListed?.close(), cleanup]);
     reader?.close();
     await writer.dispose();
   }
