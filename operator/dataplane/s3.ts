@@ -18,7 +18,7 @@ import type {
 import type { MiddlewareStack } from "@smithy/types";
 import { EMPTY_SHA256, S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
-import { withRetry } from "./retry.ts";
+import { isTransient, withRetry } from "./retry.ts";
 import {
   type AbandonedUploadOptions,
   type AbandonedUploadResult,
@@ -584,7 +584,11 @@ export class S3Store implements ObjectStore {
             throw classifyS3Error(e, what);
           }
         },
-        { policy: CLEANUP_RETRY, ...(signal ? { signal } : {}) },
+        {
+          policy: CLEANUP_RETRY,
+          retryable: (e) => isTransient(e) && !notImplemented(e),
+          ...(signal ? { signal } : {}),
+        },
       );
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
@@ -630,7 +634,9 @@ export class S3Store implements ObjectStore {
         uploadIdMarker = nextId;
       }
     } catch (e) {
-      if (!signal?.aborted) failed(`list multipart uploads of ${this.displayUri}`, e);
+      // A store without the multipart listing (s3rver answers NotImplemented) has nothing this
+      // clean-up can do: not a failure to report on every sync.
+      if (!signal?.aborted && !notImplemented(e)) failed(`list multipart uploads of ${this.displayUri}`, e);
     }
     return result;
   }
@@ -664,6 +670,14 @@ export class S3Store implements ObjectStore {
       marker = next;
     }
   }
+}
+
+/** S3's answer to an operation the store does not implement (501 NotImplemented). */
+function notImplemented(e: unknown): boolean {
+  const c = (e instanceof StoreError ? e.cause : e) as
+    | { name?: string; $metadata?: { httpStatusCode?: number } }
+    | undefined;
+  return c?.name === "NotImplemented" || c?.$metadata?.httpStatusCode === 501;
 }
 
 /** The clean-up is best effort beside a sync: a few quick retries, then it reports and moves on. */

@@ -192,6 +192,16 @@ describe("S3: incomplete multipart uploads of killed syncs", () => {
     expect(ok).toMatchObject({ complete: true, abortedUploads: 1 });
     expect(proxy.pending()).toEqual([]);
   });
+
+  it("a store without the multipart listing (s3rver itself answers NotImplemented) is no error", async () => {
+    const direct = await openStore(
+      `s3://${BUCKET}/direct/?endpoint=${encodeURIComponent(s3.endpoint)}&region=${s3.region}`,
+      { s3: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } },
+    );
+    const r = await syncStores(fileSource({ "a.txt": "a" }), direct, { retry: FAST_RETRY });
+    expect(r).toMatchObject({ complete: true, abortedUploads: 0 });
+    expect(r.uploadCleanupErrors).toBeUndefined();
+  });
 });
 
 describe("file store: temp files of killed syncs", () => {
