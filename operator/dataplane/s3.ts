@@ -600,7 +600,7 @@ export class S3Store implements ObjectStore {
             c.send(
               new m.ListMultipartUploadsCommand({
                 Bucket: this.bucket,
-                Prefix: this.prefix,
+                ...(this.prefix ? { Prefix: this.prefix } : {}),
                 MaxUploads: 1000,
                 ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
                 ...(uploadIdMarker !== undefined ? { UploadIdMarker: uploadIdMarker } : {}),
