@@ -21,8 +21,8 @@
  * `SYNC_BENCH_SDK=1` adds, to (a) and (b), a Spillway run with the stores' object requests sent
  * through the SDKs as before the raw routes (`SPILLWAY_STORE_SDK_ONLY=1`): before/after in one run;
  * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=4"` adds V8 flags to every Spillway process;
- * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with the sync command's heap policy
- * off (`SPILLWAY_SYNC_HEAP_SLACK_MIB=0`: V8's own heap sizing), before/after in one run.
+ * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with the sync command's cap on the
+ * young generation off (`SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB=0`: V8's own sizing): before/after.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -299,8 +299,8 @@ async function main(): Promise<void> {
       record(`(m) cold ${smallCount}×4KiB`, "spillway", ours("small", "m/"), smallCount, smallBytes);
       record(`(m) no-op resync, ${smallCount}`, "spillway", ours("small", "m/"), smallCount, 0);
       if (process.env.SYNC_BENCH_HEAP_DEFAULTS === "1") {
-        // The same runs with the sync command's heap policy off (V8's own sizing): before/after.
-        const v8Defaults = { SPILLWAY_SYNC_HEAP_SLACK_MIB: "0" };
+        // The same runs with the sync command's young-generation cap off (V8's own sizing).
+        const v8Defaults = { SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB: "0" };
         const off = () => measured(() => oursRaw("small", "m0/", [], v8Defaults));
         record(`(m) cold ${smallCount}×4KiB`, "spillway, V8 defaults", off(), smallCount, smallBytes);
         record(`(m) no-op resync, ${smallCount}`, "spillway, V8 defaults", off(), smallCount, 0);

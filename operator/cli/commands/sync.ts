@@ -8,9 +8,8 @@
  * nothing written; 130 interrupted (SIGINT/SIGTERM; finished objects are journaled).
  */
 import * as nodeModule from "node:module";
-import { PerformanceObserver, constants as perfConstants } from "node:perf_hooks";
-import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
+import { PerformanceObserver } from "node:perf_hooks";
+import { getHeapSpaceStatistics, setFlagsFromString } from "node:v8";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
@@ -200,76 +199,46 @@ export async function runSync(src: string, dst: string, o: SyncCommandOptions): 
 }
 
 const MiB = 1024 * 1024;
-/**
- * What a sync may leave as garbage in the old generation and outside the heap (see below);
- * `SPILLWAY_SYNC_HEAP_SLACK_MIB` changes it, 0 turns the whole policy off (V8's defaults).
- */
-const HEAP_SLACK_MIB = 16;
 /** The young generation's semi-space cap when the process was started without one. */
-const SEMI_SPACE_CAP = 16 * MiB;
+const SEMI_SPACE_CAP_MIB = 16;
 
 /**
- * Keeps a sync process's memory flat in the object count; returns the function that stops it.
+ * Stops the young generation of a sync process growing past 16 MiB semi-spaces (unless the
+ * process was started with its own `--max-semi-space-size`: the launcher's flags win);
+ * `SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB` changes the cap, 0 leaves V8's own sizing. Returns the
+ * function that stops it.
  *
- * A sync holds no per-object state (the streaming merge), yet V8 sized its heap to the run's
- * length — peak RSS 135 MiB for a cold copy of 5,000 objects, 300–317 MiB for 50,000:
- * - V8 doubles the young generation whenever the bytes that survived scavenges since its last
- *   growth exceed its size. A sync's in-flight requests and the listing page being worked
- *   through survive every scavenge (~0.3 MiB each), so any long sync grows the semi-spaces to
- *   V8's maximum, 64 MiB here (`new_space` 32 → 128 MiB at 50,000 objects);
- * - the old generation's limit after a mark-compact is the live size times a factor of up to 4
- *   plus the young generation's size, so promoted garbage — listing pages, the 3 MiB XML string
- *   of each Azure page — piled up to 85 MiB (20 MiB at 5,000) before a full GC;
- * - external memory (socket reads, a listing page's buffers) counts only towards V8's own
- *   trigger at +64 MiB, so a no-op resync of 50,000 objects held 25–37 MiB of it (8 at 5,000).
- * A short sync never reaches those limits; a long one always does. So, here rather than in
- * each Job's NODE_OPTIONS, since every sync (CLI, worker Job, benchmark) runs this command:
- * - the young generation stops growing at 16 MiB semi-spaces (the size a 5,000-object sync
- *   reaches anyway), unless the process was started with its own `--max-semi-space-size`
- *   (the launcher's flags win): `--semi-space-growth-factor` is read at each growth, so it can
- *   be set at run time, unlike the size flags;
- * - after any GC, when the old generation and external memory hold more than the slack
- *   (`HEAP_SLACK_MIB`) above what the last full GC left, a full GC runs now. Its cost is that of the live set
- *   (~20 MiB, 10–30 ms), about once per 16 MiB promoted: ≤ 1 % of a copy's CPU.
+ * Why: a sync holds no per-object state (the streaming merge), yet its peak RSS grew with the
+ * object count — 135 MiB for a cold copy of 5,000 objects, 300–317 MiB for 50,000. V8 doubles
+ * the young generation whenever the bytes that survived scavenges since its last growth exceed
+ * its size. A sync's in-flight requests and the listing page being worked through survive every
+ * scavenge (~0.3 MiB each time), so any long enough sync grows the semi-spaces to V8's maximum
+ * (64 MiB here: `new_space` 32 → 128 MiB at 50,000 objects), and the old generation's limit,
+ * which V8 sets to the live size times up to 4 *plus the young generation's size*, grows with
+ * it (old space 20 → 85 MiB). 16 MiB is what a 5,000-object sync reaches anyway, so a short
+ * sync runs exactly as before and a long one keeps its shape. `--semi-space-growth-factor` is
+ * read at each growth, so this can be set at run time, unlike the size flags — here, in the
+ * command every sync runs (CLI, worker Job, benchmark), rather than in each Job's NODE_OPTIONS.
+ * (Forcing full GCs to bound the old generation too was tried and dropped: a forced GC cost
+ * 0.1–0.3 CPU s each, +20–50 % on a 5,000-object copy, for no RSS gained there.)
  */
-function holdHeapFlat(): () => void {
-  const slackMiB = Number(process.env.SPILLWAY_SYNC_HEAP_SLACK_MIB ?? HEAP_SLACK_MIB);
-  if (!(slackMiB > 0)) return () => {};
-  const slack = slackMiB * MiB;
-  let gc: (() => void) | undefined;
-  try {
-    setFlagsFromString("--expose-gc");
-    const exposed: unknown = runInNewContext("gc");
-    if (typeof exposed === "function") gc = exposed as () => void;
-  } catch {
-    // No runtime flags (an embedder forbids them): V8's defaults then.
-  }
+function capYoungGeneration(): () => void {
+  const capMiB = Number(process.env.SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB ?? SEMI_SPACE_CAP_MIB);
   const started = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)];
-  const capSemiSpace = !started.some((a) => a.startsWith("--max-semi-space-size"));
+  if (!(capMiB > 0) || started.some((a) => a.startsWith("--max-semi-space-size"))) return () => {};
   let growth = 2;
-  const used = () => {
-    const h = getHeapStatistics();
-    return h.used_heap_size + h.external_memory;
-  };
-  let base = used();
-  const observer = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) {
-      const kind = (entry as { detail?: { kind?: number } }).detail?.kind;
-      if (capSemiSpace) {
-        const young = getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
-        const want = young && young.space_size >= 2 * SEMI_SPACE_CAP ? 1 : 2;
-        if (want !== growth) {
-          growth = want;
-          setFlagsFromString(`--semi-space-growth-factor=${growth}`);
-        }
-      }
-      if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) base = used();
-      else if (gc && used() > base + slack) {
-        gc();
-        base = used();
-      }
+  const check = () => {
+    const young = getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
+    // `new_space` counts both semi-spaces.
+    const want = young && young.space_size >= 2 * capMiB * MiB ? 1 : 2;
+    if (want !== growth) {
+      growth = want;
+      setFlagsFromString(`--semi-space-growth-factor=${growth}`);
     }
-  });
+  };
+  // After each GC: the young generation grows only at a scavenge, and may shrink after a
+  // full GC (then it may grow again, up to the cap).
+  const observer = new PerformanceObserver(check);
   observer.observe({ entryTypes: ["gc"] });
   return () => {
     observer.disconnect();
@@ -310,7 +279,7 @@ export function register(program: Command): void {
     .option("--no-progress", "no progress bar even on a terminal")
     .action(async (src: string, dst: string, o: SyncCommandOptions) => {
       // Only in the command's own process (not where runSync is called as a function).
-      const release = holdHeapFlat();
+      const release = capYoungGeneration();
       try {
         process.exitCode = await runSync(src, dst, o);
       } finally {

@@ -193,10 +193,10 @@ export function renderWorkerJob(i: WorkerJobInputs): KubeObject & Record<string,
               image: i.image,
               imagePullPolicy: "IfNotPresent",
               command,
-              // No NODE_OPTIONS for the heap: the sync command keeps its own memory flat in
-              // the object count (`holdHeapFlat` in cli/commands/sync.ts, at run time, so the
-              // CLI, these workers and the benchmark behave alike), and the image's launcher
-              // starts `spillway sync` with its V8 flags (bin/sync-runtime.mjs).
+              // No NODE_OPTIONS for the heap: the sync command caps its own young generation
+              // (`capYoungGeneration` in cli/commands/sync.ts, at run time, so the CLI, these
+              // workers and the benchmark behave alike), and the image's launcher starts
+              // `spillway sync` with its V8 flags (bin/sync-runtime.mjs).
               env: [{ name: "HOME", value: "/tmp" }],
               envFrom: [{ secretRef: { name } }],
               // The summary (or the error line) becomes the pod's termination message.
