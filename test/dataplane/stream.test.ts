@@ -21,7 +21,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { FileStore } from "../../operator/dataplane/file.ts";
-import { type ObjectInfo, type ObjectStore, StoreError, syncStores } from "../../operator/dataplane/index.ts";
+import {
+  type ObjectInfo,
+  type ObjectStore,
+  replicaVersion,
+  StoreError,
+  syncStores,
+} from "../../operator/dataplane/index.ts";
 import {
   compareKeys,
   loadManifest,
@@ -161,6 +167,18 @@ describe("the manifest as a stream", () => {
     expect(again.copied.objects).toBeLessThanOrEqual(1); // at most the key the two orders disagree on
     const stored = readFileSync(join(dst.root, ".spillway", "manifest.json"));
     expect(stored.equals(serialiseManifest(committed, { source: src.displayUri }))).toBe(true);
+  });
+
+  it("gives a replica's version, read as a stream, as the digest of its manifest, in either order", async () => {
+    const store = fresh();
+    expect(await replicaVersion(store)).toBeUndefined();
+    await store.put(manifestKey(), serialiseManifest(m));
+    expect(await replicaVersion(store)).toBe(manifestDigest(m));
+    await store.put(manifestKey(), oldSerialise(m)); // the previous engine's UTF-16 order
+    expect(await replicaVersion(store)).toBe(manifestDigest(m));
+    const whole = serialiseManifest(m).toString("utf8");
+    await store.put(manifestKey(), Buffer.from(whole.slice(0, whole.length / 2))); // damaged
+    expect(await replicaVersion(store)).toBeUndefined();
   });
 
   it("resumes reading at the last whole line when the stream breaks", async () => {
