@@ -48,6 +48,8 @@ interface Run {
   emulatorCpuSeconds?: number;
   ok: boolean;
   detail: string;
+  /** The process's whole stdout (`detail` keeps only its end). */
+  stdout: string;
 }
 
 const MiB = 1024 * 1024;
@@ -66,6 +68,7 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Run {
     ...(rss ? { peakRssMiB: Number(rss[1]) / 1024, cpuSeconds: Number(rss[2]) + Number(rss[3]) } : {}),
     ok: r.status === 0,
     detail: detail.slice(-600),
+    stdout: r.stdout ?? "",
   };
 }
 
@@ -218,7 +221,8 @@ async function main(): Promise<void> {
           ...env,
         },
       );
-      const json = r.detail.split("\n").find((l) => l.startsWith("{"));
+      // From the whole stdout: a long summary does not fit `detail`'s last 600 characters.
+      const json = r.stdout.split("\n").find((l) => l.startsWith("{"));
       if (json) {
         const s = JSON.parse(json) as {
           copied: { objects: number; bytes: number };
