@@ -20,9 +20,10 @@
  * `SYNC_BENCH_ARGS="--upload-cutoff 0"` adds options to every Spillway run;
  * `SYNC_BENCH_SDK=1` adds, to (a) and (b), a Spillway run with the stores' object requests sent
  * through the SDKs as before the raw routes (`SPILLWAY_STORE_SDK_ONLY=1`): before/after in one run;
- * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=4"` adds V8 flags to every Spillway process;
- * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with the sync command's cap on the
- * young generation off (`SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB=0`: V8's own sizing): before/after.
+ * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=16"` adds V8 flags to every Spillway process
+ * (after the launcher's own, bin/sync-runtime.mjs, replacing one of the same name);
+ * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with V8's own heap sizing (no launcher
+ * flags, the sync command's young-generation cap off): before/after in one run.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -35,6 +36,7 @@ import {
   SASProtocol,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
+import { bundleSync, missingSyncFlags } from "../bin/sync-runtime.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
@@ -84,38 +86,15 @@ function cpuOf(pid: number | undefined): number {
 }
 
 /**
- * The `spillway sync` command as the container image runs it: compiled JavaScript (one esbuild
- * bundle of our code, packages loaded from node_modules), not TypeScript through tsx, whose
+ * The `spillway sync` command as the container image runs it: the bundle `npm run build`
+ * makes (bin/sync-runtime.mjs: our code and its packages in one ESM file plus lazy chunks),
+ * started with the V8 flags the launcher gives it — not TypeScript through tsx, whose
  * per-start transpiling would be measured otherwise. Falls back to tsx without esbuild.
  */
-async function bundleWorker(tmp: string): Promise<string[]> {
+async function bundleWorker(): Promise<string[]> {
   const self = fileURLToPath(import.meta.url);
   try {
-    const { build } = (await import("esbuild")) as typeof import("esbuild");
-    const outfile = join(root, ".spillway", "bench", "sync-worker.mjs");
-    const entry = join(tmp, "sync-worker.ts");
-    writeFileSync(
-      entry,
-      [
-        `import { Command } from "commander";`,
-        `import { register } from ${JSON.stringify(join(root, "operator", "cli", "commands", "sync.ts"))};`,
-        `const program = new Command().name("spillway").exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2));`,
-        `register(program);`,
-        `await program.parseAsync(process.argv);`,
-      ].join("\n"),
-    );
-    await build({
-      entryPoints: [entry],
-      bundle: true,
-      platform: "node",
-      format: "esm",
-      target: "node22",
-      packages: "external",
-      outfile,
-      logLevel: "error",
-      absWorkingDir: root,
-    });
-    return [outfile];
+    return [await bundleSync(join(root, ".spillway", "bench", "sync"))];
   } catch (e) {
     console.log(`(esbuild unavailable, running through tsx: ${(e as Error).message.split("\n")[0]})`);
     return [join(root, "bin", "run-ts.mjs"), self, "--worker"];
@@ -185,7 +164,8 @@ async function main(): Promise<void> {
     console.log(`source populated in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     // ── the two tools ───────────────────────────────────────────────────────────────────
-    const worker = await bundleWorker(dir);
+    const worker = await bundleWorker();
+    const benchNodeFlags = (process.env.SYNC_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
     const enc = encodeURIComponent;
     const oursExtra = (process.env.SYNC_BENCH_ARGS ?? "").split(/\s+/).filter(Boolean);
     const ours = (container: string, prefix: string, extra: string[] = []): Run =>
@@ -200,6 +180,7 @@ async function main(): Promise<void> {
       extra: string[] = [],
       env: NodeJS.ProcessEnv = {},
       bucket = "ours",
+      v8: "launcher" | "defaults" = "launcher",
     ): Run => {
       const src = `azblob://${az.accountName}/${container}/?endpoint=${enc(az.blobEndpoint)}`;
       const dst = `s3://${bucket}/${prefix}?endpoint=${enc(s3.endpoint)}&region=${s3.region}`;
@@ -207,8 +188,10 @@ async function main(): Promise<void> {
         ...(process.env.SYNC_BENCH_PROFILE
           ? ["--cpu-prof", "--cpu-prof-dir", process.env.SYNC_BENCH_PROFILE]
           : []),
-        // V8 flags for Spillway's process, e.g. "--max-semi-space-size=4" (memory scenario).
-        ...(process.env.SYNC_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean),
+        // The launcher's V8 flags (bin/sync-runtime.mjs), then SYNC_BENCH_NODE_FLAGS, which
+        // replace a launcher flag of the same name (e.g. "--max-semi-space-size=16").
+        ...(v8 === "launcher" ? missingSyncFlags(benchNodeFlags, {}) : []),
+        ...benchNodeFlags,
       ];
       const r = timed(
         process.execPath,
@@ -303,9 +286,10 @@ async function main(): Promise<void> {
       record(`(m) cold ${smallCount}×4KiB`, "spillway", ours("small", "m/"), smallCount, smallBytes);
       record(`(m) no-op resync, ${smallCount}`, "spillway", ours("small", "m/"), smallCount, 0);
       if (process.env.SYNC_BENCH_HEAP_DEFAULTS === "1") {
-        // The same runs with the sync command's young-generation cap off (V8's own sizing).
+        // The same runs with V8's own heap sizing: no launcher flags, the sync command's
+        // young-generation cap off.
         const v8Defaults = { SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB: "0" };
-        const off = () => measured(() => oursRaw("small", "m0/", [], v8Defaults));
+        const off = () => measured(() => oursRaw("small", "m0/", [], v8Defaults, "ours", "defaults"));
         record(`(m) cold ${smallCount}×4KiB`, "spillway, V8 defaults", off(), smallCount, smallBytes);
         record(`(m) no-op resync, ${smallCount}`, "spillway, V8 defaults", off(), smallCount, 0);
       }

@@ -8,16 +8,21 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 /**
- * V8 flags of a `spillway sync` process. A sync streams its data through Node's sockets: every
- * socket read is a fresh 64 KiB ArrayBuffer outside the JS heap. With V8's default young
- * generation (semi-spaces of up to 16 MiB and more) a cold copy of 400 MiB ran only 8
- * scavenges, so the dead read buffers piled up as external memory and V8 answered with 26–29
- * full mark-compacts. A 1 MiB semi-space scavenges often enough that those buffers die young:
- * the same copy ran 10 mark-compacts and its process needed 0.5–0.9 CPU s less (2.2 against
- * 3.1 CPU s, docs/dataplane.md); peak RSS drops too. Only `sync`: the operator's allocation
- * pattern (many live objects) is not this one.
+ * V8 flags of a `spillway sync` process (measurements of 2026-11-22 in docs/dataplane.md,
+ * "The sync process"):
+ * - `--max-semi-space-size=4`: V8 doubles the young generation whenever what survived its
+ *   scavenges exceeds its size, and a sync's in-flight requests and listing page survive every
+ *   one, so a long sync grew it to 64 MiB semi-spaces and the old generation's limit with it:
+ *   peak RSS of a cold copy of 50,000 objects 312 MiB against 135 at 5,000. At 4 MiB: 184–188
+ *   against 120–153, and the 5,000-object copy needs no more CPU.
+ * - `--initial-old-space-size=64`: data streams through Node's sockets as fresh 64 KiB
+ *   ArrayBuffers outside the heap; with a small old generation (a sync's live heap is ~20 MiB)
+ *   V8 answered their churn with a full mark-compact every ~15 MiB — 38 during a cold copy of
+ *   400 MiB. Room for 64 MiB before the first one: 14, and 0.5–0.9 CPU s less for that copy.
+ *   (128 halves them again but lets a 50,000-object copy peak at 245 MiB.)
+ * Only `sync`: the operator's allocation pattern (many live objects) is not this one.
  */
-export const SYNC_NODE_FLAGS = ["--max-semi-space-size=1"];
+export const SYNC_NODE_FLAGS = ["--max-semi-space-size=4", "--initial-old-space-size=64"];
 
 /** The bundle `spillway sync` runs from when it was built (`npm run build`; the image has it). */
 export const SYNC_BUNDLE = join(root, "dist", "sync", "spillway-sync.js");

@@ -5,6 +5,7 @@
  */
 import { createHash, createSecretKey, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
+import { StringDecoder } from "node:string_decoder";
 // A dependency of @azure/storage-blob (its own pipeline's), imported for the raw listing.
 import { createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
 import {
@@ -137,9 +138,15 @@ class ListingContainerClient extends ContainerClient {
     });
     const response = await ctx.sendRequest.call(ctx, request);
     if (response.status === 200 && response.readableStreamBody) {
-      const chunks: Buffer[] = [];
-      for await (const c of response.readableStreamBody as AsyncIterable<Buffer>) chunks.push(c);
-      return Buffer.concat(chunks).toString("utf8");
+      // Decoded chunk by chunk and joined on the JS heap: concat + toString made a second 3 MiB
+      // buffer and an external string per 5,000-blob page, malloc'd memory glibc kept after it
+      // was freed (no-op resync of 50,000 objects: peak RSS 161–183 → 150–151 MiB).
+      const decoder = new StringDecoder("utf8");
+      const parts: string[] = [];
+      for await (const c of response.readableStreamBody as AsyncIterable<Buffer>)
+        parts.push(decoder.write(c));
+      parts.push(decoder.end());
+      return parts.join("");
     }
     const body = response.bodyAsText ?? "";
     if (response.status !== 200) {

@@ -122,6 +122,11 @@ function humanSummary(s: SyncSummary): string {
     `${s.dryRun ? "would copy" : "copied"} ${t(s.dryRun ? s.planned : s.copied)}, unchanged ${t(s.skipped)}, failed ${t(s.failed)}, deleted ${t(s.deleted)}${s.rejected.objects ? `, rejected ${s.rejected.objects} invalid keys` : ""} in ${(s.durationMs / 1000).toFixed(1)} s`,
   ];
   if (s.version) lines.push(`version ${s.version}`);
+  if (s.abortedUploads) lines.push(`aborted ${s.abortedUploads} incomplete uploads left by killed syncs`);
+  if (s.uploadCleanupErrors)
+    lines.push(
+      `clean-up of abandoned uploads: ${s.uploadCleanupErrors.count} failed (${s.uploadCleanupErrors.first})`,
+    );
   for (const e of s.errors) lines.push(`  ${e.key}: ${e.message}`);
   if (s.aborted) lines.push("interrupted: finished objects are journaled, rerun to resume");
   else if (!s.complete && !s.dryRun)
