@@ -449,10 +449,21 @@ class RunAppender {
     return this.writing;
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
     await this.flush();
+    this.closed = true;
     await this.handle.close();
     if (this.failed !== undefined) throw this.failed;
+  }
+
+  /** Closes the file without finishing it (a sync that ended early): no handle left to the GC. */
+  async discard(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.writing;
+    await this.handle.close().catch(() => {});
   }
 
   version(): string {
@@ -642,6 +653,7 @@ export class SortedManifestWriter {
   }
 
   async dispose(): Promise<void> {
+    await this.main?.discard();
     if (this.dir) await rm(this.dir, { recursive: true, force: true }).catch(() => {});
   }
 }
