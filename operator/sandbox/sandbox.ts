@@ -18,7 +18,7 @@
  * `stop()` stops all of it, in reverse order; when it resolves, no child process is left and
  * every port is free.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -440,6 +440,25 @@ function bindable(port: number): Promise<boolean> {
     srv.once("error", () => resolve(false));
     srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
   });
+}
+
+/**
+ * `sandbox --demo` tells its story from a clean slate: the state of a previous sandbox in
+ * `stateDir` (its runs, clusters, stored data) would make the demo's fixed names collide.
+ * It is moved aside to `<stateDir>.previous` (replacing an older one), not deleted. Refuses
+ * while a sandbox still serves from it (its management API port answers). Returns what it did.
+ */
+export async function setAsidePreviousState(stateDir: string): Promise<string | undefined> {
+  if (!existsSync(stateDir) || readdirSync(stateDir).length === 0) return undefined;
+  const port = readPorts(stateDir).management;
+  if (port !== undefined && !(await bindable(port)))
+    throw new Error(
+      `a sandbox is still running from ${stateDir} (its management API holds port ${port}); stop it first`,
+    );
+  const aside = `${stateDir.replace(/\/+$/, "")}.previous`;
+  rmSync(aside, { recursive: true, force: true });
+  renameSync(stateDir, aside);
+  return `the demo starts from a fresh sandbox: the previous state is in ${aside}`;
 }
 
 function readPorts(stateDir: string): SavedPorts {

@@ -5,7 +5,7 @@
  * `--demo` then tells the spec's story (operator/sandbox/demo.ts) against it.
  */
 import type { Command } from "commander";
-import { type Sandbox, startSandbox } from "../../sandbox/sandbox.ts";
+import { type Sandbox, setAsidePreviousState, startSandbox } from "../../sandbox/sandbox.ts";
 import { loadScenario, ScenarioError } from "../../sandbox/scenario.ts";
 
 interface SandboxCommandOptions {
@@ -66,6 +66,10 @@ async function runSandbox(opts: SandboxCommandOptions): Promise<number> {
     // Imported here, not at the top: every `spillway` command loads this module, and the
     // wiring pulls in the Azure SDKs.
     const { startSandboxArm } = await import("../../sandbox/wiring.ts");
+    if (opts.demo) {
+      const note = await setAsidePreviousState(opts.stateDir);
+      if (note) console.error(`sandbox: ${note}`);
+    }
     sandbox = await startSandbox({
       stateDir: opts.stateDir,
       scenario,
