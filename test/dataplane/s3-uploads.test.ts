@@ -18,12 +18,11 @@ import { createServer, type IncomingMessage, request, type Server } from "node:h
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Sha256 } from "@smithy/core/checksum";
-import { SignatureV4 } from "@smithy/signature-v4";
 import { FileStore } from "../../operator/dataplane/file.ts";
 import { type ObjectStore, openStore, shardOf, syncStores } from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { S3rverEmulator } from "../../operator/sandbox/emulators/index.ts";
+import { sigV4Holds } from "./sigv4.ts";
 
 const MiB = 1024 * 1024;
 const HOUR = 3_600_000;
@@ -482,39 +481,3 @@ const s3Error = (status: number, code: string): Reply => ({
     `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
   ),
 });
-
-/**
- * Whether a request's SigV4 signature is the one its received method, path, query and signed
- * headers give — recomputed with the SDK's signer (as in store-http.test.ts).
- */
-async function sigV4Holds(req: IncomingMessage, secretAccessKey: string): Promise<boolean> {
-  const auth = String(req.headers.authorization ?? "");
-  const m =
-    /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/s3\/aws4_request, SignedHeaders=([^,]+), Signature=([0-9a-f]+)/.exec(
-      auth,
-    );
-  if (!m) return false;
-  const [, accessKeyId, , region, signedHeaders, signature] = m;
-  const amzDate = String(req.headers["x-amz-date"]);
-  const date = new Date(
-    amzDate.replace(/^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/, "$1-$2-$3T$4:$5:$6Z"),
-  );
-  const url = new URL(req.url ?? "/", "http://x");
-  const query: Record<string, string> = {};
-  for (const [k, v] of url.searchParams) query[k] = v;
-  const headers: Record<string, string> = {};
-  for (const h of signedHeaders!.split(";")) headers[h] = String(req.headers[h] ?? "");
-  const signer = new SignatureV4({
-    service: "s3",
-    region: region!,
-    credentials: { accessKeyId: accessKeyId!, secretAccessKey },
-    sha256: Sha256,
-    uriEscapePath: false,
-    applyChecksum: false,
-  });
-  const again = await signer.sign(
-    { method: req.method ?? "GET", protocol: "http:", hostname: "x", path: url.pathname, query, headers },
-    { signingDate: date },
-  );
-  return String(again.headers.authorization).endsWith(`Signature=${signature}`);
-}
