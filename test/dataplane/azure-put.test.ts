@@ -7,7 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, request, type Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +30,7 @@ import {
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
 import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
+import { forward, injectError } from "./proxy.ts";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const md5 = (b: Buffer) => createHash("md5").update(b).digest("hex");
@@ -298,26 +299,9 @@ async function failingProxy(
   state.server = createServer((req, res) => {
     state.seen++;
     const next = state.fail.shift();
-    if (next !== undefined) {
-      req.resume();
-      const [status, code] = Array.isArray(next)
-        ? next
-        : [next, next === 503 ? "ServerBusy" : "InternalError"];
-      res.writeHead(status, { "content-type": "application/xml", "x-ms-error-code": code });
-      res.end(
-        `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
-      );
-      return;
-    }
-    const up = request(
-      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers },
-      (r) => {
-        res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
-      },
-    );
-    up.on("error", () => res.destroy());
-    req.pipe(up);
+    if (next === undefined) return forward(t, req, res);
+    const [status, code] = Array.isArray(next) ? next : [next, next === 503 ? "ServerBusy" : "InternalError"];
+    injectError(req, res, status, code);
   });
   await new Promise<void>((resolve) => state.server.listen(0, "127.0.0.1", resolve));
   state.url = `http://127.0.0.1:${(state.server.address() as AddressInfo).port}${t.pathname.replace(/\/+$/, "")}`;

@@ -6,7 +6,7 @@
  * server errors are retried by the caller's backoff.
  */
 import { createHash } from "node:crypto";
-import { createServer, request, type Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
 import {
@@ -19,6 +19,7 @@ import { type ObjectStore, openStore, StoreError } from "../../operator/dataplan
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
 import { type Emulators, startEmulators } from "./fixtures.ts";
+import { forward, injectError } from "./proxy.ts";
 import { sigV4Holds } from "./sigv4.ts";
 
 let emu: Emulators;
@@ -76,28 +77,8 @@ async function failingProxy(
       return;
     }
     const status = state.fail.shift();
-    if (status !== undefined) {
-      req.resume();
-      const code = status === 503 ? "SlowDown" : "InternalError";
-      res.writeHead(status, {
-        "content-type": "application/xml",
-        "x-ms-error-code": code,
-        "retry-after": "0",
-      });
-      res.end(
-        `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`,
-      );
-      return;
-    }
-    const up = request(
-      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers },
-      (r) => {
-        res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
-      },
-    );
-    up.on("error", () => res.destroy());
-    req.pipe(up);
+    if (status === undefined) return forward(t, req, res);
+    injectError(req, res, status, status === 503 ? "SlowDown" : "InternalError", { "retry-after": "0" });
   });
   await new Promise<void>((resolve) => state.server.listen(0, "127.0.0.1", resolve));
   const port = (state.server.address() as AddressInfo).port;
