@@ -114,7 +114,7 @@ async function main(): Promise<void> {
   const runMemory = only.includes("m");
   const [az, s3] = await Promise.all([
     AzuriteEmulator.start({ dir: join(dir, "azurite"), containers: ["large", "small"] }),
-    S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["ours", "rclone", "sdk"] }),
+    S3rverEmulator.start({ dir: join(dir, "s3rver"), buckets: ["ours", "rclone", "sdk", "floor"] }),
   ]);
   try {
     const rcloneAvailable = spawnSync("rclone", ["version"], { encoding: "utf8" }).status === 0;
@@ -241,6 +241,41 @@ async function main(): Promise<void> {
       });
     };
 
+    // The Node floor of (a) (bench/lib/node-floor.mjs): the same copy with no engine, by the
+    // same Node with the same V8 flags; with `sha256` every byte is hashed as Spillway does.
+    const largeObjects: [string, number][] = [
+      ["big/0.bin", 100 * MiB],
+      ["big/1.bin", 100 * MiB],
+      ...Array.from({ length: 200 }, (_, n): [string, number] => [
+        `mid/${String(n).padStart(4, "0")}.bin`,
+        MiB,
+      ]),
+    ];
+    const floor = (prefix: string, sha256: boolean): Run =>
+      measured(() => {
+        const config = {
+          blobBase: `${az.blobEndpoint}/large`,
+          sas: sas("large"),
+          s3: {
+            endpoint: s3.endpoint,
+            bucket: "floor",
+            prefix,
+            region: s3.region,
+            accessKeyId: s3.accessKeyId,
+            secretAccessKey: s3.secretAccessKey,
+          },
+          objects: largeObjects,
+          concurrency: 16,
+        };
+        const r = timed(
+          process.execPath,
+          [...missingSyncFlags(benchNodeFlags, {}), ...benchNodeFlags, join(here, "lib", "node-floor.mjs")],
+          { ...process.env, FLOOR_CONFIG: JSON.stringify(config), FLOOR_SHA256: sha256 ? "1" : "0" },
+        );
+        r.detail = r.ok ? "" : r.detail;
+        return r;
+      });
+
     const rows: { scenario: string; tool: string; run: Run; bytes: number; objects: number; load: number }[] =
       [];
     // The 1-minute load average after each run: other work on a shared machine moves the figures.
@@ -271,16 +306,22 @@ async function main(): Promise<void> {
       const mine: Run[] = [];
       const viaSdk: Run[] = [];
       const peer: Run[] = [];
+      const bare: Run[] = [];
+      const bareHashed: Run[] = [];
       for (let i = 0; i < repeat; i++) {
         const prefix = repeat === 1 ? "a/" : `a${i}/`;
         mine.push(ours("large", prefix));
         if (rcloneAvailable) peer.push(rclone("large", prefix, t16));
         if (sdkToo) viaSdk.push(oursSdk("large", prefix));
+        bare.push(floor(`${prefix}plain/`, false));
+        bareHashed.push(floor(`${prefix}sha/`, true));
       }
       record("(a) cold 200×1MiB+2×100MiB", "spillway", best(mine), 202, largeBytes);
       if (sdkToo) record("(a) cold 200×1MiB+2×100MiB", "spillway SDK route", best(viaSdk), 202, largeBytes);
       if (rcloneAvailable)
         record("(a) cold 200×1MiB+2×100MiB", "rclone --transfers 16", best(peer), 202, largeBytes);
+      record("(a) cold 200×1MiB+2×100MiB", "node floor", best(bare), 202, largeBytes);
+      record("(a) cold 200×1MiB+2×100MiB", "node floor + sha256", best(bareHashed), 202, largeBytes);
     }
     if (runMemory) {
       record(`(m) cold ${smallCount}×4KiB`, "spillway", ours("small", "m/"), smallCount, smallBytes);
@@ -379,6 +420,15 @@ async function main(): Promise<void> {
       return a && b && a.ok && b.ok ? `${(a.seconds / b.seconds).toFixed(2)}× ${peer}'s time` : "n/a";
     };
     console.log(`\n(a) spillway: ${ratio("(a)", "rclone --transfers 16")} (target ≤ 1)`);
+    const floorOf = (tool: string) => {
+      const f = find("(a)", tool);
+      const p = find("(a)", "rclone --transfers 16");
+      return f?.ok && p?.ok ? `${(f.seconds / p.seconds).toFixed(2)}×` : "n/a";
+    };
+    if (runLarge)
+      console.log(
+        `    the Node floor (no engine) is ${floorOf("node floor")} rclone's time, ${floorOf("node floor + sha256")} with Spillway's sha256 of every byte`,
+      );
     console.log(`(b) spillway: ${ratio("(b)", "rclone --transfers 16")} (target ≤ 1)`);
     console.log(
       `(c) spillway: ${ratio("(c)", "rclone (default)")} (target ≤ 0.2); ${ratio("(c)", "rclone --checksum")} (target ≤ 1)`,
