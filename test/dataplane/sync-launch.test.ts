@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bundleSync, missingSyncFlags, SYNC_NODE_FLAGS } from "../../bin/sync-runtime.mjs";
+import { oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
 import { contents, type Emulators, putAll, startEmulators } from "./fixtures.ts";
 
 const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
@@ -49,6 +50,18 @@ describe("spillway sync's process", () => {
     const names = SYNC_NODE_FLAGS.map((f) => `${f.split("=")[0]}=7`);
     expect(missingSyncFlags(names, {})).toEqual([]);
     expect(missingSyncFlags([], { NODE_OPTIONS: `--trace-warnings ${names.join(" ")}` })).toEqual([]);
+  });
+
+  it("started without the launcher, sets the same old-generation growing factor at run time, unless given", () => {
+    const launcher = SYNC_NODE_FLAGS.find((f) => f.startsWith("--heap-growing-percent="));
+    expect(launcher).toBeDefined();
+    expect(oldGenerationGrowthFlag([], {})).toBe(launcher);
+    expect(oldGenerationGrowthFlag(["--heap-growing-percent=30"], {})).toBeUndefined();
+    expect(oldGenerationGrowthFlag([], { NODE_OPTIONS: "--heap-growing-percent=30" })).toBeUndefined();
+    expect(oldGenerationGrowthFlag([], { SPILLWAY_SYNC_HEAP_GROWING_PERCENT: "0" })).toBeUndefined();
+    expect(oldGenerationGrowthFlag([], { SPILLWAY_SYNC_HEAP_GROWING_PERCENT: "50" })).toBe(
+      "--heap-growing-percent=50",
+    );
   });
 
   it("the launcher starts `spillway sync` with them (the same process, re-executed)", async () => {

@@ -251,6 +251,39 @@ function capYoungGeneration(): () => void {
   };
 }
 
+/** The old generation's growing factor, as `--heap-growing-percent` (the launcher's flag). */
+const HEAP_GROWING_PERCENT = 100;
+
+/**
+ * The `--heap-growing-percent` a sync process must set at run time: none when it was started
+ * with one (the launcher's flags, a flag on the command line or in NODE_OPTIONS win) or when
+ * `SPILLWAY_SYNC_HEAP_GROWING_PERCENT` is 0 (V8's own factor); that variable changes the value.
+ */
+export function oldGenerationGrowthFlag(
+  execArgv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): string | undefined {
+  const percent = Number(env.SPILLWAY_SYNC_HEAP_GROWING_PERCENT ?? HEAP_GROWING_PERCENT);
+  const started = [...execArgv, ...(env.NODE_OPTIONS ?? "").split(/\s+/)];
+  if (!(percent > 0) || started.some((a) => a.startsWith("--heap-growing-percent"))) return undefined;
+  return `--heap-growing-percent=${Math.floor(percent)}`;
+}
+
+/**
+ * Sets V8's old-generation growing factor to 2 for a sync run without the launcher's flags
+ * (`oldGenerationGrowthFlag`). Why: see `SYNC_NODE_FLAGS` in bin/sync-runtime.mjs — V8's own
+ * factor (up to 4) let a long sync's old generation fill with ~70 MiB of garbage between full
+ * GCs, so its peak RSS grew with the object count. V8 reads the flag whenever it sets the next
+ * limit (after each full GC), so setting it at run time takes effect from the first one.
+ * Returns the function that restores V8's own factor.
+ */
+function limitOldGenerationGrowth(): () => void {
+  const flag = oldGenerationGrowthFlag(process.execArgv, process.env);
+  if (!flag) return () => {};
+  setFlagsFromString(flag);
+  return () => setFlagsFromString("--heap-growing-percent=0");
+}
+
 export function register(program: Command): void {
   program
     .command("sync")
@@ -284,11 +317,13 @@ export function register(program: Command): void {
     .option("--no-progress", "no progress bar even on a terminal")
     .action(async (src: string, dst: string, o: SyncCommandOptions) => {
       // Only in the command's own process (not where runSync is called as a function).
-      const release = capYoungGeneration();
+      const releaseYoung = capYoungGeneration();
+      const releaseOld = limitOldGenerationGrowth();
       try {
         process.exitCode = await runSync(src, dst, o);
       } finally {
-        release();
+        releaseOld();
+        releaseYoung();
       }
     });
 }
