@@ -28,10 +28,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
  *   count though nothing it keeps does. A factor of 2 leaves the limit at the floor above
  *   (`--initial-old-space-size`: it never drops below 64 MiB, so (a) keeps its fewer full GCs)
  *   whenever the live heap is under ~28 MiB, as a sync's is: a cold copy of 50,000 × 4 KiB
- *   peaked at 162 MiB against 185 with V8's factor (same build; 136–143 at 5,000). It is not a
+ *   peaked at 162–169 MiB against 185 with V8's factor (same build), flat from ~20,000 objects
+ *   on; a 5,000-object copy ends before its old generation reaches the floor (121–125 MiB).
+ *   That floor is what remains between the two: 32 MiB with a factor of 1.5 gave 137 MiB at
+ *   50,000, but 29–31 full GCs in (a) instead of 11–13 (+20–35 % CPU) and +8 % in (b). It is not a
  *   cap: a heap that really grows (a resumed sync holding a long journal) is collected at twice
  *   its live size and is never refused memory because of it. A full GC costs ~10–30 ms here:
- *   9 → 15 of them in that copy (~0.1 of 33 CPU s); a 5,000-object copy stays under the floor.
+ *   this flag alone took that copy from 9 to 15 (~0.1 of 33 CPU s); with the Azure listing's
+ *   pages no longer promoted (azure.ts, `PageBuffer`) it needs 9. (b) runs no full GC.
  *   The sync command sets the same at run time when started without these flags.
  * Not set: glibc's MALLOC_ARENA_MAX=2 / MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (the
  * launcher could, through execve's environment). Measured on no-op resyncs of 5,000 and 50,000
