@@ -328,7 +328,7 @@ async function main(): Promise<void> {
       record(`(m) no-op resync, ${smallCount}`, "spillway", ours("small", "m/"), smallCount, 0);
       if (process.env.SYNC_BENCH_HEAP_DEFAULTS === "1") {
         // The same runs with V8's own heap sizing: no launcher flags, the sync command's
-        // young-generation cap off.
+        // run-time young-generation cap and growing factor off.
         const v8Defaults = { SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB: "0", SPILLWAY_SYNC_HEAP_GROWING_PERCENT: "0" };
         const off = () => measured(() => oursRaw("small", "m0/", [], v8Defaults, "ours", "defaults"));
         record(`(m) cold ${smallCount}×4KiB`, "spillway, V8 defaults", off(), smallCount, smallBytes);
