@@ -364,7 +364,8 @@ export class DatasetSyncs implements DataStager {
           const first = summary.errors[0];
           s.message = summary.aborted
             ? "sync interrupted"
-            : `${summary.failed.objects} objects failed${first ? `: ${first.message}` : ""}`;
+            : (summary.stopped ??
+              `${summary.failed.objects} objects failed${first ? `: ${first.message}` : ""}`);
         }
       } catch (e) {
         s.phase = "Failed";

@@ -103,6 +103,13 @@ export interface SyncOptions {
   abandonedAfterMs?: number;
   retry?: RetryPolicy;
   /**
+   * Consecutive failed object copies (each after its retries, no success between them) that
+   * stop the sync: the store is down, not one object. Default max(16, 2 × concurrency); a
+   * source object gone since the listing (NotFound) or changed (PreconditionFailed) does not
+   * count.
+   */
+  breakerFailures?: number;
+  /**
    * Bounds (entries) of the streaming merge's side tables and reorder queue; the defaults keep
    * them to a few MiB whatever the object count. For tests.
    */
@@ -162,6 +169,13 @@ export interface SyncSummary {
    * was requested but the previous sync had not ended cleanly (its journal was found).
    */
   verify: "none" | "list" | "content";
+  /**
+   * Why the sync stopped before the end of its listing, when it did: `breakerFailures` object
+   * copies in a row failed (each after its retries) with no success between them — a store
+   * that went away mid-sync. Without it a dead store cost every remaining object its full
+   * retry schedule (hours for a large dataset). What finished is journaled; a rerun resumes.
+   */
+  stopped?: string;
   /** Uploads killed syncs left in this sync's key space, discarded at its start (`abandonedAfterMs`). */
   abortedUploads: number;
   /** That clean-up's failures (they never fail the sync): how many, and the first one. */
@@ -442,6 +456,16 @@ export async function syncStores(
       ? setInterval(() => options.onProgress!(progress()), interval)
       : undefined;
 
+    // The breaker: failed copies in a row (see `stopped`). A source object that vanished or
+    // changed since the listing is that object's story, not the store's.
+    const breakerAt = Math.max(1, Math.floor(options.breakerFailures ?? Math.max(16, 2 * concurrency)));
+    let failedInARow = 0;
+    let stopped: string | undefined;
+    const copyFailed = (e: unknown) => {
+      if (e instanceof StoreError && (e.code === "NotFound" || e.code === "PreconditionFailed")) return;
+      if (++failedInARow >= breakerAt && stopped === undefined)
+        stopped = `stopped after ${failedInARow} object copies in a row failed (the last: ${(e as Error).message ?? String(e)}); finished objects are journaled, rerun to resume`;
+    };
     const fail = (key: string, size: number, e: unknown) => {
       s.failed.objects++;
       s.failed.bytes += size;
@@ -730,8 +754,10 @@ export async function syncStores(
         pending.set(key, e);
         s.copied.objects++;
         s.copied.bytes += obj.size;
+        failedInARow = 0;
       } catch (e) {
         fail(key, obj.size, e);
+        if (!signal?.aborted) copyFailed(e);
       } finally {
         queue.settle(slot, result);
       }
@@ -740,6 +766,11 @@ export async function syncStores(
     let aborted = false;
     try {
       for (let step = await firstPage; !step.done; step = await listing.next()) {
+        if (stopped !== undefined) {
+          stopListing.abort();
+          void listing.return?.(undefined).catch(() => {});
+          break;
+        }
         const obj = step.value;
         if (obj.key.startsWith(META_PREFIX)) continue;
         if (shard && shardOf(obj.key, shard.count) !== shard.index) continue;
@@ -773,6 +804,12 @@ export async function syncStores(
           queue.settle(slot, entry);
         } else {
           await slots.acquire();
+          if (stopped !== undefined) {
+            // The slot was waited for while the breaker tripped: this object is not tried.
+            slots.release();
+            queue.settle(slot, entry);
+            continue;
+          }
           const t = handle(obj, key, entry, current, slot).finally(() => {
             slots.release();
             tasks.delete(t);
@@ -782,7 +819,7 @@ export async function syncStores(
         const disk = writer.ready();
         if (disk) await disk;
       }
-      listingDone = true;
+      listingDone = stopped === undefined;
     } catch (e) {
       if (signal?.aborted) aborted = true;
       else {
@@ -800,7 +837,7 @@ export async function syncStores(
     let version: string | undefined;
     let complete = false;
     try {
-      if (!dryRun && (aborted || s.failed.objects > 0)) {
+      if (!dryRun && (aborted || s.failed.objects > 0 || stopped !== undefined)) {
         await writeJournal();
       } else if (!dryRun) {
         // A failure from here on (the destination listing for --delete, the manifest upload)
@@ -874,7 +911,8 @@ export async function syncStores(
       rejected: s.rejected,
       errors,
       ...(version && !dryRun ? { version } : {}),
-      complete: complete && !aborted,
+      ...(stopped !== undefined ? { stopped } : {}),
+      complete: complete && !aborted && stopped === undefined,
       aborted,
       durationMs: Date.now() - started,
       peakBufferBytes: budget.peak,

@@ -4,6 +4,8 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { FileStore } from "../../operator/dataplane/file.ts";
@@ -16,6 +18,7 @@ import {
 } from "../../operator/dataplane/index.ts";
 import { faulty, GeneratedSource, ListedSource } from "./doubles.ts";
 import { contents, type Emulators, putAll, startEmulators } from "./fixtures.ts";
+import { forward } from "./proxy.ts";
 
 const MiB = 1024 * 1024;
 const FAST_RETRY = { attempts: 5, baseDelayMs: 1, maxDelayMs: 5 };
@@ -269,6 +272,54 @@ describe("faults", () => {
     const again = await syncStores(src, dst, { partSize: 5 * MiB, uploadCutoff: 0 }); // S3 multipart
     expect(again.complete).toBe(true);
     expect(sha((await contents(dst)).get("model.bin")!)).toBe(sha(v2));
+  });
+
+  it("stops when the destination goes away mid-sync instead of retrying every object left", async () => {
+    const src = await emu.open(emu.azUri("data", "gone/src"));
+    const names = Array.from({ length: 120 }, (_, i) => `o/${String(i).padStart(3, "0")}.txt`);
+    await putAll(src, Object.fromEntries(names.map((k) => [k, `object ${k}`])));
+    // s3rver behind a proxy that goes dark (listener closed, open sockets reset) after the 10th
+    // object PUT: every request from then on is refused.
+    let puts = 0;
+    const sockets = new Set<Socket>();
+    const target = new URL(emu.s3.endpoint);
+    const proxy = createServer((req, res) => {
+      if (req.method === "PUT" && req.url?.includes("/o/") && ++puts > 10) {
+        proxy.close();
+        for (const s of sockets) s.destroy();
+        return;
+      }
+      forward(target, req, res);
+    });
+    proxy.on("connection", (s) => {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    const endpoint = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    const dst = await emu.open(
+      `s3://data/gone/dst/?endpoint=${encodeURIComponent(endpoint)}&region=${emu.s3.region}`,
+    );
+
+    const r = await syncStores(src, dst, { concurrency: 2, breakerFailures: 8, retry: FAST_RETRY });
+    proxy.close();
+    expect(r.complete).toBe(false);
+    expect(r.stopped).toMatch(
+      /^stopped after 8 object copies in a row failed \(the last: .+\); finished objects are journaled/,
+    );
+    expect(r.copied.objects).toBe(10);
+    // The breaker's 8, plus at most the copies already running when it tripped.
+    expect(r.failed.objects).toBeGreaterThanOrEqual(8);
+    expect(r.failed.objects).toBeLessThanOrEqual(8 + 2);
+    expect(r.planned.objects).toBe(r.copied.objects + r.failed.objects); // the rest never tried
+    expect(r.version).toBeUndefined();
+
+    // The store is back: a rerun straight to s3rver completes.
+    const back = await emu.open(emu.s3Uri("data", "gone/dst"));
+    const again = await syncStores(src, back, { retry: FAST_RETRY });
+    expect(again).toMatchObject({ complete: true, failed: { objects: 0 } });
+    expect(again.stopped).toBeUndefined();
+    expect([...(await contents(back)).keys()].sort()).toEqual(names);
   });
 
   it("resumes an interrupted sync without redoing finished objects", async () => {

@@ -128,6 +128,7 @@ function humanSummary(s: SyncSummary): string {
       `clean-up of abandoned uploads: ${s.uploadCleanupErrors.count} failed (${s.uploadCleanupErrors.first})`,
     );
   for (const e of s.errors) lines.push(`  ${e.key}: ${e.message}`);
+  if (s.stopped) lines.push(s.stopped);
   if (s.aborted) lines.push("interrupted: finished objects are journaled, rerun to resume");
   else if (!s.complete && !s.dryRun)
     lines.push("incomplete: nothing was deleted and the manifest was not committed; rerun to retry");
