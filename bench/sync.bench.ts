@@ -52,6 +52,8 @@ interface Run {
   detail: string;
   /** The process's whole stdout (`detail` keeps only its end). */
   stdout: string;
+  /** For a repeated scenario: the median of the runs' seconds (the run kept is the best). */
+  medianSeconds?: number;
 }
 
 const MiB = 1024 * 1024;
@@ -299,7 +301,13 @@ async function main(): Promise<void> {
     const repeat = Math.max(1, Number(process.env.SYNC_BENCH_REPEAT ?? 1));
     const best = (runs: Run[]): Run => {
       const b = runs.reduce((x, y) => (y.ok && (!x.ok || y.seconds < x.seconds) ? y : x));
-      if (runs.length > 1) b.detail += `; runs ${runs.map((r) => r.seconds.toFixed(1)).join(", ")} s`;
+      if (runs.length > 1) {
+        b.detail += `; runs ${runs.map((r) => r.seconds.toFixed(1)).join(", ")} s`;
+        const ok = runs.filter((r) => r.ok).map((r) => r.seconds);
+        ok.sort((x, y) => x - y);
+        const mid = ok.length >> 1;
+        if (ok.length > 0) b.medianSeconds = ok.length % 2 ? ok[mid]! : (ok[mid - 1]! + ok[mid]!) / 2;
+      }
       return b;
     };
     if (runLarge) {
@@ -420,6 +428,13 @@ async function main(): Promise<void> {
       return a && b && a.ok && b.ok ? `${(a.seconds / b.seconds).toFixed(2)}× ${peer}'s time` : "n/a";
     };
     console.log(`\n(a) spillway: ${ratio("(a)", "rclone --transfers 16")} (target ≤ 1)`);
+    const medians = (tool: string) => {
+      const a = find("(a)", "spillway")?.medianSeconds;
+      const b = find("(a)", tool)?.medianSeconds;
+      return a && b ? `${(a / b).toFixed(2)}×` : undefined;
+    };
+    if (medians("rclone --transfers 16"))
+      console.log(`    on the medians of the ${repeat} runs: ${medians("rclone --transfers 16")} rclone's`);
     const floorOf = (tool: string) => {
       const f = find("(a)", tool);
       const p = find("(a)", "rclone --transfers 16");
