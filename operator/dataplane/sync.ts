@@ -359,6 +359,20 @@ export async function syncStores(
   const listing = src.list({ signal: listSignal })[Symbol.asyncIterator]();
   const firstPage = listing.next();
   firstPage.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+  // What the destination holds: the committed manifest, read as a stream and merged with the
+  // listing (a cursor, not a map), overlaid with the journal of an interrupted run (held in
+  // memory on resume only: it is what that run finished). A shard starts from the main
+  // manifest when it has none of its own. Both are requested with the checks, not after them
+  // (a round trip less before the first copy); when a check fails, its error is the one
+  // reported and these answers are dropped.
+  const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.streamLimits };
+  const mKey = manifestKey(shard);
+  const readOptions = { retry: policy, ...(signal ? { signal } : {}) };
+  const held = Promise.all([
+    ManifestReader.open(dst, mKey, readOptions),
+    readJournal(dst, shard, retry, signal),
+  ]);
+  held.catch(() => {}); // awaited below, after the checks
   try {
     const checks = await Promise.allSettled([
       retry("check source", () => src.check(signal, "read")),
@@ -367,20 +381,13 @@ export async function syncStores(
     for (const c of checks) if (c.status === "rejected") throw c.reason;
   } catch (e) {
     stopListing.abort(); // no listing retries left running after a sync that did not start
+    held.then(
+      ([r]) => r?.close(),
+      () => {},
+    );
     throw e;
   }
-
-  // What the destination holds: the committed manifest, read as a stream and merged with the
-  // listing (a cursor, not a map), overlaid with the journal of an interrupted run (held in
-  // memory on resume only: it is what that run finished). A shard starts from the main
-  // manifest when it has none of its own.
-  const limits: StreamLimits = { ...DEFAULT_STREAM_LIMITS, ...options.streamLimits };
-  const mKey = manifestKey(shard);
-  const readOptions = { retry: policy, ...(signal ? { signal } : {}) };
-  const [ownReader, journal] = await Promise.all([
-    ManifestReader.open(dst, mKey, readOptions),
-    readJournal(dst, shard, retry, signal),
-  ]);
+  const [ownReader, journal] = await held;
   let reader = ownReader;
   const ownManifest = reader !== undefined;
   if (!reader && shard) reader = await ManifestReader.open(dst, manifestKey(), readOptions);
