@@ -465,7 +465,8 @@ export async function syncStores(
 
     // The breaker: failed copies in a row (see `stopped`). A source object that vanished or
     // changed since the listing is that object's story, not the store's.
-    const breakerAt = Math.max(1, Math.floor(options.breakerFailures ?? Math.max(16, 2 * concurrency)));
+    const asked = options.breakerFailures;
+    const breakerAt = asked !== undefined && asked >= 1 ? Math.floor(asked) : Math.max(16, 2 * concurrency);
     let failedInARow = 0;
     let stopped: string | undefined;
     const copyFailed = (e: unknown) => {

@@ -204,6 +204,11 @@ export async function runSync(src: string, dst: string, o: SyncCommandOptions): 
   }
 }
 
+/** Whether the process was started with V8 flag `flag` (on its command line or in NODE_OPTIONS). */
+function startedWith(flag: string, execArgv: readonly string[], env: NodeJS.ProcessEnv): boolean {
+  return [...execArgv, ...(env.NODE_OPTIONS ?? "").split(/\s+/)].some((a) => a.startsWith(flag));
+}
+
 const MiB = 1024 * 1024;
 /** The young generation's semi-space cap when the process was started without one. */
 const SEMI_SPACE_CAP_MIB = 16;
@@ -230,8 +235,7 @@ const SEMI_SPACE_CAP_MIB = 16;
  */
 function capYoungGeneration(): () => void {
   const capMiB = Number(process.env.SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB ?? SEMI_SPACE_CAP_MIB);
-  const started = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)];
-  if (!(capMiB > 0) || started.some((a) => a.startsWith("--max-semi-space-size"))) return () => {};
+  if (!(capMiB > 0) || startedWith("--max-semi-space-size", process.execArgv, process.env)) return () => {};
   let growth = 2;
   const check = () => {
     const young = getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
@@ -265,8 +269,7 @@ export function oldGenerationGrowthFlag(
   env: NodeJS.ProcessEnv,
 ): string | undefined {
   const percent = Number(env.SPILLWAY_SYNC_HEAP_GROWING_PERCENT ?? HEAP_GROWING_PERCENT);
-  const started = [...execArgv, ...(env.NODE_OPTIONS ?? "").split(/\s+/)];
-  if (!(percent > 0) || started.some((a) => a.startsWith("--heap-growing-percent"))) return undefined;
+  if (!(percent > 0) || startedWith("--heap-growing-percent", execArgv, env)) return undefined;
   return `--heap-growing-percent=${Math.floor(percent)}`;
 }
 
