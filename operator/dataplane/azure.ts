@@ -4,6 +4,8 @@
  * blocks of an abandoned upload are never visible and expire on their own.
  */
 import { createHash, createSecretKey, randomBytes } from "node:crypto";
+import { Agent as HttpAgent } from "node:http";
+import { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
 // A dependency of @azure/storage-blob (its own pipeline's), imported for the raw listing.
 import { createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
@@ -14,6 +16,14 @@ import {
   type StoragePipelineOptions,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
+import {
+  AZURE_API_VERSION,
+  AzureBlobHttp,
+  GivenSas,
+  KeySas,
+  type KeySasOptions,
+  sendingStream,
+} from "./http-azure.ts";
 import { displayLocation } from "./open.ts";
 import { withRetry } from "./retry.ts";
 import {
@@ -106,11 +116,12 @@ function parseConnectionString(cs: string): Record<string, string> {
 }
 
 /**
- * A ContainerClient that can also send the hot requests raw through its own pipeline (so with
- * its credential: shared key or SAS): List Blobs (the XML returned unparsed), Get Blob, Put
- * Blob. The SDK's listing turns the XML into a generic tree and then maps it through its
- * serializer: on a 5,000-blob page that is most of a no-op sync's CPU. Each raw method returns
- * undefined if the SDK's internals moved, and the store then takes the SDK's own call.
+ * A ContainerClient that can also send List Blobs raw through its own pipeline (so with its
+ * credential: shared key or SAS), the XML returned unparsed. The SDK's listing turns the XML
+ * into a generic tree and then maps it through its serializer: on a 5,000-blob page that is
+ * most of a no-op sync's CPU. Returns undefined if the SDK's internals moved, and the store
+ * then lists through the SDK. (Get Blob and Put Blob go over node:http with a SAS:
+ * `http-azure.ts`.)
  */
 class ListingContainerClient extends ContainerClient {
   /**
@@ -158,167 +169,8 @@ class ListingContainerClient extends ContainerClient {
     }
     return Buffer.from(body, "utf8");
   }
-
-  /**
-   * Get Blob as one raw request through the same pipeline (its credential, SAS, and HTTP
-   * client): the response body unread, or a RestError-shaped error for `classifyAzureError`.
-   * `undefined` if the SDK's internals moved (the caller then uses `download`).
-   *
-   * Why: `BlockBlobClient.download` builds a client per blob, serializes the operation through
-   * core-client's operation spec, deserializes ~40 response headers into a typed object and
-   * wraps the body in a retrying stream (retries Spillway does itself, at `maxRetryRequests: 0`).
-   * For a 4 KiB blob that was most of the Azure side's client CPU per object. Measured
-   * (2026-11-22, Azurite, 16 at a time): 0.9–1.0 ms of client CPU per 4 KiB read through
-   * `download`, 0.41–0.47 ms this way, 0.30–0.38 ms with the KeyObject key below; the
-   * benchmark's figures with the S3 side are in `S3Store.open`.
-   */
-  async getBlob(
-    name: string,
-    options: { range?: { start: number; end?: number }; ifMatch?: string; signal?: AbortSignal },
-  ): Promise<NodeJS.ReadableStream | undefined> {
-    const ctx = (this as unknown as { storageClientContext?: { sendRequest?: SendRequest } })
-      .storageClientContext;
-    if (typeof ctx?.sendRequest !== "function") return undefined;
-    this.base ??= splitUrl(this.url);
-    // The SDK's own escaping of a blob name in a URL (its EscapePath): each segment encoded.
-    const path = name.split("/").map(encodeURIComponent).join("/");
-    const r = options.range;
-    const request = createPipelineRequest({
-      url: `${this.base.path}/${path}${this.base.query}`,
-      method: "GET",
-      headers: createHttpHeaders({
-        "x-ms-version": LIST_API_VERSION,
-        ...(r ? { "x-ms-range": `bytes=${r.start}-${r.end !== undefined ? r.end - 1 : ""}` } : {}),
-        ...(options.ifMatch ? { "If-Match": options.ifMatch } : {}),
-      }),
-      allowInsecureConnection: this.base.path.startsWith("http:"),
-      streamResponseStatusCodes: new Set([200, 206]),
-      ...(options.signal ? { abortSignal: options.signal } : {}),
-    });
-    const response = await ctx.sendRequest.call(ctx, request);
-    if ((response.status === 200 || response.status === 206) && response.readableStreamBody)
-      return response.readableStreamBody;
-    throw restErrorOf("Get Blob", response);
-  }
-
-  /**
-   * Put Blob (a block blob in one request) sent raw through the same pipeline: the body as
-   * given (bytes, or a stream of exactly `size` bytes), the headers as given (the caller's
-   * Content-MD5, metadata, content type, conditions). Resolves with the response's ETag and
-   * Content-MD5 (base64), throws a RestError-shaped error for `classifyAzureError` — the
-   * same fields the SDK's RestError carries, so both routes map alike. `undefined` if the
-   * SDK's internals moved (the caller then uses `upload`; a stream body is left untouched).
-   *
-   * Why: `BlockBlobClient.upload` goes through the same operation-spec serialization and
-   * typed header deserialization as `download` (see `getBlob`), around a request that is, on
-   * the wire, one signed PUT. Measured figures are in `AzureBlobStore.put`.
-   *
-   * A stream body that fails mid-way aborts the request with the stream's error
-   * (`sendingStream`).
-   */
-  async putBlob(
-    name: string,
-    body: Uint8Array | Readable,
-    size: number,
-    headers: Record<string, string>,
-    signal?: AbortSignal,
-  ): Promise<{ etag: string; contentMD5: string | undefined } | undefined> {
-    const ctx = (this as unknown as { storageClientContext?: { sendRequest?: SendRequest } })
-      .storageClientContext;
-    if (typeof ctx?.sendRequest !== "function") return undefined;
-    this.base ??= splitUrl(this.url);
-    const base = this.base;
-    const path = name.split("/").map(encodeURIComponent).join("/");
-    const request = (abortSignal: AbortSignal | undefined) =>
-      createPipelineRequest({
-        url: `${base.path}/${path}${base.query}`,
-        method: "PUT",
-        headers: createHttpHeaders({
-          "x-ms-version": LIST_API_VERSION,
-          "x-ms-blob-type": "BlockBlob",
-          // The request's own type, as the SDK sends it; the blob's is x-ms-blob-content-type.
-          "Content-Type": "application/octet-stream",
-          "Content-Length": String(size),
-          ...headers,
-        }),
-        body,
-        allowInsecureConnection: base.path.startsWith("http:"),
-        ...(abortSignal ? { abortSignal } : {}),
-      });
-    const send = ctx.sendRequest;
-    const response = await (body instanceof Uint8Array
-      ? send.call(ctx, request(signal))
-      : sendingStream(body, signal, (s) => send.call(ctx, request(s))));
-    if (response.status === 201)
-      return {
-        etag: response.headers.get("etag") ?? "",
-        contentMD5: response.headers.get("content-md5"),
-      };
-    throw restErrorOf("Put Blob", response);
-  }
-  private base: { path: string; query: string } | undefined;
 }
 
-/**
- * Runs `send` with a signal that aborts when `body` fails (or `signal` does); a failed body
- * rejects with the body's own error. The HTTP client pipes a stream body into the request and
- * does not end the request when the stream fails: aborting sends a short body the service
- * discards, and the put fails at once instead of waiting for bytes that never come. (No
- * AbortSignal.any: one dependent signal per object of a long sync, tied to the sync's signal.)
- */
-async function sendingStream<T>(
-  body: Readable,
-  signal: AbortSignal | undefined,
-  send: (signal: AbortSignal) => Promise<T>,
-): Promise<T> {
-  const controller = new AbortController();
-  let error: unknown;
-  // Left attached: a body failing after the request ended has a listener, as it had here.
-  body.once("error", (e) => {
-    error ??= e;
-    controller.abort();
-  });
-  const onAbort = () => controller.abort(signal?.reason);
-  if (signal?.aborted) onAbort();
-  else signal?.addEventListener("abort", onAbort, { once: true });
-  try {
-    const result = await send(controller.signal);
-    if (error !== undefined) throw error;
-    return result;
-  } catch (e) {
-    throw error ?? e;
-  } finally {
-    signal?.removeEventListener("abort", onAbort);
-  }
-}
-
-/**
- * A failed raw response as the fields of the SDK's RestError that `classifyAzureError` reads:
- * the status, and the service's error code (its `x-ms-error-code` header, else the XML body's
- * `<Code>`) — where the SDK takes them from too.
- */
-function restErrorOf(
-  what: string,
-  response: {
-    status: number;
-    bodyAsText?: string | null;
-    headers: { get(name: string): string | undefined };
-  },
-): Error {
-  const body = response.bodyAsText ?? "";
-  const code = response.headers.get("x-ms-error-code") ?? /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? "";
-  return Object.assign(new Error(`${what}: HTTP ${response.status} ${code}`), {
-    name: "RestError",
-    statusCode: response.status,
-    code,
-  });
-}
-
-/** A container URL as its path part and its query (a SAS: `?…`, or ""). */
-function splitUrl(url: string): { path: string; query: string } {
-  const q = url.indexOf("?");
-  return q === -1 ? { path: url, query: "" } : { path: url.slice(0, q), query: url.slice(q) };
-}
 type SendRequest = (request: ReturnType<typeof createPipelineRequest>) => Promise<{
   status: number;
   bodyAsText?: string | null;
@@ -326,8 +178,7 @@ type SendRequest = (request: ReturnType<typeof createPipelineRequest>) => Promis
   headers: { get(name: string): string | undefined };
 }>;
 
-/** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
-const LIST_API_VERSION = "2021-12-02";
+const LIST_API_VERSION = AZURE_API_VERSION;
 
 const ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
 function unescapeXml(text: string): string {
@@ -486,17 +337,15 @@ export class AzureBlobStore implements ObjectStore {
     maxPutSize: 256 * 1024 * 1024,
   };
   readonly displayUri: string;
-  /**
-   * Whether reads and single-request writes go raw (`getBlob`, `putBlob`) rather than through
-   * the SDK's `download` and `upload`. SPILLWAY_STORE_SDK_ONLY=1 restores the SDK route (a
-   * comparison switch for the benchmark, and a way back should a service reject the raw form).
-   */
-  private readonly raw = process.env.SPILLWAY_STORE_SDK_ONLY !== "1";
-
   private constructor(
     private readonly container: ListingContainerClient,
     private readonly prefix: string,
     displayUri: string,
+    /**
+     * Get Blob and Put Blob over node:http with a SAS (`http-azure.ts`); undefined: through the
+     * SDK's `download` and `upload` (SPILLWAY_STORE_SDK_ONLY=1, or no SAS could be had).
+     */
+    private readonly objects: AzureBlobHttp | undefined,
   ) {
     this.displayUri = displayUri;
   }
@@ -504,9 +353,14 @@ export class AzureBlobStore implements ObjectStore {
   /**
    * Credentials, first match wins: `sas` in the URI or credentials, a connection string
    * (its AccountKey or SharedAccessSignature; the URI's endpoint wins over its BlobEndpoint),
-   * an account key for the URI's account.
+   * an account key for the URI's account. `options.sas` sets the clock and lifetime of the
+   * SASes generated from an account key (tests).
    */
-  static open(loc: AzLocation, creds: NonNullable<StoreCredentials["azure"]>): AzureBlobStore {
+  static open(
+    loc: AzLocation,
+    creds: NonNullable<StoreCredentials["azure"]>,
+    options: { sas?: KeySasOptions } = {},
+  ): AzureBlobStore {
     const shown = displayLocation(loc);
     let endpoint = loc.endpoint ?? `https://${loc.account}.blob.core.windows.net`;
     const pipeline: StoragePipelineOptions = {
@@ -514,15 +368,13 @@ export class AzureBlobStore implements ObjectStore {
       retryOptions: { maxTries: 1 },
       keepAliveOptions: { enable: true },
     };
-    const sas = loc.sas ?? creds.sas;
-    let container: ListingContainerClient;
     const url = () => `${endpoint.replace(/\/+$/, "")}/${loc.container}`;
-    if (sas) {
-      container = new ListingContainerClient(
-        `${url()}?${sas.replace(/^\?/, "")}`,
-        new AnonymousCredential(),
-        pipeline,
-      );
+    // What authenticates: a SAS the user gave, or the account key (shared-key signing on the
+    // SDK's route, SASes generated from it on the raw route).
+    let given = loc.sas ?? creds.sas;
+    let key: StorageSharedKeyCredential | undefined;
+    if (given) {
+      // (a SAS in the URI or the credentials wins)
     } else if (creds.connectionString) {
       const cs = parseConnectionString(creds.connectionString);
       if (cs.AccountName && cs.AccountName !== loc.account)
@@ -531,37 +383,75 @@ export class AzureBlobStore implements ObjectStore {
           `AZURE_STORAGE_CONNECTION_STRING is for account '${cs.AccountName}', not '${loc.account}' (${shown})`,
         );
       if (!loc.endpoint && cs.BlobEndpoint) endpoint = cs.BlobEndpoint;
-      if (cs.AccountKey) {
-        container = new ListingContainerClient(
-          url(),
-          new KeyObjectSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey),
-          pipeline,
-        );
-      } else if (cs.SharedAccessSignature) {
-        container = new ListingContainerClient(
-          `${url()}?${cs.SharedAccessSignature}`,
-          new AnonymousCredential(),
-          pipeline,
-        );
-      } else {
+      if (cs.AccountKey) key = new KeyObjectSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey);
+      else if (cs.SharedAccessSignature) given = cs.SharedAccessSignature;
+      else
         throw new StoreError(
           "MissingCredentials",
           `connection string has no AccountKey or SharedAccessSignature`,
         );
-      }
     } else if (creds.accountKey) {
-      container = new ListingContainerClient(
-        url(),
-        new KeyObjectSharedKeyCredential(loc.account, creds.accountKey),
-        pipeline,
-      );
+      key = new KeyObjectSharedKeyCredential(loc.account, creds.accountKey);
     } else {
       throw new StoreError(
         "MissingCredentials",
         `no Azure credentials for ${shown} (set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY, or add sas=…)`,
       );
     }
-    return new AzureBlobStore(container, loc.prefix, shown);
+    const container = key
+      ? new ListingContainerClient(url(), key, pipeline)
+      : new ListingContainerClient(
+          `${url()}?${given!.replace(/^\?/, "")}`,
+          new AnonymousCredential(),
+          pipeline,
+        );
+    return new AzureBlobStore(
+      container,
+      loc.prefix,
+      shown,
+      AzureBlobStore.objectHttp(url(), loc.container, given, key, options),
+    );
+  }
+
+  /**
+   * Decision: Get Blob and Put Blob go over node:http(s) on a keep-alive agent of this store,
+   * authorised by a SAS — the user's as given, or container SASes generated from the account
+   * key (`KeySas`: `r` for reads, `cw` for writes, no start time, 1 h, replaced 15 min before
+   * expiry) — instead of through the container client's pipeline (its policies and a
+   * shared-key signature per request, core-rest-pipeline's HTTP client). Everything else
+   * stays on the SDK with the store's credential.
+   * Measured (2026-11-22, Azurite, 16 requests at a time, 2,000 per run, medians of 5 runs,
+   * routes alternating in one process; `/tmp/azh/cpu.ts` in the session's report): client CPU
+   * per 4 KiB Get Blob and Put Blob — figures in the report and docs/dataplane.md.
+   * SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK's `download` and `upload` (the
+   * benchmark's comparison switch, and a way back should a service refuse this form); so does
+   * a key from which no SAS can be generated (not expected: the SDK's own function).
+   */
+  private static objectHttp(
+    containerUrl: string,
+    containerName: string,
+    given: string | undefined,
+    key: StorageSharedKeyCredential | undefined,
+    options: { sas?: KeySasOptions },
+  ): AzureBlobHttp | undefined {
+    if (process.env.SPILLWAY_STORE_SDK_ONLY === "1") return undefined;
+    let sas: GivenSas | KeySas;
+    if (given) sas = new GivenSas(given);
+    else if (key) {
+      const protocol = new URL(containerUrl).protocol === "https:" ? "https" : "http";
+      sas = new KeySas(containerName, key, protocol, options.sas);
+      try {
+        sas.token("read");
+      } catch {
+        return undefined;
+      }
+    } else return undefined;
+    const agentOptions = { keepAlive: true, maxSockets: 128 };
+    return new AzureBlobHttp({
+      containerUrl,
+      sas,
+      agents: { http: new HttpAgent(agentOptions), https: new HttpsAgent(agentOptions) },
+    });
   }
 
   private blob(key: string) {
@@ -741,14 +631,12 @@ export class AzureBlobStore implements ObjectStore {
     const r = options.range;
     if (r && r.end !== undefined && r.end <= r.start) return Readable.from([]);
     try {
-      if (this.raw) {
-        const raw = await this.container.getBlob(this.prefix + normaliseKey(key), {
+      if (this.objects)
+        return await this.objects.getBlob(this.prefix + normaliseKey(key), {
           ...(r ? { range: r } : {}),
           ...(options.ifMatch ? { ifMatch: `"${unquote(options.ifMatch)}"` } : {}),
           ...(options.signal ? { signal: options.signal } : {}),
         });
-        if (raw) return raw instanceof Readable ? raw : Readable.from(raw as AsyncIterable<Uint8Array>);
-      }
       const res = await this.blob(key).download(
         r?.start ?? 0,
         r?.end !== undefined ? r.end - (r.start ?? 0) : undefined,
@@ -812,19 +700,17 @@ export class AzureBlobStore implements ObjectStore {
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);
     try {
-      if (this.raw) {
-        const r = await this.container.putBlob(
+      if (this.objects) {
+        const r = await this.objects.putBlob(
           this.prefix + normaliseKey(key),
           body,
           body.length,
           this.putHeaders(options, digest),
           options.signal,
         );
-        if (r) {
-          if (!sameBytes(r.contentMD5 ? Buffer.from(r.contentMD5, "base64") : undefined, digest))
-            throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
-          return { etag: unquote(r.etag) };
-        }
+        if (!sameBytes(r.contentMD5 ? Buffer.from(r.contentMD5, "base64") : undefined, digest))
+          throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
+        return { etag: unquote(r.etag) };
       }
       const r = await this.blob(key).upload(body, body.length, {
         metadata: this.metadataOf(options),
@@ -860,8 +746,8 @@ export class AzureBlobStore implements ObjectStore {
   ): Promise<StreamPutResult> {
     const given = options.md5 ? Buffer.from(options.md5, "hex") : undefined;
     try {
-      const sent = this.raw
-        ? await this.container.putBlob(
+      const sent = this.objects
+        ? await this.objects.putBlob(
             this.prefix + normaliseKey(key),
             body,
             size,
