@@ -16,7 +16,7 @@ import type {
   S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
-import { EMPTY_SHA256, S3ObjectHttp } from "./http-s3.ts";
+import { S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
 import { isTransient, withRetry } from "./retry.ts";
 import {
@@ -41,6 +41,7 @@ import {
   type StreamWriteOptions,
   type WriteOptions,
 } from "./store.ts";
+import { EntryPage, element, PageBuffer } from "./xml.ts";
 
 type S3Location = Extract<StoreLocation, { kind: "s3" }>;
 
@@ -233,63 +234,160 @@ export class S3Store implements ObjectStore {
    * S3-compatible store answers v1 the same way, while v2's continuation tokens are where they
    * differ — s3rver's fail on Node ≥ 17 (a cipher OpenSSL 3 dropped), so any listing longer
    * than one page broke. rclone uses v1 for the same reason.
+   *
+   * Pages go through S3ObjectHttp and are read from their bytes (`EntryPage`: one reused
+   * buffer, each entry decoded when yielded) — a sync lists its journal at its start, so the
+   * SDK is not loaded for it. A page that is not the ListBucketResult expected switches this
+   * store's listings to the SDK (its parser) from that page on.
    */
   async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
     let marker: string | undefined;
     const prefix = this.prefix + (options.prefix ?? "");
+    const maxKeys = options.pageSize ?? 1000;
+    const buffer = new PageBuffer();
     for (;;) {
       // A failed page (throttling, a 500) is fetched again from the same marker.
-      const page: ListObjectsCommandOutput = await withRetry(
+      const page = await withRetry(
         async () => {
           try {
-            const { c, m } = await this.sdk();
-            return await c.send(
-              new m.ListObjectsCommand({
-                Bucket: this.bucket,
-                Prefix: prefix,
-                MaxKeys: options.pageSize ?? 1000,
-                ...(marker !== undefined ? { Marker: marker } : {}),
-              }),
-              { abortSignal: options.signal },
-            );
+            return await this.listPage(prefix, maxKeys, marker, buffer, options.signal);
           } catch (e) {
             throw classifyS3Error(e, `list ${this.displayUri}`);
           }
         },
         options.signal ? { signal: options.signal } : {},
       );
-      const contents = page.Contents ?? [];
-      for (const o of contents) {
-        if (!o.Key?.startsWith(this.prefix)) continue;
+      let last: string | undefined;
+      for (let i = 0; i < page.count; i++) {
+        let o: ListedObject;
+        try {
+          o = page.item(i);
+        } catch (e) {
+          throw new StoreError("Other", `list ${this.displayUri}: ${(e as Error).message}`);
+        }
+        last = o.key;
+        if (!o.key.startsWith(this.prefix)) continue;
         yield {
-          key: o.Key.slice(this.prefix.length),
-          size: o.Size ?? 0,
-          etag: unquote(o.ETag),
-          ...(o.LastModified ? { lastModified: o.LastModified } : {}),
+          key: o.key.slice(this.prefix.length),
+          size: o.size,
+          etag: unquote(o.etag),
+          ...(o.lastModified ? { lastModified: o.lastModified } : {}),
         };
       }
-      const last = page.NextMarker ?? contents[contents.length - 1]?.Key;
-      if (!page.IsTruncated || !last || last === marker) return;
-      marker = last;
+      const next = page.nextMarker || last;
+      if (!page.truncated || !next || next === marker) return;
+      marker = next;
     }
+  }
+
+  /** Whether listings go through S3ObjectHttp (see `list`). */
+  private rawListing = true;
+
+  private async listPage(
+    prefix: string,
+    maxKeys: number,
+    marker: string | undefined,
+    buffer: PageBuffer,
+    signal: AbortSignal | undefined,
+  ): Promise<ListedPage<ListedObject>> {
+    if (this.objects && this.rawListing) {
+      const res = await this.objects.send({
+        method: "GET",
+        key: "",
+        query: {
+          prefix,
+          "max-keys": String(maxKeys),
+          ...(marker !== undefined ? { marker } : {}),
+        },
+        ...(signal ? { signal } : {}),
+      });
+      const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
+      try {
+        return parseObjectList(bytes);
+      } catch {
+        this.rawListing = false;
+      }
+    }
+    const { c, m } = await this.sdk();
+    const out: ListObjectsCommandOutput = await c.send(
+      new m.ListObjectsCommand({
+        Bucket: this.bucket,
+        Prefix: prefix,
+        MaxKeys: maxKeys,
+        ...(marker !== undefined ? { Marker: marker } : {}),
+      }),
+      { abortSignal: signal },
+    );
+    const contents = out.Contents ?? [];
+    return {
+      count: contents.length,
+      item: (i) => {
+        const o = contents[i];
+        return {
+          key: o?.Key ?? "",
+          size: o?.Size ?? 0,
+          etag: o?.ETag ?? "",
+          ...(o?.LastModified ? { lastModified: o.LastModified } : {}),
+        };
+      },
+      truncated: out.IsTruncated === true,
+      nextMarker: out.NextMarker ?? "",
+    };
   }
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {
     try {
-      const { c, m } = await this.sdk();
-      const r = await c.send(new m.HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
-        abortSignal: signal,
-      });
-      const metadata = { ...(r.Metadata ?? {}) };
+      let r: {
+        size: number;
+        etag: string | undefined;
+        lastModified: Date | undefined;
+        contentType: string | undefined;
+        metadata: Record<string, string>;
+      };
+      if (this.objects) {
+        const res = await this.objects.send({
+          method: "HEAD",
+          key: this.full(key),
+          ...(signal ? { signal } : {}),
+        });
+        res.resume();
+        const h = res.headers;
+        // What HeadObjectCommand reads: x-amz-meta-* as the metadata, names lower-cased.
+        const metadata: Record<string, string> = {};
+        for (const [name, value] of Object.entries(h))
+          if (name.startsWith("x-amz-meta-") && typeof value === "string")
+            metadata[name.slice("x-amz-meta-".length)] = value;
+        const modified = h["last-modified"] ? new Date(h["last-modified"]) : undefined;
+        r = {
+          size: Number(h["content-length"] ?? 0),
+          etag: h.etag,
+          lastModified: modified && !Number.isNaN(modified.getTime()) ? modified : undefined,
+          contentType: h["content-type"],
+          metadata,
+        };
+      } else {
+        const { c, m } = await this.sdk();
+        const out = await c.send(new m.HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
+          abortSignal: signal,
+        });
+        r = {
+          size: out.ContentLength ?? 0,
+          etag: out.ETag,
+          lastModified: out.LastModified,
+          contentType: out.ContentType,
+          metadata: { ...(out.Metadata ?? {}) },
+        };
+      }
+      const { metadata } = r;
       const sha256 = metadata[SHA256_METADATA.s3];
       delete metadata[SHA256_METADATA.s3];
       return {
         key,
-        size: r.ContentLength ?? 0,
-        etag: unquote(r.ETag),
-        ...(r.LastModified ? { lastModified: r.LastModified } : {}),
+        size: r.size,
+        etag: unquote(r.etag),
+        ...(r.lastModified ? { lastModified: r.lastModified } : {}),
         ...(sha256 ? { sha256 } : {}),
-        ...(r.ContentType ? { contentType: r.ContentType } : {}),
+        ...(r.contentType ? { contentType: r.contentType } : {}),
         metadata,
       };
     } catch (e) {
@@ -308,14 +406,12 @@ export class S3Store implements ObjectStore {
           ...(r ? { range: `bytes=${r.start}-${r.end !== undefined ? r.end - 1 : ""}` } : {}),
           ...(options.ifMatch ? { "if-match": `"${unquote(options.ifMatch)}"` } : {}),
         };
-        return await this.objects.send(
-          "GET",
-          this.full(key),
+        return await this.objects.send({
+          method: "GET",
+          key: this.full(key),
           headers,
-          EMPTY_SHA256,
-          undefined,
-          options.signal,
-        );
+          ...(options.signal ? { signal: options.signal } : {}),
+        });
       }
       const { c, m } = await this.sdk();
       const out = await c.send(
@@ -369,14 +465,14 @@ export class S3Store implements ObjectStore {
       if (this.objects) {
         // Without the caller's sha256 the payload is hashed here, as the SDK's signer would.
         const payloadHash = options.sha256 ?? createHash("sha256").update(body).digest("hex");
-        const res = await this.objects.send(
-          "PUT",
-          Key,
-          this.putHeaders(options, body.length, digest.b64),
+        const res = await this.objects.send({
+          method: "PUT",
+          key: Key,
+          headers: this.putHeaders(options, body.length, digest.b64),
           payloadHash,
           body,
-          options.signal,
-        );
+          ...(options.signal ? { signal: options.signal } : {}),
+        });
         res.resume();
         const etag = unquote(res.headers.etag);
         if (/^[0-9a-f]{32}$/.test(etag) && etag !== digest.hex)
@@ -425,14 +521,14 @@ export class S3Store implements ObjectStore {
     try {
       if (this.objects) {
         const md5b64 = options.md5 ? Buffer.from(options.md5, "hex").toString("base64") : undefined;
-        const res = await this.objects.send(
-          "PUT",
-          Key,
-          this.putHeaders(options, size, md5b64),
-          options.sha256 ?? "UNSIGNED-PAYLOAD",
+        const res = await this.objects.send({
+          method: "PUT",
+          key: Key,
+          headers: this.putHeaders(options, size, md5b64),
+          payloadHash: options.sha256 ?? "UNSIGNED-PAYLOAD",
           body,
-          options.signal,
-        );
+          ...(options.signal ? { signal: options.signal } : {}),
+        });
         res.resume();
         const etag = unquote(res.headers.etag);
         return { etag, ...(/^[0-9a-f]{32}$/.test(etag) ? { md5: etag } : {}) };
@@ -545,10 +641,16 @@ export class S3Store implements ObjectStore {
 
   async delete(key: string, signal?: AbortSignal): Promise<void> {
     try {
-      const { c, m } = await this.sdk();
-      await c.send(new m.DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
-        abortSignal: signal,
-      });
+      if (this.objects)
+        (
+          await this.objects.send({ method: "DELETE", key: this.full(key), ...(signal ? { signal } : {}) })
+        ).resume();
+      else {
+        const { c, m } = await this.sdk();
+        await c.send(new m.DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }), {
+          abortSignal: signal,
+        });
+      }
     } catch (e) {
       const se = classifyS3Error(e, `delete ${key}`);
       if (se.code !== "NotFound") throw se;
@@ -574,12 +676,11 @@ export class S3Store implements ObjectStore {
       result.failed++;
       options.onError?.(what, classifyS3Error(e, what));
     };
-    const call = async <T>(what: string, fn: (c: S3Client, m: Sdk) => Promise<T>): Promise<T> =>
+    const call: Call = async <T>(what: string, fn: () => Promise<T>): Promise<T> =>
       withRetry(
         async () => {
           try {
-            const { c, m } = await this.sdk();
-            return await fn(c, m);
+            return await fn();
           } catch (e) {
             throw classifyS3Error(e, what);
           }
@@ -592,34 +693,28 @@ export class S3Store implements ObjectStore {
       );
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
+    const buffer = new PageBuffer();
     try {
       for (;;) {
-        const page: ListMultipartUploadsCommandOutput = await call(
-          `list multipart uploads of ${this.displayUri}`,
-          (c, m) =>
-            c.send(
-              new m.ListMultipartUploadsCommand({
-                Bucket: this.bucket,
-                ...(this.prefix ? { Prefix: this.prefix } : {}),
-                MaxUploads: 1000,
-                ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
-                ...(uploadIdMarker !== undefined ? { UploadIdMarker: uploadIdMarker } : {}),
-              }),
-              { abortSignal: signal },
-            ),
+        const page = await call(`list multipart uploads of ${this.displayUri}`, () =>
+          this.uploadsPage(keyMarker, uploadIdMarker, buffer, signal),
         );
-        for (const u of page.Uploads ?? []) {
-          const { Key, UploadId, Initiated } = u;
-          if (!Key?.startsWith(this.prefix) || !UploadId || !Initiated || !(Initiated < before)) continue;
+        let last: ListedUpload | undefined;
+        for (let i = 0; i < page.count; i++) {
+          const u = page.item(i);
+          last = u;
+          const { key: Key, uploadId: UploadId, initiated: Initiated } = u;
+          if (!Key.startsWith(this.prefix) || !UploadId || !Initiated || !(Initiated < before)) continue;
           const key = Key.slice(this.prefix.length);
           if (options.owns && !options.owns(key)) continue;
           try {
             if (await this.partUploadedSince(Key, UploadId, before, call, signal)) continue;
-            await call(`abort upload of ${key}`, (c, m) =>
-              c.send(new m.AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), {
+            await call(`abort upload of ${key}`, async () => {
+              const { c, m } = await this.sdk();
+              return c.send(new m.AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), {
                 abortSignal: signal,
-              }),
-            );
+              });
+            });
             result.aborted++;
           } catch (e) {
             signal?.throwIfAborted();
@@ -627,9 +722,9 @@ export class S3Store implements ObjectStore {
             if (!(e instanceof StoreError && e.code === "NotFound")) failed(`abort upload of ${key}`, e);
           }
         }
-        const nextKey = page.NextKeyMarker ?? page.Uploads?.at(-1)?.Key;
-        const nextId = page.NextUploadIdMarker ?? page.Uploads?.at(-1)?.UploadId;
-        if (!page.IsTruncated || !nextKey || (nextKey === keyMarker && nextId === uploadIdMarker)) break;
+        const nextKey = page.nextKeyMarker || last?.key;
+        const nextId = page.nextUploadIdMarker || last?.uploadId;
+        if (!page.truncated || !nextKey || (nextKey === keyMarker && nextId === uploadIdMarker)) break;
         keyMarker = nextKey;
         uploadIdMarker = nextId;
       }
@@ -641,20 +736,80 @@ export class S3Store implements ObjectStore {
     return result;
   }
 
+  /**
+   * One ListMultipartUploads page: through S3ObjectHttp, read from its bytes, as `listPage`
+   * (every sync asks at its start, and on most stores the answer is an empty page or
+   * NotImplemented: no reason to load the SDK for it); through the SDK otherwise.
+   */
+  private async uploadsPage(
+    keyMarker: string | undefined,
+    uploadIdMarker: string | undefined,
+    buffer: PageBuffer,
+    signal: AbortSignal | undefined,
+  ): Promise<UploadsPage> {
+    if (this.objects && this.rawListing) {
+      const res = await this.objects.send({
+        method: "GET",
+        key: "",
+        query: {
+          uploads: "",
+          "max-uploads": "1000",
+          ...(this.prefix ? { prefix: this.prefix } : {}),
+          ...(keyMarker !== undefined ? { "key-marker": keyMarker } : {}),
+          ...(uploadIdMarker !== undefined ? { "upload-id-marker": uploadIdMarker } : {}),
+        },
+        ...(signal ? { signal } : {}),
+      });
+      const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
+      try {
+        return parseUploadList(bytes);
+      } catch {
+        this.rawListing = false;
+      }
+    }
+    const { c, m } = await this.sdk();
+    const out: ListMultipartUploadsCommandOutput = await c.send(
+      new m.ListMultipartUploadsCommand({
+        Bucket: this.bucket,
+        ...(this.prefix ? { Prefix: this.prefix } : {}),
+        MaxUploads: 1000,
+        ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
+        ...(uploadIdMarker !== undefined ? { UploadIdMarker: uploadIdMarker } : {}),
+      }),
+      { abortSignal: signal },
+    );
+    const uploads = out.Uploads ?? [];
+    return {
+      count: uploads.length,
+      item: (i) => {
+        const u = uploads[i];
+        return {
+          key: u?.Key ?? "",
+          uploadId: u?.UploadId ?? "",
+          ...(u?.Initiated ? { initiated: u.Initiated } : {}),
+        };
+      },
+      truncated: out.IsTruncated === true,
+      nextKeyMarker: out.NextKeyMarker ?? "",
+      nextUploadIdMarker: out.NextUploadIdMarker ?? "",
+    };
+  }
+
   /** Whether any part of the upload was uploaded at or after `since` (ListParts, paged). */
   private async partUploadedSince(
     Key: string,
     UploadId: string,
     since: Date,
-    call: <T>(what: string, fn: (c: S3Client, m: Sdk) => Promise<T>) => Promise<T>,
+    call: Call,
     signal: AbortSignal | undefined,
   ): Promise<boolean> {
     let marker: string | undefined;
     for (;;) {
       const page: ListPartsCommandOutput = await call(
         `list parts of ${Key.slice(this.prefix.length)}`,
-        (c, m) =>
-          c.send(
+        async () => {
+          const { c, m } = await this.sdk();
+          return c.send(
             new m.ListPartsCommand({
               Bucket: this.bucket,
               Key,
@@ -662,7 +817,8 @@ export class S3Store implements ObjectStore {
               ...(marker !== undefined ? { PartNumberMarker: marker } : {}),
             }),
             { abortSignal: signal },
-          ),
+          );
+        },
       );
       if (page.Parts?.some((p) => p.LastModified !== undefined && !(p.LastModified < since))) return true;
       const next = page.NextPartNumberMarker ?? page.Parts?.at(-1)?.PartNumber?.toString();
@@ -670,6 +826,81 @@ export class S3Store implements ObjectStore {
       marker = next;
     }
   }
+}
+
+/** A clean-up request, retried briefly and classified (see `abortAbandonedUploads`). */
+type Call = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+
+interface ListedObject {
+  key: string;
+  size: number;
+  etag: string;
+  lastModified?: Date;
+}
+interface ListedUpload {
+  key: string;
+  uploadId: string;
+  initiated?: Date;
+}
+/** A listing page, whichever route read it: its entries by index, decoded on demand. */
+interface ListedPage<T> {
+  count: number;
+  item(i: number): T;
+  truncated: boolean;
+  /** "" when the page does not say (ListObjects v1 gives NextMarker only with a delimiter). */
+  nextMarker?: string;
+}
+interface UploadsPage extends ListedPage<ListedUpload> {
+  nextKeyMarker: string;
+  nextUploadIdMarker: string;
+}
+
+const dateOf = (text: string | undefined): Date | undefined => {
+  if (!text) return undefined;
+  const d = new Date(text);
+  return Number.isNaN(d.getTime()) ? undefined : d;
+};
+
+/**
+ * A ListObjects (v1) response from its bytes. Keys are as S3 sends them without
+ * `encoding-type` (not requested, as the SDK's ListObjects does not: XML-escaped text). Throws
+ * on anything else: an entry without a key or a size, a truncated document.
+ */
+export function parseObjectList(bytes: Buffer): ListedPage<ListedObject> {
+  const page = EntryPage.open(bytes, "ListBucketResult", "Contents");
+  return {
+    count: page.count,
+    item: (i) => {
+      const entry = page.entry(i);
+      const key = element(entry, "Key");
+      const size = Number(element(entry, "Size"));
+      if (key === undefined || !Number.isSafeInteger(size)) throw new Error("unexpected ListObjects entry");
+      const lastModified = dateOf(element(entry, "LastModified"));
+      return { key, size, etag: element(entry, "ETag") ?? "", ...(lastModified ? { lastModified } : {}) };
+    },
+    truncated: element(page.outside, "IsTruncated") === "true",
+    nextMarker: element(page.outside, "NextMarker") ?? "",
+  };
+}
+
+/** A ListMultipartUploads response from its bytes; throws as `parseObjectList`. */
+export function parseUploadList(bytes: Buffer): UploadsPage {
+  const page = EntryPage.open(bytes, "ListMultipartUploadsResult", "Upload");
+  return {
+    count: page.count,
+    item: (i) => {
+      const entry = page.entry(i);
+      const key = element(entry, "Key");
+      const uploadId = element(entry, "UploadId");
+      if (key === undefined || uploadId === undefined)
+        throw new Error("unexpected ListMultipartUploads entry");
+      const initiated = dateOf(element(entry, "Initiated"));
+      return { key, uploadId, ...(initiated ? { initiated } : {}) };
+    },
+    truncated: element(page.outside, "IsTruncated") === "true",
+    nextKeyMarker: element(page.outside, "NextKeyMarker") ?? "",
+    nextUploadIdMarker: element(page.outside, "NextUploadIdMarker") ?? "",
+  };
 }
 
 /** S3's answer to an operation the store does not implement (501 NotImplemented). */

@@ -18,6 +18,7 @@ import {
 import { type ObjectStore, openStore, StoreError } from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
+import { parseObjectList, parseUploadList } from "../../operator/dataplane/s3.ts";
 import { type Emulators, startEmulators } from "./fixtures.ts";
 import { forward, injectError } from "./proxy.ts";
 import { sigV4Holds } from "./sigv4.ts";
@@ -253,6 +254,152 @@ describe("S3 signatures", () => {
       else process.env.SPILLWAY_STORE_SDK_ONLY = previous;
       await close(proxy.server);
     }
+  });
+});
+
+describe("S3 listing, HEAD and DELETE over the signed route", () => {
+  it("list pages by marker (keys with XML's special characters as markers), HEAD and DELETE as the SDK reads them", async () => {
+    const proxy = await failingProxy(emu.s3.endpoint);
+    const previous = process.env.SPILLWAY_STORE_SDK_ONLY;
+    try {
+      const uri = `s3://hot/listing/?endpoint=${encodeURIComponent(proxy.url)}&region=${emu.s3.region}`;
+      const raw = await openStore(uri, emu.credentials);
+      process.env.SPILLWAY_STORE_SDK_ONLY = "1";
+      const sdk = await openStore(uri, emu.credentials);
+      const keys = [...KEYS, `a&b<c>"d'e.txt`, "tab\tand]]>.bin", "z/last.bin"];
+      for (const [i, key] of keys.entries()) {
+        const body = Buffer.from(`listed ${i}`);
+        await raw.put(key, body, {
+          sha256: sha(body),
+          contentType: "text/plain",
+          metadata: { owner: "test" },
+        });
+      }
+      const all = async (store: ObjectStore) => {
+        const out = [];
+        for await (const o of store.list({ pageSize: 2 })) out.push(o);
+        return out;
+      };
+      const listed = await all(raw);
+      expect(listed.map((o) => o.key).sort()).toEqual([...keys].sort());
+      expect(listed).toEqual(await all(sdk));
+      expect(listed.every((o) => o.lastModified instanceof Date && /^[0-9a-f]{32}$/.test(o.etag))).toBe(true);
+
+      const body = Buffer.from("listed 5");
+      const head = await raw.head(keys[5]!);
+      expect(head).toEqual(await sdk.head(keys[5]!));
+      expect(head).toMatchObject({
+        key: keys[5],
+        size: body.length,
+        etag: md5(body),
+        sha256: sha(body),
+        contentType: "text/plain",
+        metadata: { owner: "test" },
+      });
+      expect(await raw.head("no/such.bin")).toBeUndefined();
+
+      await raw.delete(keys[5]!);
+      expect(await sdk.head(keys[5]!)).toBeUndefined();
+      await raw.delete(keys[5]!); // already gone: not an error
+      expect((await all(raw)).length).toBe(keys.length - 1);
+      expect(proxy.badSignatures).toBe(0);
+    } finally {
+      if (previous === undefined) delete process.env.SPILLWAY_STORE_SDK_ONLY;
+      else process.env.SPILLWAY_STORE_SDK_ONLY = previous;
+      await close(proxy.server);
+    }
+  });
+
+  it("a listing page that fails is fetched again from the same marker; a missing bucket is ContainerNotFound", async () => {
+    const proxy = await failingProxy(emu.s3.endpoint);
+    try {
+      const via = await openStore(
+        `s3://hot/listing/?endpoint=${encodeURIComponent(proxy.url)}&region=${emu.s3.region}`,
+        emu.credentials,
+      );
+      const it = via.list({ pageSize: 2 })[Symbol.asyncIterator]();
+      const first = await it.next();
+      await it.next();
+      proxy.fail.push(500);
+      const rest: string[] = [];
+      for (let r = await it.next(); !r.done; r = await it.next()) rest.push(r.value.key);
+      expect(rest.length).toBeGreaterThan(0);
+      expect(rest).not.toContain((first.value as { key: string }).key);
+      const missing = await openStore(
+        `s3://no-such-bucket/?endpoint=${encodeURIComponent(emu.s3.endpoint)}&region=${emu.s3.region}`,
+        emu.credentials,
+      );
+      const code = await codeOf(
+        (async () => {
+          for await (const _ of missing.list()) break;
+        })(),
+      );
+      expect(code).toBe("ContainerNotFound");
+    } finally {
+      await close(proxy.server);
+    }
+  });
+});
+
+describe("S3 listing documents read from their bytes", () => {
+  const doc = (inner: string, top = "<IsTruncated>false</IsTruncated>") =>
+    Buffer.from(
+      `<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">` +
+        `<Name>b</Name><Prefix></Prefix><Marker></Marker><MaxKeys>1000</MaxKeys>${top}${inner}</ListBucketResult>`,
+    );
+  const contents = (key: string, size: number) =>
+    `<Contents><Key>${key}</Key><LastModified>2026-11-22T10:00:00.000Z</LastModified>` +
+    `<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag><Size>${size}</Size>` +
+    `<Owner><ID>x</ID><DisplayName>y</DisplayName></Owner><StorageClass>STANDARD</StorageClass></Contents>`;
+
+  it("decodes entries (entities, numeric references), truncation and NextMarker", () => {
+    const page = parseObjectList(
+      doc(
+        contents("a &amp; b &lt;c&gt; &#233;&#x65e5;", 3) + contents("second", 0),
+        "<NextMarker>second</NextMarker><IsTruncated>true</IsTruncated>",
+      ),
+    );
+    expect([page.count, page.truncated, page.nextMarker]).toEqual([2, true, "second"]);
+    expect(page.item(0)).toEqual({
+      key: "a & b <c> é日",
+      size: 3,
+      etag: '"0123456789abcdef0123456789abcdef"',
+      lastModified: new Date("2026-11-22T10:00:00.000Z"),
+    });
+    expect(page.item(1).size).toBe(0);
+    expect(parseObjectList(doc("")).count).toBe(0);
+  });
+
+  it("refuses what is not a ListBucketResult, a truncated page, and an entry without key or size", () => {
+    expect(() => parseObjectList(Buffer.from("<Error><Code>x</Code></Error>"))).toThrow(
+      /not a ListBucketResult/,
+    );
+    expect(() => parseObjectList(doc(contents("k", 1)).subarray(0, 300))).toThrow(/truncated/);
+    const noSize = parseObjectList(doc("<Contents><Key>k</Key></Contents>"));
+    expect(() => noSize.item(0)).toThrow(/unexpected/);
+  });
+
+  it("reads ListMultipartUploads: uploads, markers, and no <UploadId> taken for an <Upload>", () => {
+    const page = parseUploadList(
+      Buffer.from(
+        `<ListMultipartUploadsResult><Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>` +
+          `<NextKeyMarker>k2</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker><IsTruncated>true</IsTruncated>` +
+          `<Upload><Key>k1</Key><UploadId>u1</UploadId><Initiated>2026-11-22T09:00:00.000Z</Initiated></Upload>` +
+          `<Upload><Key>k2</Key><UploadId>u2</UploadId><Initiated>2026-11-22T09:30:00.000Z</Initiated></Upload>` +
+          `</ListMultipartUploadsResult>`,
+      ),
+    );
+    expect([page.count, page.truncated, page.nextKeyMarker, page.nextUploadIdMarker]).toEqual([
+      2,
+      true,
+      "k2",
+      "u2",
+    ]);
+    expect(page.item(1)).toEqual({
+      key: "k2",
+      uploadId: "u2",
+      initiated: new Date("2026-11-22T09:30:00.000Z"),
+    });
   });
 });
 

@@ -307,7 +307,8 @@ describe("faults", () => {
     expect(r.stopped).toMatch(
       /^stopped after 8 object copies in a row failed \(the last: .+\); finished objects are journaled/,
     );
-    expect(r.copied.objects).toBe(10);
+    // The 10th PUT can be the one still waiting for its answer when the 11th resets every socket.
+    expect([9, 10]).toContain(r.copied.objects);
     // The breaker's 8, plus at most the copies already running when it tripped.
     expect(r.failed.objects).toBeGreaterThanOrEqual(8);
     expect(r.failed.objects).toBeLessThanOrEqual(8 + 2);
