@@ -1,8 +1,8 @@
 /**
- * Azure writes in one request sent raw (azure.ts `putBlob`: Put Blob through the container
- * client's own pipeline and credential) against a real Azurite, read back with the SDK: bytes,
- * metadata (Spillway's sha256 among it), Content-MD5 and content type, for each credential
- * kind; what is refused and how, compared with the SDK's `upload` route
+ * Azure writes in one request sent raw (http-azure.ts `putBlob`: Put Blob over node:http with a
+ * SAS — the user's, or one generated from the account key) against a real Azurite, read back
+ * with the SDK: bytes, metadata (Spillway's sha256 among it), Content-MD5 and content type, for
+ * each credential kind; what is refused and how, compared with the SDK's `upload` route
  * (SPILLWAY_STORE_SDK_ONLY=1), which must keep working; throttling and server errors retried.
  */
 import { createHash } from "node:crypto";
@@ -134,6 +134,17 @@ const credentialKinds: [string, () => Promise<ObjectStore[]>][] = [
     async () => {
       const token = sas("racwdl");
       return [await open("raw", {}, { sas: token }), await open("SDK", {}, { sas: token })];
+    },
+  ],
+  [
+    "connection string with a SharedAccessSignature",
+    async () => {
+      const c = {
+        azure: {
+          connectionString: `BlobEndpoint=${azurite.blobEndpoint};SharedAccessSignature=${sas("racwdl")}`,
+        },
+      };
+      return [await open("raw", c), await open("SDK", c)];
     },
   ],
 ];
