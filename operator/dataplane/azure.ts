@@ -420,12 +420,15 @@ export class AzureBlobStore implements ObjectStore {
    * expiry) — instead of through the container client's pipeline (its policies and a
    * shared-key signature per request, core-rest-pipeline's HTTP client). Everything else
    * stays on the SDK with the store's credential.
-   * Measured (2026-11-22, Azurite, 16 requests at a time, 2,000 per run, medians of 5 runs,
-   * routes alternating in one process; `/tmp/azh/cpu.ts` in the session's report): client CPU
-   * per 4 KiB Get Blob and Put Blob — figures in the report and docs/dataplane.md.
+   * Measured (2026-11-22, Azurite, 4 KiB objects, 16 requests at a time, 2,000 per run, medians
+   * of 5 runs, the routes alternating in one process, load 3–6 on 2 cores): client CPU per Put
+   * Blob 0.41 → 0.30 ms with an account key (0.39 → 0.26 with a user's SAS), per Get Blob
+   * 0.37 → 0.26 ms (0.32 → 0.23); the SDK's `download`/`upload` cost 0.44 / 0.52 ms. A profile
+   * of this route shows Node's HTTP client and nothing of ours worth a mention.
    * SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK's `download` and `upload` (the
-   * benchmark's comparison switch, and a way back should a service refuse this form); so does
-   * a key from which no SAS can be generated (not expected: the SDK's own function).
+   * benchmark's comparison switch, and a way back should a service refuse this form); so do a
+   * proxy in the environment (below) and a key from which no SAS can be generated (not
+   * expected: the SDK's own function).
    */
   private static objectHttp(
     containerUrl: string,
@@ -435,6 +438,11 @@ export class AzureBlobStore implements ObjectStore {
     options: { sas?: KeySasOptions },
   ): AzureBlobHttp | undefined {
     if (process.env.SPILLWAY_STORE_SDK_ONLY === "1") return undefined;
+    // The SDK's pipeline sends through the proxy HTTPS_PROXY / HTTP_PROXY name (NO_PROXY
+    // honoured); node:http on our own agent would go around it. With a proxy configured every
+    // request stays on the SDK, so all of them take the same way out.
+    if (["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((v) => process.env[v]))
+      return undefined;
     let sas: GivenSas | KeySas;
     if (given) sas = new GivenSas(given);
     else if (key) {
@@ -688,14 +696,8 @@ export class AzureBlobStore implements ObjectStore {
   }
 
   /**
-   * One Put Blob, raw (`putBlob`) unless SPILLWAY_STORE_SDK_ONLY=1. Measured (2026-11-22,
-   * Azurite, 16 puts at a time, this store driven directly, the routes alternating in blocks;
-   * a neighbour's benchmark kept the load average at 9–13 on 2 cores): client CPU per 4 KiB put
-   * 0.67–0.76 ms (medians of 5 runs) through `upload`, 0.50–0.57 ms raw; per 1 MiB put
-   * 0.96–1.51 → 0.84–1.06 ms; a cold S3 → Azure sync of 2,000 × 4 KiB 1.34–1.53 → 1.14–1.23 ms
-   * per object. A smaller gain than Get Blob's (0.68–0.79 → 0.36–0.44 ms in the same runs):
-   * `upload` deserializes a handful of response headers and wraps no stream; what a put still
-   * costs is mostly Node's HTTP client and the pipeline's shared-key signing.
+   * One Put Blob over node:http with a SAS (`AzureBlobHttp.putBlob`, see `objectHttp` for the
+   * figures), through the SDK's `upload` when SPILLWAY_STORE_SDK_ONLY=1.
    */
   async put(key: string, body: Uint8Array, options: WriteOptions = {}): Promise<PutResult> {
     const digest = options.md5 ? Buffer.from(options.md5, "hex") : md5(body);

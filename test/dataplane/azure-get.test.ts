@@ -232,6 +232,35 @@ describe("the SAS on the wire", () => {
   });
 });
 
+describe("with a proxy in the environment", () => {
+  it("reads and writes go through the proxy, as the SDK's other requests do", async () => {
+    // A forward proxy for plain http: requests arrive with the absolute URL as their target.
+    const targets: string[] = [];
+    const forwardProxy = createServer((req, res) => {
+      targets.push(req.url ?? "");
+      const url = new URL(req.url ?? "/", "http://not-absolute");
+      forward(new URL(azurite.blobEndpoint), Object.assign(req, { url: url.pathname + url.search }), res);
+    });
+    await new Promise<void>((resolve) => forwardProxy.listen(0, "127.0.0.1", resolve));
+    const previous = process.env.HTTP_PROXY;
+    process.env.HTTP_PROXY = `http://127.0.0.1:${(forwardProxy.address() as AddressInfo).port}`;
+    try {
+      const store = await openStore(uri(), { azure: { accountKey: azurite.accountKey } });
+      await store.put("proxied.bin", body);
+      expect(await text(store, "proxied.bin")).toEqual(body);
+      expect(targets.map((t) => [t.startsWith(azurite.blobEndpoint), new URL(t).pathname])).toEqual([
+        [true, "/devstoreaccount1/get/p/proxied.bin"],
+        [true, "/devstoreaccount1/get/p/proxied.bin"],
+      ]);
+    } finally {
+      if (previous === undefined) delete process.env.HTTP_PROXY;
+      else process.env.HTTP_PROXY = previous;
+      forwardProxy.closeAllConnections();
+      await new Promise<void>((resolve) => forwardProxy.close(() => resolve()));
+    }
+  });
+});
+
 describe("errors of the SAS route", () => {
   it("never carry the SAS (message, cause, stack, own properties)", async () => {
     const userSas = sas("rcw");
