@@ -373,9 +373,7 @@ export class AzureBlobStore implements ObjectStore {
     // SDK's route, SASes generated from it on the raw route).
     let given = loc.sas ?? creds.sas;
     let key: StorageSharedKeyCredential | undefined;
-    if (given) {
-      // (a SAS in the URI or the credentials wins)
-    } else if (creds.connectionString) {
+    if (!given && creds.connectionString) {
       const cs = parseConnectionString(creds.connectionString);
       if (cs.AccountName && cs.AccountName !== loc.account)
         throw new StoreError(
@@ -390,9 +388,9 @@ export class AzureBlobStore implements ObjectStore {
           "MissingCredentials",
           `connection string has no AccountKey or SharedAccessSignature`,
         );
-    } else if (creds.accountKey) {
+    } else if (!given && creds.accountKey) {
       key = new KeyObjectSharedKeyCredential(loc.account, creds.accountKey);
-    } else {
+    } else if (!given) {
       throw new StoreError(
         "MissingCredentials",
         `no Azure credentials for ${shown} (set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY, or add sas=…)`,
