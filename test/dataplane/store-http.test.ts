@@ -1,7 +1,8 @@
 /**
- * The stores' hot object requests sent without the SDKs' operation stacks — S3 GetObject and
- * PutObject signed by the SDK's SigV4 signer over node:http (http-s3.ts), Azure Get Blob sent
- * raw through the SDK's pipeline (azure.ts `getBlob`) — against real s3rver and Azurite: bytes
+ * The stores' requests sent without the SDKs' operation stacks — S3 GetObject, PutObject,
+ * HeadObject, DeleteObject and the listings signed by the SDK's SigV4 signer over node:http
+ * (http-s3.ts), Azure Get Blob and Put Blob over node:http with a SAS (http-azure.ts) —
+ * against real s3rver and Azurite: bytes
  * round-trip, what is refused and how each failure is classified, and that throttling and
  * server errors are retried by the caller's backoff.
  */
