@@ -2,23 +2,31 @@
  * Azure Blob ObjectStore: block blobs. Multipart uploads are staged blocks (each with a
  * transactional MD5 the service checks) made visible by one commitBlockList; uncommitted
  * blocks of an abandoned upload are never visible and expire on their own.
+ *
+ * With an account key or a SAS (every credential a store can be opened with), the container
+ * check, List Blobs, Get Blob and Put Blob go over node:http with a SAS (`http-azure.ts`), and
+ * `@azure/storage-blob` is not loaded at all: a sync reading an Azure source, or writing small
+ * objects and its manifest to an Azure destination, never compiles the SDK (a 1.3 MB bundle
+ * chunk, ≈ 0.1 CPU s on the path to the first request). The SDK is `import()`ed on first use
+ * by what still needs it: block uploads, Get Blob Properties, metadata updates, deletes, the
+ * listing's fallback, and every request when the route is off (SPILLWAY_STORE_SDK_ONLY=1, a
+ * proxy in the environment).
  */
-import { createHash, createSecretKey, randomBytes } from "node:crypto";
+import { createHash, type KeyObject, randomBytes } from "node:crypto";
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
-// A dependency of @azure/storage-blob (its own pipeline's), imported for the raw listing.
-import { createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
-import {
-  AnonymousCredential,
-  type BlobRequestConditions,
+import type {
+  BlobRequestConditions,
+  BlockBlobClient,
   ContainerClient,
-  type StoragePipelineOptions,
+  StoragePipelineOptions,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
 import {
   AZURE_API_VERSION,
   AzureBlobHttp,
+  accountKeyObject,
   GivenSas,
   KeySas,
   type KeySasOptions,
@@ -46,8 +54,17 @@ import {
   type StreamWriteOptions,
   type WriteOptions,
 } from "./store.ts";
+import { EntryPage, element, PageBuffer } from "./xml.ts";
 
 type AzLocation = Extract<StoreLocation, { kind: "azblob" }>;
+
+/** `@azure/storage-blob`, loaded on first use (see the module comment). */
+type Sdk = typeof import("@azure/storage-blob");
+let sdkModule: Promise<Sdk> | undefined;
+const loadSdk = (): Promise<Sdk> => {
+  sdkModule ??= import("@azure/storage-blob");
+  return sdkModule;
+};
 
 const md5 = (data: Uint8Array) => createHash("md5").update(data).digest();
 const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) =>
@@ -90,19 +107,26 @@ function isPermissionMismatch(e: unknown): boolean {
 }
 
 /**
- * The SDK's shared-key credential, its key held as a node KeyObject. The SDK's signing policy
- * (and the credential's own computeHMACSHA256) call `createHmac("sha256", accountKey)` once per
- * request; with the key as a raw Buffer, node prepares the key on every call — about 30–40 µs
- * here against 3 µs with a KeyObject, a tenth of the client CPU of a 4 KiB Get Blob. Signing
- * itself stays the SDK's (same string to sign, same HMAC); a KeyObject is accepted wherever
- * `createHmac` takes a key, and the key is only ever used that way.
+ * The SDK's shared-key credential, its key held as a node KeyObject (the one the store's SASes
+ * are signed with). The SDK's signing policy (and the credential's own computeHMACSHA256) call
+ * `createHmac("sha256", accountKey)` once per request; with the key as a raw Buffer, node
+ * prepares the key on every call — about 30–40 µs here against 3 µs with a KeyObject, a tenth
+ * of the client CPU of a 4 KiB Get Blob. Signing itself stays the SDK's (same string to sign,
+ * same HMAC); a KeyObject is accepted wherever `createHmac` takes a key, and the key is only
+ * ever used that way.
  */
-class KeyObjectSharedKeyCredential extends StorageSharedKeyCredential {
-  constructor(accountName: string, accountKey: string) {
-    super(accountName, accountKey);
-    const raw = (this as unknown as { accountKey?: unknown }).accountKey;
-    if (Buffer.isBuffer(raw)) Object.defineProperty(this, "accountKey", { value: createSecretKey(raw) });
-  }
+function keyObjectCredential(sdk: Sdk, account: AccountKey): StorageSharedKeyCredential {
+  const credential = new sdk.StorageSharedKeyCredential(account.name, account.base64);
+  const raw = (credential as unknown as { accountKey?: unknown }).accountKey;
+  if (Buffer.isBuffer(raw)) Object.defineProperty(credential, "accountKey", { value: account.key });
+  return credential;
+}
+
+/** An account key: the account's name, the key as given (base64) and as an HMAC key. */
+interface AccountKey {
+  name: string;
+  base64: string;
+  key: KeyObject;
 }
 
 /** Parses `Key=Value;…` connection strings (values may contain `=`). */
@@ -116,98 +140,63 @@ function parseConnectionString(cs: string): Record<string, string> {
 }
 
 /**
- * A ContainerClient that can also send List Blobs raw through its own pipeline (so with its
- * credential: shared key or SAS), the XML returned unparsed. The SDK's listing turns the XML
- * into a generic tree and then maps it through its serializer: on a 5,000-blob page that is
- * most of a no-op sync's CPU. Returns undefined if the SDK's internals moved, and the store
- * then lists through the SDK. (Get Blob and Put Blob go over node:http with a SAS:
- * `http-azure.ts`.)
+ * One List Blobs page sent raw through the container client's own pipeline (so with its
+ * credential: shared key or SAS), the XML returned unparsed into `into` — the listing of a
+ * store whose requests all go through the SDK (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the
+ * environment). The SDK's own listing turns the XML into a generic tree and then maps it
+ * through its serializer: on a 5,000-blob page that is most of a no-op sync's CPU. Returns
+ * undefined if the SDK's internals moved, and the store then lists through the SDK.
  */
-class ListingContainerClient extends ContainerClient {
-  /**
-   * One List Blobs page, read into `into` (reused from page to page: see `PageBuffer`); the
-   * page's bytes, valid until the next read into the same buffer. `undefined` if the SDK's
-   * internals moved (the caller then lists through the SDK).
-   */
-  async listPage(
-    query: Record<string, string>,
-    into: PageBuffer,
-    signal?: AbortSignal,
-  ): Promise<Buffer | undefined> {
-    const ctx = (this as unknown as { storageClientContext?: { sendRequest?: SendRequest } })
-      .storageClientContext;
-    if (typeof ctx?.sendRequest !== "function") return undefined;
-    // Percent-encoded by hand: URLSearchParams writes a space as '+', which the shared-key
-    // signature and the service read differently.
-    const url = new URL(this.url);
-    const extra = Object.entries(query)
-      .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
-      .join("&");
-    url.search = url.search ? `${url.search}&${extra}` : `?${extra}`;
-    const request = createPipelineRequest({
-      url: url.toString(),
-      method: "GET",
-      headers: createHttpHeaders({ "x-ms-version": LIST_API_VERSION }),
-      // Plain http only where the store's URI said so (the emulator); the SDK does the same.
-      allowInsecureConnection: url.protocol === "http:",
-      // Streamed, so the pipeline's deserialization policy leaves a 200's body alone (it would
-      // parse any XML text body into a tree, which is the cost this route avoids).
-      streamResponseStatusCodes: new Set([200]),
-      ...(signal ? { abortSignal: signal } : {}),
+async function listPageThroughPipeline(
+  container: ContainerClient,
+  query: Record<string, string>,
+  into: PageBuffer,
+  signal?: AbortSignal,
+): Promise<Buffer | undefined> {
+  const ctx = (container as unknown as { storageClientContext?: { sendRequest?: SendRequest } })
+    .storageClientContext;
+  if (typeof ctx?.sendRequest !== "function") return undefined;
+  // A dependency of @azure/storage-blob (its own pipeline's), loaded with it.
+  const { createHttpHeaders, createPipelineRequest } = await import("@azure/core-rest-pipeline");
+  // Percent-encoded by hand: URLSearchParams writes a space as '+', which the shared-key
+  // signature and the service read differently.
+  const url = new URL(container.url);
+  const extra = Object.entries(query)
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
+    .join("&");
+  url.search = url.search ? `${url.search}&${extra}` : `?${extra}`;
+  const request = createPipelineRequest({
+    url: url.toString(),
+    method: "GET",
+    headers: createHttpHeaders({ "x-ms-version": AZURE_API_VERSION }),
+    // Plain http only where the store's URI said so (the emulator); the SDK does the same.
+    allowInsecureConnection: url.protocol === "http:",
+    // Streamed, so the pipeline's deserialization policy leaves a 200's body alone (it would
+    // parse any XML text body into a tree, which is the cost this route avoids).
+    streamResponseStatusCodes: new Set([200]),
+    ...(signal ? { abortSignal: signal } : {}),
+  });
+  const response = await ctx.sendRequest.call(ctx, request);
+  if (response.status === 200 && response.readableStreamBody)
+    return into.fill(response.readableStreamBody as AsyncIterable<Uint8Array>);
+  const body = response.bodyAsText ?? "";
+  if (response.status !== 200) {
+    const code = /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? response.headers.get("x-ms-error-code") ?? "";
+    throw Object.assign(new Error(`List Blobs: HTTP ${response.status} ${code}`), {
+      name: "RestError",
+      statusCode: response.status,
+      code,
     });
-    const response = await ctx.sendRequest.call(ctx, request);
-    if (response.status === 200 && response.readableStreamBody)
-      return into.fill(response.readableStreamBody as AsyncIterable<Uint8Array>);
-    const body = response.bodyAsText ?? "";
-    if (response.status !== 200) {
-      const code = /<Code>([^<]*)<\/Code>/.exec(body)?.[1] ?? response.headers.get("x-ms-error-code") ?? "";
-      throw Object.assign(new Error(`List Blobs: HTTP ${response.status} ${code}`), {
-        name: "RestError",
-        statusCode: response.status,
-        code,
-      });
-    }
-    return Buffer.from(body, "utf8");
   }
+  return Buffer.from(body, "utf8");
 }
 
-type SendRequest = (request: ReturnType<typeof createPipelineRequest>) => Promise<{
+type SendRequest = (request: unknown) => Promise<{
   status: number;
   bodyAsText?: string | null;
   readableStreamBody?: NodeJS.ReadableStream;
   headers: { get(name: string): string | undefined };
 }>;
-
-const LIST_API_VERSION = AZURE_API_VERSION;
-
-const ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
-function unescapeXml(text: string): string {
-  if (!text.includes("&")) return text;
-  return text.replace(/&(#x[0-9a-fA-F]+|#\d+|[a-z]+);/g, (m, e: string) =>
-    e[0] === "#"
-      ? String.fromCodePoint(e[1] === "x" ? Number.parseInt(e.slice(2), 16) : Number(e.slice(1)))
-      : (ENTITIES[e] ?? m),
-  );
-}
-
-/** The text of the first `<tag>` element of `xml` (a short segment), unescaped; undefined if absent. */
-function element(xml: string, tag: string): string | undefined {
-  let i = xml.indexOf(`<${tag}`);
-  while (i !== -1) {
-    const after = xml.charCodeAt(i + tag.length + 1);
-    if (after === 62 /* > */ || after === 32 /* space */ || after === 47 /* / */) break;
-    i = xml.indexOf(`<${tag}`, i + 1);
-  }
-  if (i === -1) return undefined;
-  const open = xml.indexOf(">", i);
-  if (open === -1) return undefined;
-  if (xml.charCodeAt(open - 1) === 47) return ""; // <Tag />
-  const close = xml.indexOf(`</${tag}>`, open);
-  if (close === -1) return undefined;
-  const raw = unescapeXml(xml.slice(open + 1, close));
-  // Names with characters XML cannot carry come percent-encoded, marked Encoded="true".
-  return xml.slice(i, open).includes('Encoded="true"') ? decodeURIComponent(raw) : raw;
-}
 
 export interface ListedBlob {
   name: string;
@@ -219,85 +208,32 @@ export interface ListedBlob {
 }
 
 /**
- * A List Blobs page's bytes, in one buffer a listing reuses for every page (grown to the
- * largest page, ~3 MiB per 5,000 blobs).
- *
- * Why: a page used to become one JS string (3 MiB, in V8's large-object space) and 5,000
- * parsed entries whose strings were slices of it. All of it outlived a few scavenges while the
- * page was worked through, so each page was promoted to the old generation and stayed there as
- * garbage until the next full GC: a no-op resync of 50,000 objects peaked with 19.5 MiB of
- * large objects against 4.3 at 5,000. Now the bytes stay in this one buffer and each entry is
- * decoded only when the listing yields it, into strings of its own (`BlobListPage`).
- */
-export class PageBuffer {
-  private buf = Buffer.allocUnsafeSlow(0);
-
-  /** Reads `stream` to its end into the buffer; the bytes, valid until the next `fill`. */
-  async fill(stream: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<Buffer> {
-    let len = 0;
-    for await (const c of stream) {
-      if (len + c.length > this.buf.length) {
-        const grown = Buffer.allocUnsafeSlow(Math.max(len + c.length, 2 * this.buf.length, 256 * 1024));
-        this.buf.copy(grown, 0, 0, len);
-        this.buf = grown;
-      }
-      this.buf.set(c, len);
-      len += c.length;
-    }
-    return this.buf.subarray(0, len);
-  }
-}
-
-const BLOB_OPEN = Buffer.from("<Blob>");
-const BLOB_CLOSE = Buffer.from("</Blob>");
-const BLOBS_CLOSE = Buffer.from("</Blobs>");
-const ENUMERATION = Buffer.from("<EnumerationResults");
-
-/**
- * A List Blobs response page, read from its bytes: `open` checks its structure (it is a List
- * Blobs response, every `<Blob>` is closed) and finds the next marker without decoding the
- * entries; `blob(i)` decodes entry `i` on its own (its name before `<Properties>`, the
- * properties within them, Spillway's sha256 within `<Metadata>`), so a missing field costs a
- * search of one entry, never of the rest of the page, and what it returns holds nothing of the
- * page. Throws on what it does not expect (the SDK's listing then takes over).
+ * A List Blobs response page, read from its bytes (an `EntryPage` of `<Blob>` entries in an
+ * `<EnumerationResults>` document, in the listing's reused `PageBuffer`): `open` checks its
+ * structure (it is a List Blobs response, every `<Blob>` is closed, the document ends) and
+ * finds the next marker without decoding the entries; `blob(i)` decodes entry `i` on its own
+ * (its name before `<Properties>`, the properties within them, Spillway's sha256 within
+ * `<Metadata>`), so a missing field costs a search of one entry, never of the rest of the page,
+ * and what it returns holds nothing of the page. Throws on what it does not expect (the SDK's
+ * listing then takes over).
  */
 export class BlobListPage {
   private constructor(
-    private readonly bytes: Buffer,
-    /** Start and end offsets of each entry (`<Blob>` to `</Blob>`), in pairs. */
-    private readonly bounds: Uint32Array,
-    readonly count: number,
+    private readonly page: EntryPage,
     readonly nextMarker: string,
   ) {}
 
+  get count(): number {
+    return this.page.count;
+  }
+
   static open(bytes: Buffer): BlobListPage {
-    let at = bytes.indexOf(BLOB_OPEN);
-    const head = at === -1 ? bytes.length : at;
-    if (bytes.subarray(0, head).indexOf(ENUMERATION) === -1) throw new Error("not a List Blobs response");
-    let bounds = new Uint32Array(2 * 1024);
-    let count = 0;
-    let end = head;
-    while (at !== -1) {
-      const stop = bytes.indexOf(BLOB_CLOSE, at);
-      if (stop === -1) throw new Error("truncated List Blobs response");
-      if (2 * count + 2 > bounds.length) {
-        const grown = new Uint32Array(2 * bounds.length);
-        grown.set(bounds);
-        bounds = grown;
-      }
-      bounds[2 * count] = at;
-      bounds[2 * count + 1] = stop;
-      count++;
-      end = stop + BLOB_CLOSE.length;
-      at = bytes.indexOf(BLOB_OPEN, end);
-    }
-    const close = bytes.indexOf(BLOBS_CLOSE, end);
-    const tail = bytes.toString("utf8", close === -1 ? end : close);
-    return new BlobListPage(bytes, bounds, count, element(tail, "NextMarker") ?? "");
+    const page = EntryPage.open(bytes, "EnumerationResults", "Blob");
+    return new BlobListPage(page, element(page.outside, "NextMarker") ?? "");
   }
 
   blob(i: number): ListedBlob {
-    const entry = this.bytes.toString("utf8", this.bounds[2 * i], this.bounds[2 * i + 1]);
+    const entry = this.page.entry(i);
     const p0 = entry.indexOf("<Properties>");
     const p1 = entry.indexOf("</Properties>");
     const name = p0 === -1 ? undefined : element(entry.slice(0, p0), "Name");
@@ -337,13 +273,18 @@ export class AzureBlobStore implements ObjectStore {
     maxPutSize: 256 * 1024 * 1024,
   };
   readonly displayUri: string;
+  /** The SDK's container client, built on first use (see `sdk`). */
+  private client: Promise<ContainerClient> | undefined;
+
   private constructor(
-    private readonly container: ListingContainerClient,
+    /** Loads the SDK and builds the container client with the store's credential. */
+    private readonly connect: () => Promise<ContainerClient>,
     private readonly prefix: string,
     displayUri: string,
     /**
-     * Get Blob and Put Blob over node:http with a SAS (`http-azure.ts`); undefined: through the
-     * SDK's `download` and `upload` (SPILLWAY_STORE_SDK_ONLY=1, or no SAS could be had).
+     * The check, List Blobs, Get Blob and Put Blob over node:http with a SAS
+     * (`http-azure.ts`); undefined: through the SDK (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the
+     * environment, or no SAS could be had).
      */
     private readonly objects: AzureBlobHttp | undefined,
   ) {
@@ -354,7 +295,8 @@ export class AzureBlobStore implements ObjectStore {
    * Credentials, first match wins: `sas` in the URI or credentials, a connection string
    * (its AccountKey or SharedAccessSignature; the URI's endpoint wins over its BlobEndpoint),
    * an account key for the URI's account. `options.sas` sets the clock and lifetime of the
-   * SASes generated from an account key (tests).
+   * SASes generated from an account key (tests). Loads nothing: the SDK comes when first
+   * needed (`sdk`).
    */
   static open(
     loc: AzLocation,
@@ -363,16 +305,16 @@ export class AzureBlobStore implements ObjectStore {
   ): AzureBlobStore {
     const shown = displayLocation(loc);
     let endpoint = loc.endpoint ?? `https://${loc.account}.blob.core.windows.net`;
-    const pipeline: StoragePipelineOptions = {
-      // The sync engine retries with its own backoff and jitter.
-      retryOptions: { maxTries: 1 },
-      keepAliveOptions: { enable: true },
-    };
     const url = () => `${endpoint.replace(/\/+$/, "")}/${loc.container}`;
-    // What authenticates: a SAS the user gave, or the account key (shared-key signing on the
-    // SDK's route, SASes generated from it on the raw route).
+    // What authenticates: a SAS the user gave, or the account key (SASes signed from it on the
+    // raw route, shared-key signing on the SDK's).
     let given = loc.sas ?? creds.sas;
-    let key: StorageSharedKeyCredential | undefined;
+    let key: AccountKey | undefined;
+    const accountKey = (name: string, base64: string): AccountKey => ({
+      name,
+      base64,
+      key: accountKeyObject(base64),
+    });
     if (!given && creds.connectionString) {
       const cs = parseConnectionString(creds.connectionString);
       if (cs.AccountName && cs.AccountName !== loc.account)
@@ -381,7 +323,7 @@ export class AzureBlobStore implements ObjectStore {
           `AZURE_STORAGE_CONNECTION_STRING is for account '${cs.AccountName}', not '${loc.account}' (${shown})`,
         );
       if (!loc.endpoint && cs.BlobEndpoint) endpoint = cs.BlobEndpoint;
-      if (cs.AccountKey) key = new KeyObjectSharedKeyCredential(cs.AccountName ?? loc.account, cs.AccountKey);
+      if (cs.AccountKey) key = accountKey(cs.AccountName ?? loc.account, cs.AccountKey);
       else if (cs.SharedAccessSignature) given = cs.SharedAccessSignature;
       else
         throw new StoreError(
@@ -389,50 +331,60 @@ export class AzureBlobStore implements ObjectStore {
           `connection string has no AccountKey or SharedAccessSignature`,
         );
     } else if (!given && creds.accountKey) {
-      key = new KeyObjectSharedKeyCredential(loc.account, creds.accountKey);
+      key = accountKey(loc.account, creds.accountKey);
     } else if (!given) {
       throw new StoreError(
         "MissingCredentials",
         `no Azure credentials for ${shown} (set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY, or add sas=…)`,
       );
     }
-    const container = key
-      ? new ListingContainerClient(url(), key, pipeline)
-      : new ListingContainerClient(
-          `${url()}?${given!.replace(/^\?/, "")}`,
-          new AnonymousCredential(),
-          pipeline,
-        );
+    const sas = given;
+    const containerUrl = url();
+    const connect = async (): Promise<ContainerClient> => {
+      const sdk = await loadSdk();
+      const pipeline: StoragePipelineOptions = {
+        // The sync engine retries with its own backoff and jitter.
+        retryOptions: { maxTries: 1 },
+        keepAliveOptions: { enable: true },
+      };
+      return key
+        ? new sdk.ContainerClient(containerUrl, keyObjectCredential(sdk, key), pipeline)
+        : new sdk.ContainerClient(
+            `${containerUrl}?${(sas ?? "").replace(/^\?/, "")}`,
+            new sdk.AnonymousCredential(),
+            pipeline,
+          );
+    };
     return new AzureBlobStore(
-      container,
+      connect,
       loc.prefix,
       shown,
-      AzureBlobStore.objectHttp(url(), loc.container, given, key, options),
+      AzureBlobStore.objectHttp(containerUrl, loc.container, given, key, options),
     );
   }
 
   /**
-   * Decision: Get Blob and Put Blob go over node:http(s) on a keep-alive agent of this store,
-   * authorised by a SAS — the user's as given, or container SASes generated from the account
-   * key (`KeySas`: `r` for reads, `cw` for writes, no start time, 1 h, replaced 15 min before
-   * expiry) — instead of through the container client's pipeline (its policies and a
-   * shared-key signature per request, core-rest-pipeline's HTTP client). Everything else
-   * stays on the SDK with the store's credential.
+   * Decision: the container check, List Blobs, Get Blob and Put Blob go over node:http(s) on a
+   * keep-alive agent of this store, authorised by a SAS — the user's as given, or container
+   * SASes signed here from the account key (`KeySas`: `rl` for reads and listings, `cw` for
+   * writes, no start time, 1 h, replaced 15 min before expiry) — instead of through the SDK
+   * (its pipeline's policies and a shared-key signature per request, core-rest-pipeline's HTTP
+   * client — and, before any of it, loading the SDK). Everything else stays on the SDK with the
+   * store's credential, loaded when first needed.
    * Measured (2026-11-22, Azurite, 4 KiB objects, 16 requests at a time, 2,000 per run, medians
    * of 5 runs, the routes alternating in one process, load 3–6 on 2 cores): client CPU per Put
    * Blob 0.41 → 0.30 ms with an account key (0.39 → 0.26 with a user's SAS), per Get Blob
    * 0.37 → 0.26 ms (0.32 → 0.23); the SDK's `download`/`upload` cost 0.44 / 0.52 ms. A profile
    * of this route shows Node's HTTP client and nothing of ours worth a mention.
-   * SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK's `download` and `upload` (the
-   * benchmark's comparison switch, and a way back should a service refuse this form); so do a
-   * proxy in the environment (below) and a key from which no SAS can be generated (not
-   * expected: the SDK's own function).
+   * SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK (the benchmark's comparison switch,
+   * and a way back should a service refuse this form); so do a proxy in the environment
+   * (below) and a key from which no SAS can be signed (not expected).
    */
   private static objectHttp(
     containerUrl: string,
     containerName: string,
     given: string | undefined,
-    key: StorageSharedKeyCredential | undefined,
+    key: AccountKey | undefined,
     options: { sas?: KeySasOptions },
   ): AzureBlobHttp | undefined {
     if (process.env.SPILLWAY_STORE_SDK_ONLY === "1") return undefined;
@@ -445,7 +397,7 @@ export class AzureBlobStore implements ObjectStore {
     if (given) sas = new GivenSas(given);
     else if (key) {
       const protocol = new URL(containerUrl).protocol === "https:" ? "https" : "http";
-      sas = new KeySas(containerName, key, protocol, options.sas);
+      sas = new KeySas(key.name, key.key, containerName, protocol, options.sas);
       try {
         sas.token("read");
       } catch {
@@ -460,37 +412,71 @@ export class AzureBlobStore implements ObjectStore {
     });
   }
 
-  private blob(key: string) {
-    return this.container.getBlockBlobClient(this.prefix + normaliseKey(key));
+  /** The SDK's container client, the SDK loaded on first use. */
+  private sdk(): Promise<ContainerClient> {
+    this.client ??= this.connect();
+    return this.client;
   }
 
+  private async blob(key: string): Promise<BlockBlobClient> {
+    return (await this.sdk()).getBlockBlobClient(this.prefix + normaliseKey(key));
+  }
+
+  /**
+   * The container is there and the credential is good: ContainerNotFound, or the error, if
+   * not. A container SAS that authenticates but may not read the container's properties (a
+   * service SAS with `rl`, `racwdl`: Azure and Azurite refuse Get Container Properties to all
+   * of them, and rclone never asks) is checked by listing one blob; a SAS that may not list
+   * either (a write-only destination) is let through — its first write says whether the
+   * container is there. A SAS that does not authenticate stays an Auth error.
+   * On the raw route the listing comes first (one round trip for a SAS that may list: every
+   * key-signed one, a source's), Get Container Properties only when it may not (an account
+   * SAS without `l`); the outcomes are those of the SDK's route, which asks in the other
+   * order (shared key reads the properties).
+   */
   async check(signal?: AbortSignal): Promise<void> {
-    let exists: boolean;
-    try {
-      exists = await this.container.exists({ abortSignal: signal });
-    } catch (e) {
-      // A container SAS that authenticates but may not read the container's properties (a
-      // service SAS with `rl`, `racwdl`: Azurite refuses Get Container Properties to all of
-      // them, and rclone never asks) is checked by listing one blob instead; a SAS that may not
-      // list either (a write-only destination) is let through — its first write says whether
-      // the container is there. A SAS that does not authenticate stays an Auth error.
-      if (!isPermissionMismatch(e)) throw classifyAzureError(e, this.displayUri);
-      exists = await this.checkByListing(signal);
-    }
-    if (!exists) throw new StoreError("ContainerNotFound", `container not found: ${this.displayUri}`);
+    if (!(await this.containerExists(signal)))
+      throw new StoreError("ContainerNotFound", `container not found: ${this.displayUri}`);
   }
 
-  private async checkByListing(signal?: AbortSignal): Promise<boolean> {
-    try {
-      const query = { restype: "container", comp: "list", maxresults: "1" };
-      const page = await this.container.listPage(query, new PageBuffer(), signal);
-      if (page === undefined) await this.container.listBlobsFlat().byPage({ maxPageSize: 1 }).next();
-      return true;
-    } catch (e) {
-      if (isPermissionMismatch(e)) return true;
+  private async containerExists(signal?: AbortSignal): Promise<boolean> {
+    const found = (e: unknown): boolean => {
       const err = classifyAzureError(e, this.displayUri);
       if (err.code === "ContainerNotFound") return false;
       throw err;
+    };
+    if (this.objects) {
+      const objects = this.objects;
+      try {
+        await objects.listBlobs(
+          { restype: "container", comp: "list", maxresults: "1" },
+          new PageBuffer(),
+          signal,
+        );
+        return true;
+      } catch (e) {
+        if (!isPermissionMismatch(e) || objects.keySas) return found(e);
+      }
+      try {
+        await objects.containerProperties(signal);
+        return true;
+      } catch (e) {
+        return isPermissionMismatch(e) ? true : found(e);
+      }
+    }
+    const container = await this.sdk();
+    try {
+      return await container.exists({ abortSignal: signal });
+    } catch (e) {
+      if (!isPermissionMismatch(e)) throw classifyAzureError(e, this.displayUri);
+    }
+    try {
+      const query = { restype: "container", comp: "list", maxresults: "1" };
+      const page = await listPageThroughPipeline(container, query, new PageBuffer(), signal);
+      if (page === undefined) await container.listBlobsFlat().byPage({ maxPageSize: 1 }).next();
+      return true;
+    } catch (e) {
+      return isPermissionMismatch(e) ? true : found(e);
     }
   }
 
@@ -511,7 +497,8 @@ export class AzureBlobStore implements ObjectStore {
   }
 
   /**
-   * The listing through raw List Blobs pages (see ListingContainerClient), each read into one
+   * The listing through raw List Blobs pages (over node:http with the store's SAS, or through
+   * the SDK's pipeline when every request goes through the SDK), each read into one
    * reused buffer and decoded entry by entry as it is yielded (see `PageBuffer`). Returns
    * `{ fallbackFrom: marker, skip }` when the SDK's listing must take over from that marker,
    * `skip` entries of its first page having been yielded already.
@@ -534,7 +521,8 @@ export class AzureBlobStore implements ObjectStore {
       const bytes = await withRetry(
         async () => {
           try {
-            return await this.container.listPage(query, buffer, options.signal);
+            if (this.objects) return await this.objects.listBlobs(query, buffer, options.signal);
+            return await listPageThroughPipeline(await this.sdk(), query, buffer, options.signal);
           } catch (e) {
             throw classifyAzureError(e, `list ${this.displayUri}`);
           }
@@ -577,7 +565,7 @@ export class AzureBlobStore implements ObjectStore {
     let token: string | undefined = from || undefined;
     do {
       const fetchPage = async () => {
-        const it = this.container
+        const it = (await this.sdk())
           .listBlobsFlat({
             prefix: this.prefix + (options.prefix ?? ""),
             includeMetadata: true,
@@ -613,7 +601,7 @@ export class AzureBlobStore implements ObjectStore {
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {
     try {
-      const p = await this.blob(key).getProperties({ abortSignal: signal });
+      const p = await (await this.blob(key)).getProperties({ abortSignal: signal });
       const metadata = { ...(p.metadata ?? {}) };
       const sha256 = metadata[SHA256_METADATA.azure];
       delete metadata[SHA256_METADATA.azure];
@@ -643,7 +631,7 @@ export class AzureBlobStore implements ObjectStore {
           ...(options.ifMatch ? { ifMatch: `"${unquote(options.ifMatch)}"` } : {}),
           ...(options.signal ? { signal: options.signal } : {}),
         });
-      const res = await this.blob(key).download(
+      const res = await (await this.blob(key)).download(
         r?.start ?? 0,
         r?.end !== undefined ? r.end - (r.start ?? 0) : undefined,
         {
@@ -712,7 +700,7 @@ export class AzureBlobStore implements ObjectStore {
           throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
         return { etag: unquote(r.etag) };
       }
-      const r = await this.blob(key).upload(body, body.length, {
+      const r = await (await this.blob(key)).upload(body, body.length, {
         metadata: this.metadataOf(options),
         conditions: this.conditionsOf(options),
         blobHTTPHeaders: {
@@ -762,8 +750,9 @@ export class AzureBlobStore implements ObjectStore {
         const got = sent.contentMD5 ? Buffer.from(sent.contentMD5, "base64") : undefined;
         md5 = got && got.length === 16 ? got.toString("hex") : undefined;
       } else {
+        const blob = await this.blob(key);
         const r = await sendingStream(body, options.signal, (abortSignal) =>
-          this.blob(key).upload(() => body, size, {
+          blob.upload(() => body, size, {
             metadata: this.metadataOf(options),
             conditions: this.conditionsOf(options),
             blobHTTPHeaders: {
@@ -780,7 +769,7 @@ export class AzureBlobStore implements ObjectStore {
       }
       const late = options.sha256 ? undefined : options.sha256After?.();
       if (late) {
-        const m = await this.blob(key).setMetadata(this.metadataOf(options, late), {
+        const m = await (await this.blob(key)).setMetadata(this.metadataOf(options, late), {
           conditions: { ifMatch: `"${etag}"` },
           ...(options.signal ? { abortSignal: options.signal } : {}),
         });
@@ -799,7 +788,7 @@ export class AzureBlobStore implements ObjectStore {
    * 1–2 % of it; Put Block List is one request per object above the upload cutoff.
    */
   async startUpload(key: string, options: WriteOptions = {}): Promise<MultipartUpload> {
-    const blob = this.blob(key);
+    const blob = await this.blob(key);
     // Block ids must have one length within a blob; a per-upload nonce keeps a crashed
     // upload's leftover blocks from ever being committed by a later one.
     const nonce = randomBytes(6).toString("hex");
@@ -844,7 +833,7 @@ export class AzureBlobStore implements ObjectStore {
 
   async delete(key: string, signal?: AbortSignal): Promise<void> {
     try {
-      await this.blob(key).deleteIfExists({ abortSignal: signal });
+      await (await this.blob(key)).deleteIfExists({ abortSignal: signal });
     } catch (e) {
       throw classifyAzureError(e, `delete ${key}`);
     }

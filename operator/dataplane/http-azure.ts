@@ -1,39 +1,41 @@
 /**
- * The hot Azure Blob requests — Get Blob (whole, ranged, conditional) and Put Blob (one request,
- * bytes or a stream), one of each per small object in a sync — sent over `node:http(s)` on the
- * store's keep-alive agent, authorised by a SAS in the query. Everything else (listing, Get
- * Blob Properties, blocks, metadata, delete, container checks) stays on the SDK's
- * `ContainerClient` with the store's credential.
+ * The Azure Blob requests of a sync — Get Blob (whole, ranged, conditional) and Put Blob (one
+ * request, bytes or a stream), one of each per small object, List Blobs pages and the container
+ * check — sent over `node:http(s)` on the store's keep-alive agent, authorised by a SAS in the
+ * query: the user's, or container SASes this module signs from the account key (`KeySas`,
+ * `containerSas`). Nothing here loads `@azure/storage-blob`: a sync whose Azure store has a key
+ * or a SAS starts, lists, reads and writes small objects without it (block uploads, Get Blob
+ * Properties, metadata updates and deletes stay on the SDK, loaded lazily by azure.ts).
  *
- * Why: these two requests went "raw" through the container client's own pipeline already (no
+ * Why: these requests went "raw" through the container client's own pipeline before (no
  * operation-spec serialization, no typed header parse), but still through its policies — request
  * id, user agent, a shared-key signature computed per request (canonicalised headers and
  * resource, one HMAC), the pipeline's logging and tracing hooks — and core-rest-pipeline's
  * NodeHttpClient. With a SAS the request is authorised by its query string alone: nothing to
- * compute per request. The measured gain is in the comment where the store chooses this route
- * (`AzureBlobStore.open`).
+ * compute per request. And the SDK itself (a 1.3 MB bundle chunk, ≈ 0.1 CPU s to compile and
+ * evaluate) was loaded before a sync's first request could go out. The measured gains are in
+ * the comment where the store chooses this route (`AzureBlobStore.objectHttp`).
  *
  * The SAS is a secret: it is only ever the query of the request path handed to node, never part
  * of an error. Node's own errors (ECONNRESET, ECONNREFUSED, invalid header characters, aborts)
  * do not carry the path, and the errors made here carry the operation, the status and the
  * service's error code only.
  */
+import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { Agent as HttpAgent, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { request as httpRequest } from "node:http";
 import type { Agent as HttpsAgent } from "node:https";
 import { request as httpsRequest } from "node:https";
 import type { Readable } from "node:stream";
-import {
-  ContainerSASPermissions,
-  generateBlobSASQueryParameters,
-  SASProtocol,
-  type StorageSharedKeyCredential,
-} from "@azure/storage-blob";
+import type { PageBuffer } from "./xml.ts";
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
 export const AZURE_API_VERSION = "2021-12-02";
 
-/** What a request needs the SAS for: reading a blob, or creating/overwriting one. */
+/**
+ * What a request needs the SAS for: reading (Get Blob, and List Blobs, which a source does with
+ * its reads), or creating/overwriting a blob.
+ */
 export type SasAccess = "read" | "write";
 
 /** Where the SAS of a request comes from (the token without its leading `?`). */
@@ -52,6 +54,92 @@ export class GivenSas implements SasSource {
   }
 }
 
+/**
+ * The service version the SASes signed here declare (`sv`), and the layout of their string to
+ * sign: the version @azure/storage-blob 12.34 signs container SASes with (its SERVICE_VERSION).
+ * test/dataplane/azure-sas.test.ts compares the query strings with the SDK's
+ * `generateBlobSASQueryParameters(...).toString()` byte for byte, so an SDK upgrade that signs
+ * differently shows there.
+ */
+export const SAS_VERSION = "2026-10-06";
+
+/** The container SAS permissions in the order the service expects them (the SDK's order). */
+const CONTAINER_PERMISSIONS = "racwdxltmeiyf";
+
+export interface ContainerSasValues {
+  accountName: string;
+  containerName: string;
+  /** Container permission letters, any order (`rl`, `cw`, `racwdl`, …). */
+  permissions: string;
+  expiresOn: Date;
+  startsOn?: Date;
+  /** `https` only, or both (the SDK's SASProtocol values). None: the field is left out. */
+  protocol?: "https" | "https,http";
+}
+
+/** A date as a SAS carries it: ISO 8601 to the second, UTC (`2026-11-22T10:00:00Z`). */
+const sasDate = (d: Date) => `${d.toISOString().slice(0, 19)}Z`;
+
+/**
+ * A container service SAS signed with the account key: the query string (no leading `?`), the
+ * same bytes as the SDK's `generateBlobSASQueryParameters({ containerName, permissions,
+ * expiresOn, startsOn, protocol }, sharedKeyCredential).toString()`.
+ *
+ * The string to sign is the one documented for service SASes of version 2020-12-06 on
+ * ("Create a service SAS", signature fields in this order, one per line): permissions, start,
+ * expiry, canonicalised resource `/blob/<account>/<container>`, identifier, IP range, protocol,
+ * version, resource (`c`), snapshot time, encryption scope, then the five response-header
+ * overrides (rscc, rscd, rsce, rscl, rsct) — empty where not set. Its HMAC-SHA256 under the
+ * decoded account key, base64, is `sig`. The query's fields come in the SDK's order, each value
+ * percent-encoded (`encodeURIComponent`). Unknown permission letters are refused, as the SDK's
+ * `ContainerSASPermissions.parse` refuses them.
+ */
+export function containerSas(values: ContainerSasValues, key: KeyObject): string {
+  for (const p of values.permissions)
+    if (!CONTAINER_PERMISSIONS.includes(p)) throw new RangeError(`invalid SAS permission '${p}'`);
+  const permissions = [...CONTAINER_PERMISSIONS].filter((p) => values.permissions.includes(p)).join("");
+  const start = values.startsOn ? sasDate(values.startsOn) : "";
+  const expiry = sasDate(values.expiresOn);
+  const protocol = values.protocol ?? "";
+  const stringToSign = [
+    permissions,
+    start,
+    expiry,
+    `/blob/${values.accountName}/${values.containerName}`,
+    "", // signed identifier (a stored access policy): none
+    "", // signed IP range: none
+    protocol,
+    SAS_VERSION,
+    "c", // signed resource: the container
+    "", // snapshot time
+    "", // encryption scope
+    "", // rscc
+    "", // rscd
+    "", // rsce
+    "", // rscl
+    "", // rsct
+  ].join("\n");
+  const sig = createHmac("sha256", key).update(stringToSign, "utf8").digest("base64");
+  const query: [string, string][] = [
+    ["sv", SAS_VERSION],
+    ["spr", protocol],
+    ["st", start],
+    ["se", expiry],
+    ["sr", "c"],
+    ["sp", permissions],
+    ["sig", sig],
+  ];
+  return query
+    .filter(([, v]) => v !== "")
+    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`)
+    .join("&");
+}
+
+/** An account key (base64, as the portal and connection strings give it) as an HMAC key. */
+export function accountKeyObject(accountKey: string): KeyObject {
+  return createSecretKey(Buffer.from(accountKey, "base64"));
+}
+
 export interface KeySasOptions {
   /** The clock (ms since the epoch); injectable so tests can move it. */
   now?: () => number;
@@ -62,14 +150,15 @@ export interface KeySasOptions {
 }
 
 /**
- * Service SASes for one container, generated from the account key (the SDK's public
- * `generateBlobSASQueryParameters` with the store's `StorageSharedKeyCredential`), one per
+ * Service SASes for one container, signed from the account key (`containerSas`), one per
  * access kind and reused until near expiry.
  *
  * Decisions:
- * - Least privilege: reads get `r`, writes `cw` (create a blob, or overwrite one — what Put
- *   Blob needs, conditions included). Nothing here lists, deletes or touches the container; a
- *   leaked token reads or writes blobs of this one container for at most its lifetime.
+ * - Least privilege: reads get `rl` (read blobs and list the container: a source does both,
+ *   and listing one blob is how the container is checked — a service SAS may not read the
+ *   container's properties), writes `cw` (create a blob, or overwrite one — what Put Blob
+ *   needs, conditions included). Nothing here deletes or changes the container; a leaked token
+ *   reads, lists or writes blobs of this one container for at most its lifetime.
  * - No start time: a start time stamped from this machine's clock would be refused by a
  *   service whose clock is behind ("not yet valid"); without one the SAS is valid at once.
  * - A short lifetime (1 h), replaced when less than 15 min are left. The service authorises a
@@ -87,8 +176,9 @@ export class KeySas implements SasSource {
   private readonly tokens: Partial<Record<SasAccess, { token: string; expiresAt: number }>> = {};
 
   constructor(
+    private readonly accountName: string,
+    private readonly key: KeyObject,
     private readonly containerName: string,
-    private readonly credential: StorageSharedKeyCredential,
     private readonly protocol: "https" | "http",
     options: KeySasOptions = {},
   ) {
@@ -103,15 +193,16 @@ export class KeySas implements SasSource {
     if (held && now < held.expiresAt - this.refreshMarginMs) return held.token;
     // The service reads the expiry to the second; rounding down keeps it within the lifetime.
     const expiresAt = Math.floor((now + this.lifetimeMs) / 1000) * 1000;
-    const token = generateBlobSASQueryParameters(
+    const token = containerSas(
       {
+        accountName: this.accountName,
         containerName: this.containerName,
-        permissions: ContainerSASPermissions.parse(access === "read" ? "r" : "cw"),
+        permissions: access === "read" ? "rl" : "cw",
         expiresOn: new Date(expiresAt),
-        protocol: this.protocol === "https" ? SASProtocol.Https : SASProtocol.HttpsAndHttp,
+        protocol: this.protocol === "https" ? "https" : "https,http",
       },
-      this.credential,
-    ).toString();
+      this.key,
+    );
     this.tokens[access] = { token, expiresAt };
     return token;
   }
@@ -137,6 +228,14 @@ export interface AzureHttpError extends Error {
   code: string;
 }
 
+/** What a request is sent to: the path (container or blob), its query (the SAS is added), the SAS's access. */
+interface Target {
+  method: "GET" | "PUT";
+  path: string;
+  query?: Record<string, string>;
+  access: SasAccess;
+}
+
 /** The SDK's escaping of a blob name in a URL (its `EscapePath`): each segment encoded. */
 function escapeBlobPath(name: string): string {
   return name.split("/").map(encodeURIComponent).join("/");
@@ -146,7 +245,8 @@ export class AzureBlobHttp {
   private readonly secure: boolean;
   private readonly hostname: string;
   private readonly port: number | undefined;
-  private readonly base: string;
+  /** The container's path (`/<account>/<container>` on the emulator, `/<container>` on Azure). */
+  private readonly container: string;
 
   constructor(private readonly options: AzureBlobHttpOptions) {
     const url = new URL(options.containerUrl);
@@ -154,7 +254,47 @@ export class AzureBlobHttp {
     // `[::1]` in a URL is `::1` for the socket.
     this.hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
     this.port = url.port ? Number(url.port) : undefined;
-    this.base = `${url.pathname.replace(/\/+$/, "")}/`;
+    this.container = url.pathname.replace(/\/+$/, "");
+  }
+
+  /** Whether the SAS is signed here from the account key (it may list: `KeySas`) or the user's. */
+  get keySas(): boolean {
+    return this.options.sas instanceof KeySas;
+  }
+
+  /**
+   * One List Blobs page (`query`: restype, comp, include, maxresults, prefix, marker), its body
+   * read into `into` (the listing's reused buffer); the bytes, valid until the next fill. A
+   * status other than 200 is an `AzureHttpError` (ContainerNotFound, AuthorizationPermission-
+   * Mismatch, …). The page is not interpreted here (`BlobListPage` in azure.ts).
+   */
+  async listBlobs(query: Record<string, string>, into: PageBuffer, signal?: AbortSignal): Promise<Buffer> {
+    const response = await this.send(
+      { method: "GET", path: this.container, query, access: "read" },
+      { "x-ms-version": AZURE_API_VERSION },
+      undefined,
+      signal,
+    );
+    const status = response.statusCode ?? 0;
+    if (status !== 200) throw await errorOf("List Blobs", response, status, signal);
+    return into.fill(response);
+  }
+
+  /**
+   * Get Container Properties: resolves if the container is there and the SAS may read its
+   * properties (an account SAS; a service SAS never may: 403 AuthorizationPermissionMismatch or
+   * AuthorizationResourceTypeMismatch), an `AzureHttpError` otherwise.
+   */
+  async containerProperties(signal?: AbortSignal): Promise<void> {
+    const response = await this.send(
+      { method: "GET", path: this.container, query: { restype: "container" }, access: "read" },
+      { "x-ms-version": AZURE_API_VERSION },
+      undefined,
+      signal,
+    );
+    const status = response.statusCode ?? 0;
+    if (status !== 200) throw await errorOf("Get Container Properties", response, status, signal);
+    response.resume();
   }
 
   /**
@@ -171,7 +311,12 @@ export class AzureBlobHttp {
       ...(r ? { "x-ms-range": `bytes=${r.start}-${r.end !== undefined ? r.end - 1 : ""}` } : {}),
       ...(options.ifMatch ? { "If-Match": options.ifMatch } : {}),
     };
-    const response = await this.send("GET", name, "read", headers, undefined, options.signal);
+    const response = await this.send(
+      this.blobTarget("GET", name, "read"),
+      headers,
+      undefined,
+      options.signal,
+    );
     const status = response.statusCode ?? 0;
     if (status === 200 || status === 206) return response;
     throw await errorOf("Get Blob", response, status, options.signal);
@@ -200,10 +345,11 @@ export class AzureBlobHttp {
       "Content-Length": String(size),
       ...headers,
     };
+    const target = this.blobTarget("PUT", name, "write");
     const response =
       body instanceof Uint8Array
-        ? await this.send("PUT", name, "write", all, body, signal)
-        : await sendingStream(body, signal, (s) => this.send("PUT", name, "write", all, body, s));
+        ? await this.send(target, all, body, signal)
+        : await sendingStream(body, signal, (s) => this.send(target, all, body, s));
     const status = response.statusCode ?? 0;
     if (status !== 201) throw await errorOf("Put Blob", response, status, signal);
     response.resume();
@@ -215,23 +361,31 @@ export class AzureBlobHttp {
     };
   }
 
+  private blobTarget(method: "GET" | "PUT", name: string, access: SasAccess): Target {
+    return { method, path: `${this.container}/${escapeBlobPath(name)}`, access };
+  }
+
   /** One request; resolves with the response once its headers arrived, whatever its status. */
   private send(
-    method: "GET" | "PUT",
-    name: string,
-    access: SasAccess,
+    target: Target,
     headers: OutgoingHttpHeaders,
     body: Uint8Array | Readable | undefined,
     signal: AbortSignal | undefined,
   ): Promise<IncomingMessage> {
+    const { method, path, query, access } = target;
     return new Promise<IncomingMessage>((resolve, reject) => {
       signal?.throwIfAborted();
+      // Percent-encoded by hand: URLSearchParams writes a space as '+' (a prefix with spaces).
+      let search = "";
+      if (query)
+        for (const [k, v] of Object.entries(query))
+          search += `${encodeURIComponent(k)}=${encodeURIComponent(v)}&`;
       const req = (this.secure ? httpsRequest : httpRequest)({
         method,
         hostname: this.hostname,
         ...(this.port !== undefined ? { port: this.port } : {}),
         // The only place the SAS goes: the request line, never an error.
-        path: `${this.base}${escapeBlobPath(name)}?${this.options.sas.token(access)}`,
+        path: `${path}?${search}${this.options.sas.token(access)}`,
         headers,
         agent: this.secure ? this.options.agents.https : this.options.agents.http,
         ...(signal ? { signal } : {}),

@@ -1,7 +1,7 @@
 /**
  * Azure Get Blob and Put Blob over node:http with a SAS (http-azure.ts), against a real Azurite:
  * whole, ranged and conditional reads and their errors for every credential kind; the SAS on the
- * wire — the user's as given, or read-only / create-write container SASes generated from the
+ * wire — the user's as given, or read-list / create-write container SASes generated from the
  * account key, renewed near expiry (the clock injected) — and no shared-key signature; no error
  * of this route ever carries the SAS.
  */
@@ -150,7 +150,7 @@ describe.each(credentialKinds)("reading with a %s", (_kind, open) => {
 });
 
 describe("the SAS on the wire", () => {
-  it("with an account key: reads carry a read-only container SAS, writes a create/write one, no shared-key signature", async () => {
+  it("with an account key: reads carry a read/list container SAS, writes a create/write one, no shared-key signature", async () => {
     const store = await openStore(uri({ endpoint: proxy.url }), {
       azure: { accountKey: azurite.accountKey },
     });
@@ -168,7 +168,7 @@ describe("the SAS on the wire", () => {
     const expected = { sr: "c", spr: "https,http", st: null, signed: true, authorization: undefined };
     expect(sent).toEqual([
       { method: "PUT", sp: "cw", ...expected },
-      { method: "GET", sp: "r", ...expected },
+      { method: "GET", sp: "rl", ...expected },
     ]);
     // A lifetime of about an hour.
     const expiry = Date.parse(proxy.seen[0]!.url.searchParams.get("se")!);
@@ -211,13 +211,11 @@ describe("the SAS on the wire", () => {
   });
 
   it("a generated read SAS may not write (least privilege)", async () => {
-    const { AzureBlobHttp, KeySas } = await import("../../operator/dataplane/http-azure.ts");
-    const { Agent } = await import("node:http");
-    const keySas = new KeySas(
-      "get",
-      new StorageSharedKeyCredential(azurite.accountName, azurite.accountKey),
-      "http",
+    const { AzureBlobHttp, KeySas, accountKeyObject } = await import(
+      "../../operator/dataplane/http-azure.ts"
     );
+    const { Agent } = await import("node:http");
+    const keySas = new KeySas(azurite.accountName, accountKeyObject(azurite.accountKey), "get", "http");
     const readOnly = new AzureBlobHttp({
       containerUrl: `${azurite.blobEndpoint}/get`,
       // Every request, writes too, with the read SAS.

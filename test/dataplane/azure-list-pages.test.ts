@@ -6,9 +6,10 @@
  */
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { BlobListPage, PageBuffer } from "../../operator/dataplane/azure.ts";
+import { BlobListPage } from "../../operator/dataplane/azure.ts";
 import type { ObjectInfo } from "../../operator/dataplane/store.ts";
 import { openStore } from "../../operator/dataplane/store.ts";
+import { PageBuffer } from "../../operator/dataplane/xml.ts";
 
 const KEY = Buffer.from("stand-in key").toString("base64");
 
@@ -50,7 +51,7 @@ describe("a List Blobs page read from its bytes", () => {
 
   it("refuses a response that is not a List Blobs page, or an entry that is not closed", () => {
     expect(() => BlobListPage.open(Buffer.from("<Error><Code>x</Code></Error>"))).toThrow(
-      "not a List Blobs response",
+      "not a EnumerationResults document",
     );
     expect(() =>
       BlobListPage.open(Buffer.from(page([], "").replace("</Blobs>", "<Blob><Name>x</Name></Blobs>"))),
