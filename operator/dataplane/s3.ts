@@ -283,6 +283,28 @@ export class S3Store implements ObjectStore {
   /** Whether listings go through S3ObjectHttp (see `list`). */
   private rawListing = true;
 
+  /**
+   * One bucket listing page (`query`) through S3ObjectHttp, read into `buffer` and parsed;
+   * undefined when listings do not go that way, or this page could not be parsed — from then
+   * on this store lists through the SDK.
+   */
+  private async rawPage<T>(
+    query: Record<string, string>,
+    buffer: PageBuffer,
+    signal: AbortSignal | undefined,
+    parse: (bytes: Buffer) => T,
+  ): Promise<T | undefined> {
+    if (!this.objects || !this.rawListing) return undefined;
+    const res = await this.objects.send({ method: "GET", key: "", query, ...(signal ? { signal } : {}) });
+    const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
+    try {
+      return parse(bytes);
+    } catch {
+      this.rawListing = false;
+      return undefined;
+    }
+  }
+
   private async listPage(
     prefix: string,
     maxKeys: number,
@@ -290,24 +312,13 @@ export class S3Store implements ObjectStore {
     buffer: PageBuffer,
     signal: AbortSignal | undefined,
   ): Promise<ListedPage<ListedObject>> {
-    if (this.objects && this.rawListing) {
-      const res = await this.objects.send({
-        method: "GET",
-        key: "",
-        query: {
-          prefix,
-          "max-keys": String(maxKeys),
-          ...(marker !== undefined ? { marker } : {}),
-        },
-        ...(signal ? { signal } : {}),
-      });
-      const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
-      try {
-        return parseObjectList(bytes);
-      } catch {
-        this.rawListing = false;
-      }
-    }
+    const raw = await this.rawPage(
+      { prefix, "max-keys": String(maxKeys), ...(marker !== undefined ? { marker } : {}) },
+      buffer,
+      signal,
+      parseObjectList,
+    );
+    if (raw) return raw;
     const { c, m } = await this.sdk();
     const out: ListObjectsCommandOutput = await c.send(
       new m.ListObjectsCommand({
@@ -747,26 +758,19 @@ export class S3Store implements ObjectStore {
     buffer: PageBuffer,
     signal: AbortSignal | undefined,
   ): Promise<UploadsPage> {
-    if (this.objects && this.rawListing) {
-      const res = await this.objects.send({
-        method: "GET",
-        key: "",
-        query: {
-          uploads: "",
-          "max-uploads": "1000",
-          ...(this.prefix ? { prefix: this.prefix } : {}),
-          ...(keyMarker !== undefined ? { "key-marker": keyMarker } : {}),
-          ...(uploadIdMarker !== undefined ? { "upload-id-marker": uploadIdMarker } : {}),
-        },
-        ...(signal ? { signal } : {}),
-      });
-      const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
-      try {
-        return parseUploadList(bytes);
-      } catch {
-        this.rawListing = false;
-      }
-    }
+    const raw = await this.rawPage(
+      {
+        uploads: "",
+        "max-uploads": "1000",
+        ...(this.prefix ? { prefix: this.prefix } : {}),
+        ...(keyMarker !== undefined ? { "key-marker": keyMarker } : {}),
+        ...(uploadIdMarker !== undefined ? { "upload-id-marker": uploadIdMarker } : {}),
+      },
+      buffer,
+      signal,
+      parseUploadList,
+    );
+    if (raw) return raw;
     const { c, m } = await this.sdk();
     const out: ListMultipartUploadsCommandOutput = await c.send(
       new m.ListMultipartUploadsCommand({
@@ -868,6 +872,7 @@ const dateOf = (text: string | undefined): Date | undefined => {
  */
 export function parseObjectList(bytes: Buffer): ListedPage<ListedObject> {
   const page = EntryPage.open(bytes, "ListBucketResult", "Contents");
+  checkShape(page, bytes, "Contents");
   return {
     count: page.count,
     item: (i) => {
@@ -883,9 +888,26 @@ export function parseObjectList(bytes: Buffer): ListedPage<ListedObject> {
   };
 }
 
+/**
+ * What a page read as empty must not hold: the entry's name as an element in another form
+ * (`<Contents xmlns=…>`, `<s3:Contents>`). Read as an empty page, a listing in such a form
+ * would be a source that lists nothing — the SDK's parser reads it instead. And every page
+ * says whether it is the last.
+ */
+function checkShape(page: EntryPage, bytes: Buffer, entry: string): void {
+  if (
+    page.count === 0 &&
+    (bytes.includes(`${entry}>`) || bytes.includes(`<${entry} `) || bytes.includes(`:${entry}`))
+  )
+    throw new Error(`${entry} entries in a form this reader does not know`);
+  const truncated = element(page.outside, "IsTruncated");
+  if (truncated !== "true" && truncated !== "false") throw new Error("no IsTruncated");
+}
+
 /** A ListMultipartUploads response from its bytes; throws as `parseObjectList`. */
 export function parseUploadList(bytes: Buffer): UploadsPage {
   const page = EntryPage.open(bytes, "ListMultipartUploadsResult", "Upload");
+  checkShape(page, bytes, "Upload");
   return {
     count: page.count,
     item: (i) => {

@@ -7,7 +7,7 @@
  * server errors are retried by the caller's backoff.
  */
 import { createHash } from "node:crypto";
-import { createServer, type Server } from "node:http";
+import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
 import {
@@ -340,6 +340,50 @@ describe("S3 listing, HEAD and DELETE over the signed route", () => {
       await close(proxy.server);
     }
   });
+
+  it("a listing in a form the page reader does not know is read by the SDK's parser, in full", async () => {
+    // A proxy that answers bucket listings with their entries in another (valid) form.
+    const target = new URL(emu.s3.endpoint);
+    let rewritten = 0;
+    const proxy = createServer((req, res) => {
+      const url = req.url ?? "";
+      if (req.method !== "GET" || !/^\/hot\/?\?/.test(url) || url.includes("uploads"))
+        return forward(target, req, res);
+      const up = request(
+        { host: target.hostname, port: target.port, method: req.method, path: url, headers: req.headers },
+        async (r) => {
+          const xml = (await readAll(r)).toString("utf8").replace(/<Contents>/g, '<Contents xmlns="">');
+          rewritten++;
+          const { "content-length": _length, ...headers } = r.headers;
+          res.writeHead(r.statusCode ?? 502, headers);
+          res.end(xml);
+        },
+      );
+      req.pipe(up);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    try {
+      const endpoint = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+      const via = await openStore(
+        `s3://hot/other-form/?endpoint=${encodeURIComponent(endpoint)}&region=${emu.s3.region}`,
+        emu.credentials,
+      );
+      const keys = async (store: ObjectStore) => {
+        const out: string[] = [];
+        for await (const o of store.list({ pageSize: 3 })) out.push(o.key);
+        return out;
+      };
+      const direct = await emu.open(emu.s3Uri("hot", "other-form/"));
+      for (let i = 0; i < 7; i++) await direct.put(`k${i}`, Buffer.from(`other form ${i}`));
+      const expected = await keys(direct);
+      expect(expected).toEqual(["k0", "k1", "k2", "k3", "k4", "k5", "k6"]);
+      expect(await keys(via)).toEqual(expected);
+      // Every page was rewritten: the first failed the page reader, the SDK read it and the rest.
+      expect(rewritten).toBe(Math.ceil(expected.length / 3) + 1);
+    } finally {
+      await close(proxy);
+    }
+  });
 });
 
 describe("S3 listing documents read from their bytes", () => {
@@ -378,6 +422,12 @@ describe("S3 listing documents read from their bytes", () => {
     expect(() => parseObjectList(doc(contents("k", 1)).subarray(0, 300))).toThrow(/truncated/);
     const noSize = parseObjectList(doc("<Contents><Key>k</Key></Contents>"));
     expect(() => noSize.item(0)).toThrow(/unexpected/);
+    // Entries in a form this reader does not know are never read as an empty listing.
+    expect(() => parseObjectList(doc('<Contents xmlns="x"><Key>k</Key><Size>1</Size></Contents>'))).toThrow(
+      /form this reader does not know/,
+    );
+    expect(() => parseObjectList(doc("<s3:Contents><s3:Key>k</s3:Key></s3:Contents>"))).toThrow(/form/);
+    expect(() => parseObjectList(doc(contents("k", 1), ""))).toThrow(/IsTruncated/);
   });
 
   it("reads ListMultipartUploads: uploads, markers, and no <UploadId> taken for an <Upload>", () => {
