@@ -4,13 +4,13 @@
  * blocks of an abandoned upload are never visible and expire on their own.
  *
  * With an account key or a SAS (every credential a store can be opened with), the container
- * check, List Blobs, Get Blob and Put Blob go over node:http with a SAS (`http-azure.ts`), and
- * `@azure/storage-blob` is not loaded at all: a sync reading an Azure source, or writing small
- * objects and its manifest to an Azure destination, never compiles the SDK (a 1.3 MB bundle
- * chunk, ≈ 0.1 CPU s on the path to the first request). The SDK is `import()`ed on first use
- * by what still needs it: block uploads, Get Blob Properties, metadata updates, deletes, the
- * listing's fallback, and every request when the route is off (SPILLWAY_STORE_SDK_ONLY=1, a
- * proxy in the environment).
+ * check, List Blobs, Get Blob, Put Blob and Delete Blob go over node:http with a SAS
+ * (`http-azure.ts`), and `@azure/storage-blob` is not loaded at all: a sync reading an Azure
+ * source, or writing small objects and its manifest to an Azure destination, never compiles
+ * the SDK (a 1.3 MB bundle chunk, ≈ 0.1 CPU s on the path to the first request). The SDK is
+ * `import()`ed on first use by what still needs it: block uploads, Get Blob Properties,
+ * metadata updates, the listing's fallback, and every request when the route is off
+ * (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the environment).
  */
 import { createHash, type KeyObject, randomBytes } from "node:crypto";
 import { Agent as HttpAgent } from "node:http";
@@ -831,9 +831,15 @@ export class AzureBlobStore implements ObjectStore {
     };
   }
 
+  /**
+   * Delete Blob if it exists: over node:http with the SAS (a sync that wrote journal segments
+   * deletes them at its end, so a cold copy into Azure would otherwise load the SDK for that
+   * alone), the SDK's `deleteIfExists` on the SDK route.
+   */
   async delete(key: string, signal?: AbortSignal): Promise<void> {
     try {
-      await (await this.blob(key)).deleteIfExists({ abortSignal: signal });
+      if (this.objects) await this.objects.deleteBlob(this.prefix + normaliseKey(key), signal);
+      else await (await this.blob(key)).deleteIfExists({ abortSignal: signal });
     } catch (e) {
       throw classifyAzureError(e, `delete ${key}`);
     }

@@ -1,11 +1,11 @@
 /**
  * The Azure Blob requests of a sync — Get Blob (whole, ranged, conditional) and Put Blob (one
- * request, bytes or a stream), one of each per small object, List Blobs pages and the container
- * check — sent over `node:http(s)` on the store's keep-alive agent, authorised by a SAS in the
- * query: the user's, or container SASes this module signs from the account key (`KeySas`,
- * `containerSas`). Nothing here loads `@azure/storage-blob`: a sync whose Azure store has a key
- * or a SAS starts, lists, reads and writes small objects without it (block uploads, Get Blob
- * Properties, metadata updates and deletes stay on the SDK, loaded lazily by azure.ts).
+ * request, bytes or a stream), one of each per small object, List Blobs pages, the container
+ * check and Delete Blob — sent over `node:http(s)` on the store's keep-alive agent, authorised
+ * by a SAS in the query: the user's, or container SASes this module signs from the account key
+ * (`KeySas`, `containerSas`). Nothing here loads `@azure/storage-blob`: a sync whose Azure store has a key
+ * or a SAS starts, lists, reads, writes small objects and deletes without it (block uploads,
+ * Get Blob Properties and metadata updates stay on the SDK, loaded lazily by azure.ts).
  *
  * Why: these requests went "raw" through the container client's own pipeline before (no
  * operation-spec serialization, no typed header parse), but still through its policies — request
@@ -34,9 +34,9 @@ export const AZURE_API_VERSION = "2021-12-02";
 
 /**
  * What a request needs the SAS for: reading (Get Blob, and List Blobs, which a source does with
- * its reads), or creating/overwriting a blob.
+ * its reads), creating/overwriting a blob, or deleting one.
  */
-export type SasAccess = "read" | "write";
+export type SasAccess = "read" | "write" | "delete";
 
 /** Where the SAS of a request comes from (the token without its leading `?`). */
 export interface SasSource {
@@ -140,6 +140,9 @@ export function accountKeyObject(accountKey: string): KeyObject {
   return createSecretKey(Buffer.from(accountKey, "base64"));
 }
 
+/** The permissions of the SAS `KeySas` signs for each access kind (least privilege). */
+const KEY_SAS_PERMISSIONS: Record<SasAccess, string> = { read: "rl", write: "cw", delete: "d" };
+
 export interface KeySasOptions {
   /** The clock (ms since the epoch); injectable so tests can move it. */
   now?: () => number;
@@ -157,8 +160,10 @@ export interface KeySasOptions {
  * - Least privilege: reads get `rl` (read blobs and list the container: a source does both,
  *   and listing one blob is how the container is checked — a service SAS may not read the
  *   container's properties), writes `cw` (create a blob, or overwrite one — what Put Blob
- *   needs, conditions included). Nothing here deletes or changes the container; a leaked token
- *   reads, lists or writes blobs of this one container for at most its lifetime.
+ *   needs, conditions included), deletes `d` (a destination's journal segments after a sync,
+ *   `--delete`). Nothing here changes the container itself; a leaked token reads, lists,
+ *   writes or deletes blobs of this one container, as its kind allows, for at most its
+ *   lifetime.
  * - No start time: a start time stamped from this machine's clock would be refused by a
  *   service whose clock is behind ("not yet valid"); without one the SAS is valid at once.
  * - A short lifetime (1 h), replaced when less than 15 min are left. The service authorises a
@@ -197,7 +202,7 @@ export class KeySas implements SasSource {
       {
         accountName: this.accountName,
         containerName: this.containerName,
-        permissions: access === "read" ? "rl" : "cw",
+        permissions: KEY_SAS_PERMISSIONS[access],
         expiresOn: new Date(expiresAt),
         protocol: this.protocol === "https" ? "https" : "https,http",
       },
@@ -230,7 +235,7 @@ export interface AzureHttpError extends Error {
 
 /** What a request is sent to: the path (container or blob), its query (the SAS is added), the SAS's access. */
 interface Target {
-  method: "GET" | "PUT";
+  method: "GET" | "PUT" | "DELETE";
   path: string;
   query?: Record<string, string>;
   access: SasAccess;
@@ -361,7 +366,28 @@ export class AzureBlobHttp {
     };
   }
 
-  private blobTarget(method: "GET" | "PUT", name: string, access: SasAccess): Target {
+  /**
+   * Delete Blob, as the SDK's `deleteIfExists`: resolves when the blob was deleted (202) or was
+   * not there (404 BlobNotFound); any other answer (ContainerNotFound, 403, a blob with
+   * snapshots: 409) is an `AzureHttpError`.
+   */
+  async deleteBlob(name: string, signal?: AbortSignal): Promise<void> {
+    const response = await this.send(
+      this.blobTarget("DELETE", name, "delete"),
+      { "x-ms-version": AZURE_API_VERSION },
+      undefined,
+      signal,
+    );
+    const status = response.statusCode ?? 0;
+    if (status === 202) {
+      response.resume();
+      return;
+    }
+    const error = await errorOf("Delete Blob", response, status, signal);
+    if (status !== 404 || error.code !== "BlobNotFound") throw error;
+  }
+
+  private blobTarget(method: Target["method"], name: string, access: SasAccess): Target {
     return { method, path: `${this.container}/${escapeBlobPath(name)}`, access };
   }
 

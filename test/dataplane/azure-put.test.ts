@@ -262,6 +262,26 @@ describe.each(["raw", "SDK"] as const)("the %s route refuses and maps like the S
     expect(codes).toEqual(["ContainerNotFound", "ContainerNotFound", "Auth", "Auth", "Auth", "Auth"]);
   });
 
+  it("deletes a blob, a missing one without error; maps a missing container and a SAS without d", async () => {
+    const deleteIfExists = jest.spyOn(BlockBlobClient.prototype, "deleteIfExists");
+    const store = await open(route);
+    const body = Buffer.from("to delete");
+    await store.put("del/one.bin", body);
+    await store.delete("del/one.bin");
+    await store.delete("del/never-there.bin");
+    expect(await store.head("del/one.bin")).toBeUndefined();
+    const missing = await open(route, undefined, { container: "no-such-container" });
+    const noDelete = await open(route, {}, { sas: sas("rcwl") });
+    await store.put("del/kept.bin", body);
+    expect([await codeOf(missing.delete("x.bin")), await codeOf(noDelete.delete("del/kept.bin"))]).toEqual([
+      "ContainerNotFound",
+      "Auth",
+    ]);
+    expect(await store.head("del/kept.bin")).toMatchObject({ size: body.length });
+    // The raw route deletes over node:http; SPILLWAY_STORE_SDK_ONLY=1 through the SDK.
+    expect(deleteIfExists.mock.calls.length).toBe(route === "raw" ? 0 : 4);
+  });
+
   it("fails a streamed put whose source fails mid-way, with the source's error, leaving nothing", async () => {
     const store = await open(route);
     let sent = 0;
