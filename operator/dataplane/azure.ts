@@ -13,8 +13,6 @@
  * (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the environment).
  */
 import { createHash, type KeyObject, randomBytes } from "node:crypto";
-import { Agent as HttpAgent } from "node:http";
-import { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
 import type {
   BlobRequestConditions,
@@ -404,12 +402,7 @@ export class AzureBlobStore implements ObjectStore {
         return undefined;
       }
     } else return undefined;
-    const agentOptions = { keepAlive: true, maxSockets: 128 };
-    return new AzureBlobHttp({
-      containerUrl,
-      sas,
-      agents: { http: new HttpAgent(agentOptions), https: new HttpsAgent(agentOptions) },
-    });
+    return new AzureBlobHttp({ containerUrl, sas });
   }
 
   /** The SDK's container client, the SDK loaded on first use. */

@@ -1,7 +1,7 @@
 /**
  * The Azure Blob requests of a sync — Get Blob (whole, ranged, conditional) and Put Blob (one
  * request, bytes or a stream), one of each per small object, List Blobs pages, the container
- * check and Delete Blob — sent over `node:http(s)` on the store's keep-alive agent, authorised
+ * check and Delete Blob — sent over `node:http(s)` on the store's own keep-alive agent, authorised
  * by a SAS in the query: the user's, or container SASes this module signs from the account key
  * (`KeySas`, `containerSas`). Nothing here loads `@azure/storage-blob`: a sync whose Azure store has a key
  * or a SAS starts, lists, reads, writes small objects and deletes without it (block uploads,
@@ -22,12 +22,23 @@
  * service's error code only.
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
-import type { Agent as HttpAgent, IncomingMessage, OutgoingHttpHeaders } from "node:http";
-import { request as httpRequest } from "node:http";
-import type { Agent as HttpsAgent } from "node:https";
-import { request as httpsRequest } from "node:https";
+import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions } from "node:http";
 import type { Readable } from "node:stream";
 import type { PageBuffer } from "./xml.ts";
+
+/**
+ * node:http and node:https, taken with `process.getBuiltinModule` when a store is built, not
+ * `import`ed: an ESM import of a built-in module builds its ESM facade, which reads every
+ * export — and node:http's `WebSocket`, `CloseEvent` and `MessageEvent` are getters that load
+ * Node's bundled undici (fetch, WebSocket, HTTP/2 client): 50–55 ms of CPU against 4–5 for the
+ * module itself (Node 24.21, 3 fresh processes each), on the path to a sync's first request.
+ * node:https (it loads tls, ≈ 19 ms) only for an https endpoint.
+ */
+type RequestFn = (options: RequestOptions) => ClientRequest;
+function transport(secure: boolean, maxSockets: number): { request: RequestFn; agent: Agent } {
+  const m = secure ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http");
+  return { request: m.request, agent: new m.Agent({ keepAlive: true, maxSockets }) };
+}
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
 export const AZURE_API_VERSION = "2021-12-02";
@@ -217,7 +228,8 @@ export interface AzureBlobHttpOptions {
   /** `http(s)://host[:port]/[<account>/]<container>`, without a query. */
   containerUrl: string;
   sas: SasSource;
-  agents: { http: HttpAgent; https: HttpsAgent };
+  /** Concurrent connections of the store's keep-alive agent. Default 128. */
+  maxSockets?: number;
   /** Socket idle time that fails a request. Default 120 s. */
   requestTimeoutMs?: number;
 }
@@ -247,7 +259,8 @@ function escapeBlobPath(name: string): string {
 }
 
 export class AzureBlobHttp {
-  private readonly secure: boolean;
+  private readonly request: RequestFn;
+  private readonly agent: Agent;
   private readonly hostname: string;
   private readonly port: number | undefined;
   /** The container's path (`/<account>/<container>` on the emulator, `/<container>` on Azure). */
@@ -255,7 +268,10 @@ export class AzureBlobHttp {
 
   constructor(private readonly options: AzureBlobHttpOptions) {
     const url = new URL(options.containerUrl);
-    this.secure = url.protocol === "https:";
+    ({ request: this.request, agent: this.agent } = transport(
+      url.protocol === "https:",
+      options.maxSockets ?? 128,
+    ));
     // `[::1]` in a URL is `::1` for the socket.
     this.hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
     this.port = url.port ? Number(url.port) : undefined;
@@ -406,14 +422,14 @@ export class AzureBlobHttp {
       if (query)
         for (const [k, v] of Object.entries(query))
           search += `${encodeURIComponent(k)}=${encodeURIComponent(v)}&`;
-      const req = (this.secure ? httpsRequest : httpRequest)({
+      const req = this.request({
         method,
         hostname: this.hostname,
         ...(this.port !== undefined ? { port: this.port } : {}),
         // The only place the SAS goes: the request line, never an error.
         path: `${path}?${search}${this.options.sas.token(access)}`,
         headers,
-        agent: this.secure ? this.options.agents.https : this.options.agents.http,
+        agent: this.agent,
         ...(signal ? { signal } : {}),
       });
       req.setTimeout(this.options.requestTimeoutMs ?? 120_000, () =>
