@@ -176,6 +176,42 @@ describe("the SAS on the wire", () => {
     expect(expiry - Date.now()).toBeLessThanOrEqual(3600_000);
   });
 
+  it("with an account key: the check and the listing are List Blobs with the read/list SAS, deletes carry a delete-only one", async () => {
+    const store = await openStore(uri({ endpoint: proxy.url }), {
+      azure: { accountKey: azurite.accountKey },
+    });
+    await store.check();
+    const listed: string[] = [];
+    for await (const o of store.list()) listed.push(o.key);
+    await store.delete("no such blob");
+    expect(listed).toContain("obj ü.bin");
+    expect(
+      proxy.seen.map((r) => ({
+        method: r.method,
+        comp: r.url.searchParams.get("comp"),
+        maxresults: r.url.searchParams.get("maxresults"),
+        prefix: r.url.searchParams.get("prefix"),
+        sp: r.url.searchParams.get("sp"),
+        authorization: r.authorization,
+      })),
+    ).toEqual([
+      { method: "GET", comp: "list", maxresults: "1", prefix: null, sp: "rl", authorization: undefined },
+      { method: "GET", comp: "list", maxresults: "5000", prefix: "p/", sp: "rl", authorization: undefined },
+      { method: "DELETE", comp: null, maxresults: null, prefix: null, sp: "d", authorization: undefined },
+    ]);
+    // A missing container and a wrong key, through the same check.
+    const missing = await openStore(uri({ container: "no-such-container" }), {
+      azure: { accountKey: azurite.accountKey },
+    });
+    const wrongKey = await openStore(uri(), {
+      azure: { accountKey: Buffer.from("not the key").toString("base64") },
+    });
+    expect([await codeOf(missing.check()), await codeOf(wrongKey.check())]).toEqual([
+      "ContainerNotFound",
+      "Auth",
+    ]);
+  });
+
   it("a SAS the user gave is sent as given, for reads and writes", async () => {
     const token = sas("rcw");
     const store = await openStore(uri({ endpoint: proxy.url, sas: token }), {});
@@ -305,6 +341,18 @@ describe("errors of the SAS route", () => {
       () => text(withExpired, "obj ü.bin"),
       () => text(closed, "obj ü.bin"),
       () => closed.put("x.bin", body),
+      // The container check, the listing and deletes (List Blobs, Get Container Properties,
+      // Delete Blob on the same route).
+      () => withExpired.check(),
+      async () => {
+        for await (const _ of withExpired.list()) void _;
+      },
+      () => closed.check(),
+      () => withSas.delete("obj ü.bin"), // rcw: no d
+      () => {
+        proxy.fail.push([403, "AuthenticationFailed"]);
+        return withKey.check();
+      },
     );
     for (const attempt of attempts) {
       try {
@@ -320,6 +368,7 @@ describe("errors of the SAS route", () => {
       ...["NotFound", "PreconditionFailed", "Integrity", "Integrity", "Other", "PreconditionFailed"],
       ...["Transient", "Auth"],
       ...["Auth", "Transient", "Transient"],
+      ...["Auth", "Auth", "Transient", "Auth", "Auth"],
     ]);
     const signatures = [userSas, expired].map((t) => new URLSearchParams(t).get("sig")!);
     for (const e of errors) {
