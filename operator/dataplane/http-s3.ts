@@ -19,14 +19,12 @@
  */
 
 import { createHash, createHmac, createSecretKey, type Hash, type Hmac, type KeyObject } from "node:crypto";
-import type { Agent as HttpAgent, IncomingMessage, OutgoingHttpHeaders } from "node:http";
-import { request as httpRequest } from "node:http";
-import type { Agent as HttpsAgent } from "node:https";
-import { request as httpsRequest } from "node:https";
+import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 // A dependency of @aws-sdk/client-s3 (the signer it signs with), not a new package.
 import { SignatureV4 } from "@smithy/signature-v4";
 import type { Checksum, SourceData } from "@smithy/types";
+import { send, type Transport } from "./transport.ts";
 
 /** Node KeyObjects of the HMAC keys the signer hands in, by the key's identity. */
 const keyObjects = new WeakMap<object, KeyObject>();
@@ -75,7 +73,8 @@ export interface S3HttpOptions {
   region: string;
   bucket: string;
   credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  agents: { http: HttpAgent; https: HttpsAgent };
+  /** node:http(s) for the endpoint's protocol and the store's keep-alive agent. */
+  transport: Transport;
   /** Socket idle time that fails a request (the SDK client's `requestTimeout`). */
   requestTimeoutMs?: number;
 }
@@ -156,31 +155,16 @@ export class S3ObjectHttp {
         "x-amz-content-sha256": r.payloadHash ?? EMPTY_SHA256,
       },
     });
-    signal?.throwIfAborted();
-    const body = r.body;
-    const response = await new Promise<IncomingMessage>((resolve, reject) => {
-      const req = (this.secure ? httpsRequest : httpRequest)({
-        method,
-        hostname: this.hostname,
-        ...(this.port !== undefined ? { port: this.port } : {}),
-        path: search ? `${path}?${search}` : path,
-        headers: signed.headers as OutgoingHttpHeaders,
-        agent: this.secure ? this.options.agents.https : this.options.agents.http,
-        ...(signal ? { signal } : {}),
-      });
-      req.setTimeout(this.options.requestTimeoutMs ?? 120_000, () =>
-        req.destroy(Object.assign(new Error(`${method} timed out`), { name: "TimeoutError" })),
-      );
-      req.once("response", resolve);
-      req.once("error", reject);
-      if (body === undefined) req.end();
-      else if (body instanceof Uint8Array) req.end(body);
-      else {
-        // A failed source stream fails the request (nothing half-sent becomes visible: the
-        // store sees a short body against its Content-Length and discards it).
-        body.once("error", (e) => req.destroy(e));
-        body.pipe(req);
-      }
+    const response = await send(this.options.transport, {
+      method,
+      hostname: this.hostname,
+      port: this.port,
+      path: search ? `${path}?${search}` : path,
+      headers: signed.headers as OutgoingHttpHeaders,
+      ...(r.body !== undefined ? { body: r.body } : {}),
+      ...(signal ? { signal } : {}),
+      timeoutMs: this.options.requestTimeoutMs ?? 120_000,
+      timeoutError: () => Object.assign(new Error(`${method} timed out`), { name: "TimeoutError" }),
     });
     const status = response.statusCode ?? 0;
     if (status >= 200 && status < 300) return response;

@@ -5,8 +5,7 @@
  * uploads that become visible only at CompleteMultipartUpload.
  */
 import { createHash } from "node:crypto";
-import { Agent as HttpAgent } from "node:http";
-import { Agent as HttpsAgent } from "node:https";
+import type { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
 import type {
   ListMultipartUploadsCommandOutput,
@@ -41,6 +40,7 @@ import {
   type StreamWriteOptions,
   type WriteOptions,
 } from "./store.ts";
+import { transport } from "./transport.ts";
 import { EntryPage, element, PageBuffer } from "./xml.ts";
 
 type S3Location = Extract<StoreLocation, { kind: "s3" }>;
@@ -152,8 +152,9 @@ export class S3Store implements ObjectStore {
         "MissingCredentials",
         `no S3 credentials for ${displayLocation(loc)} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`,
       );
-    const agentOptions = { keepAlive: true, maxSockets: 128 };
-    const agents = { http: new HttpAgent(agentOptions), https: new HttpsAgent(agentOptions) };
+    const endpoint = loc.endpoint ?? `https://s3.${loc.region}.amazonaws.com`;
+    // node:http(s) for the endpoint's protocol only, taken without an ESM import (transport.ts).
+    const t = transport(new URL(endpoint), 128);
     const requestTimeoutMs = 120_000;
     const clientConfig: S3ClientConfig = {
       region: loc.region,
@@ -169,14 +170,13 @@ export class S3Store implements ObjectStore {
       // The sync engine retries with its own backoff; SDK retries would multiply attempts.
       maxAttempts: 1,
       requestHandler: {
-        httpAgent: agents.http,
-        httpsAgent: agents.https,
+        ...(t.secure ? { httpsAgent: t.agent as HttpsAgent } : { httpAgent: t.agent }),
         connectionTimeout: 10_000,
         requestTimeout: requestTimeoutMs,
       },
     };
     // Decision: GetObject, PutObject (buffered and streamed) and HeadBucket go through
-    // S3ObjectHttp — the SDK's signer over node:http on the same keep-alive agents, without
+    // S3ObjectHttp — the SDK's signer over node:http on the same keep-alive agent, without
     // the SDK's middleware stack (see http-s3.ts); the rest stays on the SDK.
     // Measured (2026-11-22, 2 shared cores): client CPU per 4 KiB PutObject against s3rver,
     // 16 at a time, 1.4–1.9 ms through the SDK, 0.25–0.35 ms this way (with the KeyObject
@@ -190,7 +190,7 @@ export class S3Store implements ObjectStore {
       process.env.SPILLWAY_STORE_SDK_ONLY === "1"
         ? undefined
         : new S3ObjectHttp({
-            endpoint: loc.endpoint ?? `https://s3.${loc.region}.amazonaws.com`,
+            endpoint,
             region: loc.region,
             bucket: loc.bucket,
             credentials: {
@@ -198,7 +198,7 @@ export class S3Store implements ObjectStore {
               secretAccessKey: creds.secretAccessKey,
               ...(creds.sessionToken ? { sessionToken: creds.sessionToken } : {}),
             },
-            agents,
+            transport: t,
             requestTimeoutMs,
           });
     return new S3Store(clientConfig, loc.bucket, loc.prefix, displayLocation(loc), objects);
