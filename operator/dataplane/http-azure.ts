@@ -22,23 +22,10 @@
  * service's error code only.
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
-import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions } from "node:http";
+import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
+import { send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
-
-/**
- * node:http and node:https, taken with `process.getBuiltinModule` when a store is built, not
- * `import`ed: an ESM import of a built-in module builds its ESM facade, which reads every
- * export — and node:http's `WebSocket`, `CloseEvent` and `MessageEvent` are getters that load
- * Node's bundled undici (fetch, WebSocket, HTTP/2 client): 50–55 ms of CPU against 4–5 for the
- * module itself (Node 24.21, 3 fresh processes each), on the path to a sync's first request.
- * node:https (it loads tls, ≈ 19 ms) only for an https endpoint.
- */
-type RequestFn = (options: RequestOptions) => ClientRequest;
-function transport(secure: boolean, maxSockets: number): { request: RequestFn; agent: Agent } {
-  const m = secure ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http");
-  return { request: m.request, agent: new m.Agent({ keepAlive: true, maxSockets }) };
-}
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
 export const AZURE_API_VERSION = "2021-12-02";
@@ -259,8 +246,8 @@ function escapeBlobPath(name: string): string {
 }
 
 export class AzureBlobHttp {
-  private readonly request: RequestFn;
-  private readonly agent: Agent;
+  /** node:http(s) for the endpoint's protocol, without an ESM import of it (transport.ts). */
+  private readonly transport: Transport;
   private readonly hostname: string;
   private readonly port: number | undefined;
   /** The container's path (`/<account>/<container>` on the emulator, `/<container>` on Azure). */
@@ -268,10 +255,7 @@ export class AzureBlobHttp {
 
   constructor(private readonly options: AzureBlobHttpOptions) {
     const url = new URL(options.containerUrl);
-    ({ request: this.request, agent: this.agent } = transport(
-      url.protocol === "https:",
-      options.maxSockets ?? 128,
-    ));
+    this.transport = transport(url, options.maxSockets ?? 128);
     // `[::1]` in a URL is `::1` for the socket.
     this.hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
     this.port = url.port ? Number(url.port) : undefined;
@@ -415,34 +399,23 @@ export class AzureBlobHttp {
     signal: AbortSignal | undefined,
   ): Promise<IncomingMessage> {
     const { method, path, query, access } = target;
-    return new Promise<IncomingMessage>((resolve, reject) => {
-      signal?.throwIfAborted();
-      // Percent-encoded by hand: URLSearchParams writes a space as '+' (a prefix with spaces).
-      let search = "";
-      if (query)
-        for (const [k, v] of Object.entries(query))
-          search += `${encodeURIComponent(k)}=${encodeURIComponent(v)}&`;
-      const req = this.request({
-        method,
-        hostname: this.hostname,
-        ...(this.port !== undefined ? { port: this.port } : {}),
-        // The only place the SAS goes: the request line, never an error.
-        path: `${path}?${search}${this.options.sas.token(access)}`,
-        headers,
-        agent: this.agent,
-        ...(signal ? { signal } : {}),
-      });
-      req.setTimeout(this.options.requestTimeoutMs ?? 120_000, () =>
-        // ETIMEDOUT: `classifyAzureError` maps it Transient, as a socket timeout.
-        req.destroy(Object.assign(new Error(`${method} timed out`), { code: "ETIMEDOUT" })),
-      );
-      req.once("response", resolve);
-      // `on`, not `once`: a stream body may still fail the request after the response arrived
-      // (an early error answer), and a second 'error' without a listener would be thrown.
-      req.on("error", reject);
-      if (body === undefined) req.end();
-      else if (body instanceof Uint8Array) req.end(body);
-      else body.pipe(req);
+    // Percent-encoded by hand: URLSearchParams writes a space as '+' (a prefix with spaces).
+    let search = "";
+    if (query)
+      for (const [k, v] of Object.entries(query))
+        search += `${encodeURIComponent(k)}=${encodeURIComponent(v)}&`;
+    return send(this.transport, {
+      method,
+      hostname: this.hostname,
+      port: this.port,
+      // The only place the SAS goes: the request line, never an error.
+      path: `${path}?${search}${this.options.sas.token(access)}`,
+      headers,
+      ...(body !== undefined ? { body } : {}),
+      ...(signal ? { signal } : {}),
+      timeoutMs: this.options.requestTimeoutMs ?? 120_000,
+      // ETIMEDOUT: `classifyAzureError` maps it Transient, as a socket timeout.
+      timeoutError: () => Object.assign(new Error(`${method} timed out`), { code: "ETIMEDOUT" }),
     });
   }
 }

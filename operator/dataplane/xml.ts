@@ -91,13 +91,13 @@ export class EntryPage {
     const closeTag = Buffer.from(`</${entry}>`);
     let at = bytes.indexOf(openTag);
     const head = at === -1 ? bytes.length : at;
-    if (bytes.subarray(0, head).indexOf(`<${root}`) === -1) throw new Error(`not a ${root} document`);
+    if (bytes.subarray(0, head).indexOf(`<${root}`) === -1) throw new Error(`not a ${root} response`);
     let bounds = new Uint32Array(2 * 1024);
     let count = 0;
     let end = head;
     while (at !== -1) {
       const stop = bytes.indexOf(closeTag, at);
-      if (stop === -1) throw new Error(`truncated ${root} document`);
+      if (stop === -1) throw new Error(`truncated ${root} response`);
       if (2 * count + 2 > bounds.length) {
         const grown = new Uint32Array(2 * bounds.length);
         grown.set(bounds);
@@ -110,7 +110,15 @@ export class EntryPage {
       at = bytes.indexOf(openTag, end);
     }
     if (bytes.indexOf(`</${root}>`, count === 0 ? 0 : end) === -1)
-      throw new Error(`truncated ${root} document`);
+      throw new Error(`truncated ${root} response`);
+    // A page read as empty must not hold its entries in another form (`<Contents xmlns=…>`,
+    // `<s3:Contents>`): as an empty page it would be a source that lists nothing. The callers
+    // hand such a page to their SDK's parser.
+    if (
+      count === 0 &&
+      (bytes.includes(`${entry}>`) || bytes.includes(`<${entry} `) || bytes.includes(`:${entry}`))
+    )
+      throw new Error(`${entry} entries in a form this reader does not know`);
     const outside = bytes.toString("utf8", 0, head) + bytes.toString("utf8", end);
     return new EntryPage(bytes, bounds, count, outside);
   }

@@ -51,7 +51,7 @@ describe("a List Blobs page read from its bytes", () => {
 
   it("refuses a response that is not a List Blobs page, or an entry that is not closed", () => {
     expect(() => BlobListPage.open(Buffer.from("<Error><Code>x</Code></Error>"))).toThrow(
-      "not a EnumerationResults document",
+      "not a EnumerationResults response",
     );
     expect(() =>
       BlobListPage.open(Buffer.from(page([], "").replace("</Blobs>", "<Blob><Name>x</Name></Blobs>"))),

@@ -59,7 +59,7 @@ describe("parsing a List Blobs page", () => {
   });
 
   it("refuses what is not a List Blobs response, so the SDK's listing takes over", () => {
-    expect(() => parseBlobList("<Error><Code>x</Code></Error>")).toThrow("not a EnumerationResults document");
+    expect(() => parseBlobList("<Error><Code>x</Code></Error>")).toThrow("not a EnumerationResults response");
     expect(() => parseBlobList(page("<Blob><Name>x</Name>"))).toThrow();
   });
 });
