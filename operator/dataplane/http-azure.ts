@@ -24,7 +24,7 @@
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
-import { send, type Transport, transport } from "./transport.ts";
+import { errorText, send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
@@ -460,19 +460,9 @@ async function errorOf(
   status: number,
   signal: AbortSignal | undefined,
 ): Promise<AzureHttpError> {
-  let text = "";
-  try {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    for await (const c of response as AsyncIterable<Buffer>) {
-      // Error documents are small; a huge one is not read whole.
-      if (n < 64 * 1024) chunks.push(c);
-      n += c.length;
-    }
-    text = Buffer.concat(chunks).toString("utf8");
-  } catch {
-    if (signal?.aborted) throw Object.assign(new Error(`${what}: aborted`), { name: "AbortError" });
-  }
+  const text = await errorText(response, signal).catch((e: Error) => {
+    throw e.name === "AbortError" ? Object.assign(new Error(`${what}: aborted`), { name: "AbortError" }) : e;
+  });
   const header = response.headers["x-ms-error-code"];
   const code =
     (typeof header === "string" ? header : undefined) ?? /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? "";

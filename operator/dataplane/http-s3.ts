@@ -24,7 +24,7 @@ import type { Readable } from "node:stream";
 // A dependency of @aws-sdk/client-s3 (the signer it signs with), not a new package.
 import { SignatureV4 } from "@smithy/signature-v4";
 import type { Checksum, SourceData } from "@smithy/types";
-import { send, type Transport } from "./transport.ts";
+import { errorText, send, type Transport } from "./transport.ts";
 
 /** Node KeyObjects of the HMAC keys the signer hands in, by the key's identity. */
 const keyObjects = new WeakMap<object, KeyObject>();
@@ -200,19 +200,7 @@ async function errorOf(
   status: number,
   signal?: AbortSignal,
 ): Promise<S3HttpError> {
-  let text = "";
-  try {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    for await (const c of response as AsyncIterable<Buffer>) {
-      // Error documents are small; a huge one is not read whole.
-      if (n < 64 * 1024) chunks.push(c);
-      n += c.length;
-    }
-    text = Buffer.concat(chunks).toString("utf8");
-  } catch {
-    if (signal?.aborted) throw Object.assign(new Error("aborted"), { name: "AbortError" });
-  }
+  const text = await errorText(response, signal);
   const code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? defaultCode(status);
   const retryAfter = Number(response.headers["retry-after"]);
   return Object.assign(new Error(`${code} (HTTP ${status})`), {

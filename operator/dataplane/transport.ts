@@ -73,3 +73,21 @@ export function send(t: Transport, o: SendOptions): Promise<IncomingMessage> {
     }
   });
 }
+
+/**
+ * The body of a failed response, as text: error documents are small, and one that is not is
+ * read only up to 64 KiB. Throws an AbortError when `signal` aborted the read.
+ */
+export async function errorText(response: IncomingMessage, signal: AbortSignal | undefined): Promise<string> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const c of response as AsyncIterable<Buffer>) {
+      if (n < 64 * 1024) chunks.push(c);
+      n += c.length;
+    }
+  } catch {
+    if (signal?.aborted) throw Object.assign(new Error("aborted"), { name: "AbortError" });
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
