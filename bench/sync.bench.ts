@@ -23,7 +23,9 @@
  * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=16"` adds V8 flags to every Spillway process
  * (after the launcher's own, bin/sync-runtime.mjs, replacing one of the same name);
  * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with V8's own heap sizing (no launcher
- * flags, the sync command's young-generation cap off): before/after in one run.
+ * flags, the sync command's young-generation cap off): before/after in one run;
+ * `SYNC_BENCH_REPEAT=N` repeats (a), the tools' order rotating per round, after
+ * `SYNC_BENCH_WARMUP` (default 1) unrecorded rounds that warm the emulators.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -319,6 +321,21 @@ async function main(): Promise<void> {
       const peer: Run[] = [];
       const bare: Run[] = [];
       const bareHashed: Run[] = [];
+      // The emulators are Node processes: their first runs of a scenario are slower (JIT,
+      // caches) for every tool alike. One warm-up round per tool (SYNC_BENCH_WARMUP, default 1;
+      // not recorded) leaves the measured rounds to compare the tools, not the warming.
+      const dropOutput = (prefix: string) => {
+        for (const bucket of ["ours", "rclone", "floor", "sdk"])
+          rmSync(join(dir, "s3rver", bucket, prefix), { recursive: true, force: true });
+      };
+      const warmup = Math.max(0, Number(process.env.SYNC_BENCH_WARMUP ?? 1));
+      for (let i = 0; i < warmup; i++) {
+        const prefix = `warm${i}/`;
+        ours("large", prefix);
+        if (rcloneAvailable) rclone("large", prefix, t16);
+        floor(`${prefix}sha/`, true);
+        dropOutput(prefix);
+      }
       for (let i = 0; i < repeat; i++) {
         const prefix = repeat === 1 ? "a/" : `a${i}/`;
         // The order rotates from one repetition to the next: no tool always runs first (after
@@ -331,6 +348,8 @@ async function main(): Promise<void> {
           () => sdkToo && viaSdk.push(oursSdk("large", prefix)),
         ];
         for (let k = 0; k < runs.length; k++) runs[(i + k) % runs.length]!();
+        // Each round's 1.6 GB is not kept (disk space, and the next round's write-back).
+        dropOutput(prefix);
       }
       record("(a) cold 200×1MiB+2×100MiB", "spillway", best(mine), 202, largeBytes);
       if (sdkToo) record("(a) cold 200×1MiB+2×100MiB", "spillway SDK route", best(viaSdk), 202, largeBytes);
