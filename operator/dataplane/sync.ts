@@ -896,7 +896,8 @@ export async function syncStores(
           throw e;
         });
         await journalWrite;
-        if (hadJournal || segmentsWritten > 0) await dropJournal(dst, shard, retry, signal);
+        if (hadJournal || segmentsWritten > 0)
+          await dropJournal(dst, shard, journal.keys.includes(journalKey(shard)), retry, signal);
         complete = s.failed.objects === 0;
       } else {
         complete = s.failed.objects === 0;
@@ -989,9 +990,17 @@ async function readJournal(
  * Removes the journal after the manifest was committed: every segment there is (listed again,
  * so a segment whose write was reported failed but landed goes too) and the single-file one.
  */
+/**
+ * Deletes the journal: its segments, listed (a write this run counted as failed may have
+ * landed), and the single-file journal of older versions when there was one at the start.
+ * The segments go 8 at a time except the last, deleted alone after them: a filesystem-backed
+ * store (s3rver) removes a directory that a delete leaves empty, and two deletes emptying it
+ * together make one fail (HTTP 500) — a retry with backoff at the end of every sync.
+ */
 async function dropJournal(
   dst: ObjectStore,
   shard: ShardSpec | undefined,
+  legacy: boolean,
   retry: Retry,
   signal: AbortSignal | undefined,
 ): Promise<void> {
@@ -1002,9 +1011,11 @@ async function dropJournal(
       if (o.key.startsWith(dir)) keys.push(o.key);
     return keys;
   });
-  keys.push(journalKey(shard));
-  for (let i = 0; i < keys.length; i += 8)
-    await Promise.all(keys.slice(i, i + 8).map((k) => retry("drop journal", () => dst.delete(k, signal))));
+  const drop = (k: string) => retry("drop journal", () => dst.delete(k, signal));
+  const last = keys.pop();
+  if (legacy) keys.push(journalKey(shard));
+  for (let i = 0; i < keys.length; i += 8) await Promise.all(keys.slice(i, i + 8).map(drop));
+  if (last !== undefined) await drop(last);
 }
 
 /**
