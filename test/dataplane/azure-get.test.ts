@@ -26,6 +26,7 @@ import { AzureBlobStore } from "../../operator/dataplane/azure.ts";
 import { type ObjectStore, openStore, parseStoreUri, StoreError } from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
+import { codeOf } from "./fixtures.ts";
 import { forward, injectError } from "./proxy.ts";
 
 const md5 = (b: Buffer) => createHash("md5").update(b).digest("hex");
@@ -95,16 +96,6 @@ function uri(options: { endpoint?: string; sas?: string; container?: string } = 
   const endpoint = encodeURIComponent(options.endpoint ?? azurite.blobEndpoint);
   const token = options.sas ? `&sas=${encodeURIComponent(options.sas)}` : "";
   return `azblob://${azurite.accountName}/${options.container ?? "get"}/p/?endpoint=${endpoint}${token}`;
-}
-
-/** Where a promise fails: its StoreError code, or "resolved". */
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "resolved";
-  } catch (e) {
-    return e instanceof StoreError ? e.code : `not a StoreError: ${String(e)}`;
-  }
 }
 
 async function text(store: ObjectStore, key: string, options: Parameters<ObjectStore["read"]>[1] = {}) {

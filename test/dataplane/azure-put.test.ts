@@ -25,11 +25,11 @@ import {
   type ObjectStore,
   openStore,
   type StoreCredentials,
-  StoreError,
 } from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
 import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
+import { codeOf } from "./fixtures.ts";
 import { forward, injectError } from "./proxy.ts";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -88,16 +88,6 @@ function sas(permissions: string, containerName = "put", accountKey = azurite.ac
     },
     new StorageSharedKeyCredential(azurite.accountName, accountKey),
   ).toString();
-}
-
-/** Where a promise fails: its StoreError code, or "resolved". */
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "resolved";
-  } catch (e) {
-    return e instanceof StoreError ? e.code : `not a StoreError: ${String(e)}`;
-  }
 }
 
 /** What the SDK reads back of a blob: bytes, Spillway's sha256 and user metadata, MD5, type. */

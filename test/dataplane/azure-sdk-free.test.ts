@@ -7,7 +7,6 @@
  * `@azure/` modules it resolved; with SPILLWAY_STORE_SDK_ONLY=1 the same work must load the SDK,
  * which shows the probe sees it when it is there.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +18,7 @@ import {
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
 import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
+import { runNode } from "./fixtures.ts";
 
 const here = join(fileURLToPath(import.meta.url), "..");
 const root = join(here, "..", "..");
@@ -62,24 +62,11 @@ function probe(
     ...(credentials.sas ? { PROBE_SAS: credentials.sas } : {}),
     ...(sdkOnly ? { SPILLWAY_STORE_SDK_ONLY: "1" } : {}),
   });
-  const child = spawn(process.execPath, ["--import", "tsx", join(here, "azure-sdk-probe.ts")], {
-    cwd: root,
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d: Buffer) => {
-    stdout += d.toString();
-  });
-  child.stderr.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  return new Promise((resolve, reject) =>
-    child.on("close", (code) => {
-      if (code !== 0) reject(new Error(`probe exited ${code}: ${stderr}`));
-      else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as Probe);
-    }),
+  return runNode(["--import", "tsx", join(here, "azure-sdk-probe.ts")], { cwd: root, env }).then(
+    ({ code, stdout, stderr }) => {
+      if (code !== 0) throw new Error(`probe exited ${code}: ${stderr}`);
+      return JSON.parse(stdout.trim().split("\n").at(-1)!) as Probe;
+    },
   );
 }
 

@@ -1,8 +1,14 @@
 /** Emulators and stores for data-plane tests: one Azurite and one s3rver per test file. */
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type ObjectStore, openStore, type StoreCredentials } from "../../operator/dataplane/index.ts";
+import {
+  type ObjectStore,
+  openStore,
+  type StoreCredentials,
+  StoreError,
+} from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { AzuriteEmulator, S3rverEmulator } from "../../operator/sandbox/emulators/index.ts";
 
@@ -63,4 +69,35 @@ export async function contents(store: ObjectStore): Promise<Map<string, Buffer>>
 
 export async function putAll(store: ObjectStore, objects: Record<string, string | Buffer>): Promise<void> {
   for (const [k, v] of Object.entries(objects)) await store.put(k, Buffer.from(v));
+}
+
+/** Where a StoreError-returning promise fails: its code, or "resolved". */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "resolved";
+  } catch (e) {
+    return e instanceof StoreError ? e.code : `not a StoreError: ${String(e)}`;
+  }
+}
+
+/** A child process run to its end: its exit code and what it wrote. */
+export function runNode(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, args, {
+    env: options.env ?? process.env,
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
 }

@@ -20,7 +20,7 @@ import { type ObjectStore, openStore, StoreError } from "../../operator/dataplan
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
 import { parseObjectList, parseUploadList } from "../../operator/dataplane/s3.ts";
-import { type Emulators, startEmulators } from "./fixtures.ts";
+import { codeOf, type Emulators, startEmulators } from "./fixtures.ts";
 import { forward, injectError } from "./proxy.ts";
 import { sigV4Holds } from "./sigv4.ts";
 
@@ -39,16 +39,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await emu.stop();
 });
-
-/** Where a StoreError-returning promise fails: its code, or "resolved". */
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "resolved";
-  } catch (e) {
-    return e instanceof StoreError ? e.code : `not a StoreError: ${String(e)}`;
-  }
-}
 
 /**
  * A proxy in front of an emulator that answers the next requests with the given statuses

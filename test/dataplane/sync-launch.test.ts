@@ -2,14 +2,13 @@
  * How `spillway sync` starts: the launcher (bin/spillway.mjs) gives the process its V8 flags,
  * and the bundle the image ships (bin/sync-runtime.mjs, `npm run build`) runs a real sync.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bundleSync, missingSyncFlags, SYNC_NODE_FLAGS } from "../../bin/sync-runtime.mjs";
 import { oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
-import { contents, type Emulators, putAll, startEmulators } from "./fixtures.ts";
+import { contents, type Emulators, putAll, runNode, startEmulators } from "./fixtures.ts";
 
 const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
 
@@ -19,16 +18,7 @@ interface Result {
   stderr: string;
 }
 function run(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Result> {
-  const child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d: Buffer) => {
-    stdout += d.toString();
-  });
-  child.stderr.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  return runNode(args, { env });
 }
 
 let emu: Emulators;
