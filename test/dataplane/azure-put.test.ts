@@ -21,11 +21,7 @@ import {
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
 import { jest } from "@jest/globals";
-import {
-  type ObjectStore,
-  openStore,
-  type StoreCredentials,
-} from "../../operator/dataplane/index.ts";
+import { type ObjectStore, openStore, type StoreCredentials } from "../../operator/dataplane/index.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { withRetry } from "../../operator/dataplane/retry.ts";
 import { AzuriteEmulator } from "../../operator/sandbox/emulators/index.ts";
