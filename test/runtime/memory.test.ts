@@ -1,10 +1,11 @@
 /**
  * The operator gives back the memory a burst grew it to once it is idle again
  * (operator/runtime/memory.ts): one last-resort GC per burst, never while busy, never for
- * small growth; and that GC really shrinks V8's heap.
+ * small growth; and that GC really shrinks V8's heap. A sync process's lower old-generation
+ * limit collects only above max(floor, 1.5 × live) and leaves large heaps to V8.
  */
 import v8 from "node:v8";
-import { IdleMemoryReducer, lastResortGc } from "../../operator/runtime/memory.ts";
+import { IdleMemoryReducer, lastResortGc, OldGenerationLimit } from "../../operator/runtime/memory.ts";
 
 const MiB = 2 ** 20;
 
@@ -90,4 +91,88 @@ test("the last-resort GC shrinks the V8 heap a burst grew", () => {
   lastResortGc()();
   expect(burst).toBeUndefined();
   expect(v8.getHeapStatistics().total_heap_size).toBeLessThan(grown);
+});
+
+/** An old-generation limit over a scripted heap: bytes in use set by the test, GC scripted. */
+function scriptedHeap(used: number) {
+  const heap = { used, live: used, gcs: 0 };
+  const limit = new OldGenerationLimit({
+    floorBytes: 16 * MiB,
+    factor: 1.5,
+    ceilingBytes: 64 * MiB,
+    used: () => heap.used,
+    gc: () => {
+      heap.gcs++;
+      heap.used = heap.live;
+    },
+  });
+  return { heap, limit };
+}
+
+test("the sync's old-generation limit collects above max(floor, 1.5 × live), and only there", () => {
+  const { heap, limit } = scriptedHeap(10 * MiB);
+  heap.live = 10 * MiB;
+  expect(limit.tick()).toBe(false); // under the floor
+  heap.used = 16 * MiB;
+  expect(limit.tick()).toBe(false); // at it
+  heap.used = 17 * MiB;
+  expect(limit.tick()).toBe(true);
+  expect(heap.gcs).toBe(1);
+  expect(limit.limit).toBe(16 * MiB); // 1.5 × 10 MiB is under the floor
+
+  // A larger live heap raises the limit to 1.5 × what the last GC left.
+  heap.live = 20 * MiB;
+  heap.used = 40 * MiB;
+  expect(limit.tick()).toBe(true);
+  expect(limit.limit).toBe(30 * MiB);
+  heap.used = 29 * MiB;
+  expect(limit.tick()).toBe(false);
+  heap.used = 31 * MiB;
+  expect(limit.tick()).toBe(true);
+  expect(limit.collections).toBe(3);
+});
+
+test("a live heap whose limit reaches the ceiling is left to V8", () => {
+  const { heap, limit } = scriptedHeap(50 * MiB);
+  heap.live = 45 * MiB;
+  expect(limit.tick()).toBe(true); // the first look: the floor applies
+  expect(limit.limit).toBe(67.5 * MiB); // ≥ 64 MiB: V8's own limit from now on
+  heap.used = 200 * MiB;
+  expect(limit.tick()).toBe(false);
+  expect(heap.gcs).toBe(1);
+});
+
+test("on the real heap: it frees promoted garbage, and V8's own full GCs update the live size", async () => {
+  const sizeOf = () =>
+    v8
+      .getHeapSpaceStatistics()
+      .filter((s) => s.space_name === "old_space" || s.space_name === "large_object_space")
+      .reduce((n, s) => n + s.space_used_size, 0);
+  const base = sizeOf();
+  // Its own timer never fires here (1 h): only the observer can update the live size.
+  const limit = new OldGenerationLimit({
+    floorBytes: base + 8 * MiB,
+    ceilingBytes: 2 ** 40,
+    intervalMs: 3_600_000,
+  });
+  // Garbage in the large-object space (each array > V8's regular-object size): old generation.
+  let garbage: number[][] | undefined = Array.from({ length: 12 }, () => new Array(250_000).fill(1.5));
+  expect(sizeOf()).toBeGreaterThan(base + 16 * MiB);
+  garbage = undefined;
+  expect(limit.tick()).toBe(true);
+  expect(garbage).toBeUndefined();
+  expect(sizeOf()).toBeLessThan(base + 8 * MiB);
+
+  // 24 MiB that stay live, then a full GC that is not the limit's own: the observer sees it.
+  limit.start();
+  try {
+    const kept = Array.from({ length: 12 }, () => new Array(250_000).fill(2.5));
+    lastResortGc()();
+    for (let i = 0; i < 100 && limit.limit < 1.5 * 20 * MiB; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(limit.limit).toBeGreaterThanOrEqual(1.5 * 20 * MiB);
+    expect(kept).toHaveLength(12);
+    expect(limit.collections).toBe(1);
+  } finally {
+    limit.stop();
+  }
 });

@@ -24,6 +24,7 @@ import {
   type SyncSummary,
   syncStores,
 } from "../../dataplane/sync.ts";
+import { OldGenerationLimit } from "../../runtime/memory.ts";
 
 /** Store errors that mean "fix your input", not "try again": exit code 2. */
 const INPUT_ERRORS: ReadonlySet<StoreErrorCode> = new Set([
@@ -230,8 +231,10 @@ const SEMI_SPACE_CAP_MIB = 16;
  * sync runs exactly as before and a long one keeps its shape. `--semi-space-growth-factor` is
  * read at each growth, so this can be set at run time, unlike the size flags — here, in the
  * command every sync runs (CLI, worker Job, benchmark), rather than in each Job's NODE_OPTIONS.
- * (Forcing full GCs to bound the old generation too was tried and dropped: a forced GC cost
- * 0.1–0.3 CPU s each, +20–50 % on a 5,000-object copy, for no RSS gained there.)
+ * (The old generation is bounded by `lowerOldGenerationLimit` below: full GCs of its own once
+ * it holds 1.5 × its live size and 16 MiB. Forcing them on a schedule was tried earlier, with
+ * both SDKs loaded and a live heap of ~25 MiB: 0.1–0.3 CPU s each, +20–50 % on a 5,000-object
+ * copy; on today's ~11 MiB live heap one costs ~13 ms and the 5,000-object copy needs none.)
  */
 function capYoungGeneration(): () => void {
   const capMiB = Number(process.env.SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB ?? SEMI_SPACE_CAP_MIB);
@@ -288,6 +291,24 @@ function limitOldGenerationGrowth(): () => void {
   return () => setFlagsFromString("--heap-growing-percent=0");
 }
 
+/** The old generation's size below which a sync process never runs a full GC of its own. */
+const OLD_GENERATION_FLOOR_MIB = 16;
+
+/**
+ * Holds a sync's old generation near its live size (`OldGenerationLimit`, runtime/memory.ts):
+ * a copy of many small objects promotes a few KiB of short-lived request state per object,
+ * which V8 would let fill its 64 MiB floor before collecting, so peak RSS grew with the
+ * object count (100 → 159 MiB from 5,000 to 50,000 objects; 122 MiB with this).
+ * `SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB` sets the floor (default 16), 0 turns it off.
+ */
+export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLimit | undefined {
+  const floorMiB = Number(env.SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB ?? OLD_GENERATION_FLOOR_MIB);
+  if (!(floorMiB > 0)) return undefined;
+  const limit = new OldGenerationLimit({ floorBytes: floorMiB * MiB });
+  limit.start();
+  return limit;
+}
+
 export function register(program: Command): void {
   program
     .command("sync")
@@ -323,9 +344,11 @@ export function register(program: Command): void {
       // Only in the command's own process (not where runSync is called as a function).
       const releaseYoung = capYoungGeneration();
       const releaseOld = limitOldGenerationGrowth();
+      const oldLimit = lowerOldGenerationLimit(process.env);
       try {
         process.exitCode = await runSync(src, dst, o);
       } finally {
+        oldLimit?.stop();
         releaseOld();
         releaseYoung();
       }
