@@ -71,10 +71,19 @@ const unquote = (etag: string | undefined) => (etag ?? "").replace(/"/g, "");
 
 export function classifyAzureError(e: unknown, what: string): StoreError {
   if (e instanceof StoreError) return e;
-  const err = e as { name?: string; code?: string; statusCode?: number; message?: string };
+  const err = e as {
+    name?: string;
+    code?: string;
+    statusCode?: number;
+    message?: string;
+    details?: { "x-ms-request-id"?: unknown };
+  };
   const status = err.statusCode;
   const code = err.code ?? "";
-  const msg = `${what}: ${code || err.name || "error"}${status ? ` (HTTP ${status})` : ""}`;
+  // The service's request id, which Azure support asks for (never a secret).
+  const id = err.details?.["x-ms-request-id"];
+  const request = typeof id === "string" && id ? `, request id ${id}` : "";
+  const msg = `${what}: ${code || err.name || "error"}${status ? ` (HTTP ${status}${request})` : ""}`;
   if (err.name === "AbortError") return new StoreError("Aborted", `${what}: aborted`, { cause: e });
   if (code === "ContainerNotFound") return new StoreError("ContainerNotFound", msg, { cause: e });
   if (status === 404 || code === "BlobNotFound") return new StoreError("NotFound", msg, { cause: e });

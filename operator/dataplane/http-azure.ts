@@ -21,7 +21,7 @@
  * do not carry the path, and the errors made here carry the operation, the status and the
  * service's error code only.
  */
-import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
+import { createHmac, createSecretKey, type KeyObject, randomUUID } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { errorText, send, type Transport, transport } from "./transport.ts";
@@ -410,7 +410,9 @@ export class AzureBlobHttp {
       port: this.port,
       // The only place the SAS goes: the request line, never an error.
       path: `${path}?${search}${this.options.sas.token(access)}`,
-      headers,
+      // A client request id per request, as the SDK sends: Azure logs it beside its own
+      // request id (x-ms-request-id, which a failure's message carries), for support cases.
+      headers: { ...headers, "x-ms-client-request-id": randomUUID() },
       ...(body !== undefined ? { body } : {}),
       ...(signal ? { signal } : {}),
       timeoutMs: this.options.requestTimeoutMs ?? 120_000,
@@ -466,7 +468,10 @@ async function errorOf(
   const header = response.headers["x-ms-error-code"];
   const code =
     (typeof header === "string" ? header : undefined) ?? /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? "";
+  const id = response.headers["x-ms-request-id"];
   return Object.assign(new Error(`${what}: HTTP ${status} ${code}`), {
+    // Where the SDK's RestError has it, for `classifyAzureError` to put in the message.
+    ...(typeof id === "string" && id ? { details: { "x-ms-request-id": id } } : {}),
     name: "RestError" as const,
     statusCode: status,
     code,

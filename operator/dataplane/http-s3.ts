@@ -203,9 +203,11 @@ async function errorOf(
   const text = await errorText(response, signal);
   const code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? defaultCode(status);
   const retryAfter = Number(response.headers["retry-after"]);
+  const id = response.headers["x-amz-request-id"];
   return Object.assign(new Error(`${code} (HTTP ${status})`), {
     name: code,
-    $metadata: { httpStatusCode: status },
+    // As the SDK's errors carry them; `classifyS3Error` puts the request id in the message.
+    $metadata: { httpStatusCode: status, ...(typeof id === "string" && id ? { requestId: id } : {}) },
     ...(Number.isFinite(retryAfter) && retryAfter >= 0 ? { retryAfterMs: retryAfter * 1000 } : {}),
   });
 }

@@ -93,13 +93,16 @@ export function classifyS3Error(e: unknown, what: string): StoreError {
     Code?: string;
     code?: string;
     message?: string;
-    $metadata?: { httpStatusCode?: number };
+    $metadata?: { httpStatusCode?: number; requestId?: string };
     $retryable?: unknown;
     retryAfterMs?: number;
   };
   const status = err.$metadata?.httpStatusCode;
   const name = err.name ?? err.Code ?? "";
-  const msg = `${what}: ${name || "error"}${status ? ` (HTTP ${status})` : ""}`;
+  // The service's request id (x-amz-request-id), which a provider's support asks for.
+  const id = err.$metadata?.requestId;
+  const request = id ? `, request id ${id}` : "";
+  const msg = `${what}: ${name || "error"}${status ? ` (HTTP ${status}${request})` : ""}`;
   if (name === "AbortError") return new StoreError("Aborted", `${what}: aborted`, { cause: e });
   if (name === "NoSuchBucket") return new StoreError("ContainerNotFound", msg, { cause: e });
   if (name === "NoSuchKey" || name === "NotFound" || status === 404)

@@ -12,6 +12,13 @@
  */
 import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions } from "node:http";
 import type { Readable } from "node:stream";
+import { SPILLWAY_VERSION } from "../version.ts";
+
+/**
+ * The User-Agent of every request Spillway's stores send themselves (the SDKs send their own):
+ * a store's access log tells Spillway's requests, and which version sent them, from others'.
+ */
+export const USER_AGENT = `spillway/${SPILLWAY_VERSION} (node/${process.versions.node}; ${process.platform})`;
 
 export interface Transport {
   readonly secure: boolean;
@@ -55,7 +62,7 @@ export function send(t: Transport, o: SendOptions): Promise<IncomingMessage> {
       hostname: o.hostname,
       ...(o.port !== undefined ? { port: o.port } : {}),
       path: o.path,
-      headers: o.headers,
+      headers: { "user-agent": USER_AGENT, ...o.headers },
       agent: t.agent,
       ...(o.signal ? { signal: o.signal } : {}),
     });

@@ -497,3 +497,87 @@ describe("throttling and server errors on the new routes", () => {
     }
   });
 });
+
+describe("what the raw routes tell the stores", () => {
+  /** A proxy recording each request's User-Agent and client request id, answering 500 on demand. */
+  async function recordingProxy(target: string) {
+    const t = new URL(target);
+    const state = {
+      url: "",
+      seen: [] as { ua: string; clientId: string }[],
+      fail: 0,
+      server: createServer(),
+    };
+    state.server.on("request", (req, res) => {
+      state.seen.push({
+        ua: String(req.headers["user-agent"] ?? ""),
+        clientId: String(req.headers["x-ms-client-request-id"] ?? ""),
+      });
+      if (state.fail > 0) {
+        state.fail--;
+        injectError(req, res, 500, "InternalError", {
+          "x-ms-request-id": "az-req-42",
+          "x-amz-request-id": "s3-req-42",
+        });
+        return;
+      }
+      forward(t, req, res);
+    });
+    await new Promise<void>((resolve) => state.server.listen(0, "127.0.0.1", resolve));
+    const port = (state.server.address() as AddressInfo).port;
+    state.url = `http://127.0.0.1:${port}${t.pathname.replace(/\/+$/, "")}`;
+    return state;
+  }
+  const UA = /^spillway\/\d+\.\d+\.\d+ \(node\/\d+\.\d+\.\d+; \w+\)$/;
+  const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+  it("Azure: Spillway's User-Agent, a fresh client request id per request, the service's request id in an error", async () => {
+    const proxy = await recordingProxy(emu.azurite.blobEndpoint);
+    try {
+      const via = await openStore(
+        `azblob://${emu.azurite.accountName}/hot/ua/?endpoint=${encodeURIComponent(proxy.url)}`,
+        emu.credentials,
+      );
+      const body = Buffer.from("who is asking");
+      await via.put("a.txt", body, { sha256: sha(body) });
+      expect((await readAll(await via.read("a.txt"))).toString()).toBe("who is asking");
+      for await (const o of via.list()) expect(o.key).toBe("a.txt");
+      expect(proxy.seen.length).toBeGreaterThanOrEqual(3);
+      for (const r of proxy.seen) {
+        expect(r.ua).toMatch(UA);
+        expect(r.clientId).toMatch(UUID);
+      }
+      expect(new Set(proxy.seen.map((r) => r.clientId)).size).toBe(proxy.seen.length);
+
+      proxy.fail = 1;
+      const e = (await via.read("a.txt").catch((x: unknown) => x)) as StoreError;
+      expect(e).toBeInstanceOf(StoreError);
+      expect(e.message).toContain("request id az-req-42");
+    } finally {
+      await close(proxy.server);
+    }
+  });
+
+  it("S3: Spillway's User-Agent on signed requests, the service's request id in an error", async () => {
+    const proxy = await recordingProxy(emu.s3.endpoint);
+    try {
+      const via = await openStore(
+        `s3://hot/ua/?endpoint=${encodeURIComponent(proxy.url)}&region=${emu.s3.region}`,
+        emu.credentials,
+      );
+      const body = Buffer.from("who is asking");
+      await via.put("a.txt", body, { sha256: sha(body) });
+      expect((await readAll(await via.read("a.txt"))).toString()).toBe("who is asking");
+      expect((await via.head("a.txt"))?.size).toBe(body.length);
+      expect(proxy.seen.length).toBeGreaterThanOrEqual(3);
+      for (const r of proxy.seen) expect(r.ua).toMatch(UA);
+
+      proxy.fail = 1;
+      const e = (await via.read("a.txt").catch((x: unknown) => x)) as StoreError;
+      expect(e).toBeInstanceOf(StoreError);
+      expect(e.message).toContain("request id s3-req-42");
+    } finally {
+      await close(proxy.server);
+    }
+  });
+});
