@@ -1,7 +1,7 @@
 // How `spillway sync` runs: the V8 flags its process starts with and the bundle it runs from.
 // Shared by the launcher (bin/spillway.mjs), the image build (`npm run build`) and the sync
 // benchmark, so the benchmark measures the process users and the sync worker Jobs get.
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -69,6 +69,10 @@ export function missingSyncFlags(execArgv, env = process.env) {
  */
 export async function bundleSync(outdir = dirname(SYNC_BUNDLE)) {
   const { build } = await import("esbuild");
+  // The chunks' names are content hashes: a rebuild writes new ones beside the old, which
+  // nothing imports any more (the bench's bundle had 4 stale copies of each store adapter).
+  if (existsSync(outdir))
+    for (const f of readdirSync(outdir)) if (f.endsWith(".js")) rmSync(join(outdir, f), { force: true });
   await build({
     entryPoints: { "spillway-sync": join(root, "operator", "cli", "sync-main.ts") },
     bundle: true,
