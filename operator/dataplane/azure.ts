@@ -10,7 +10,7 @@
  * the SDK (a 1.3 MB bundle chunk, ≈ 0.1 CPU s on the path to the first request). The SDK is
  * `import()`ed on first use by what still needs it: block uploads, Get Blob Properties,
  * metadata updates, the listing's fallback, and every request when the route is off
- * (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the environment).
+ * (SPILLWAY_STORE_SDK_ONLY=1). A proxy in the environment is used by both routes.
  */
 import { createHash, type KeyObject, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
@@ -149,8 +149,7 @@ function parseConnectionString(cs: string): Record<string, string> {
 /**
  * One List Blobs page sent raw through the container client's own pipeline (so with its
  * credential: shared key or SAS), the XML returned unparsed into `into` — the listing of a
- * store whose requests all go through the SDK (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the
- * environment). The SDK's own listing turns the XML into a generic tree and then maps it
+ * store whose requests all go through the SDK (SPILLWAY_STORE_SDK_ONLY=1). The SDK's own listing turns the XML into a generic tree and then maps it
  * through its serializer: on a 5,000-blob page that is most of a no-op sync's CPU. Returns
  * undefined if the SDK's internals moved, and the store then lists through the SDK.
  */
@@ -290,8 +289,8 @@ export class AzureBlobStore implements ObjectStore {
     displayUri: string,
     /**
      * The check, List Blobs, Get Blob and Put Blob over node:http with a SAS
-     * (`http-azure.ts`); undefined: through the SDK (SPILLWAY_STORE_SDK_ONLY=1, a proxy in the
-     * environment, or no SAS could be had).
+     * (`http-azure.ts`); undefined: through the SDK (SPILLWAY_STORE_SDK_ONLY=1, or no SAS
+     * could be had).
      */
     private readonly objects: AzureBlobHttp | undefined,
   ) {
@@ -384,8 +383,8 @@ export class AzureBlobStore implements ObjectStore {
    * 0.37 → 0.26 ms (0.32 → 0.23); the SDK's `download`/`upload` cost 0.44 / 0.52 ms. A profile
    * of this route shows Node's HTTP client and nothing of ours worth a mention.
    * SPILLWAY_STORE_SDK_ONLY=1 sends them through the SDK (the benchmark's comparison switch,
-   * and a way back should a service refuse this form); so do a proxy in the environment
-   * (below) and a key from which no SAS can be signed (not expected).
+   * and a way back should a service refuse this form); so does a key from which no SAS can
+   * be signed (not expected). A proxy in the environment is used by this route's agent.
    */
   private static objectHttp(
     containerUrl: string,
@@ -395,11 +394,8 @@ export class AzureBlobStore implements ObjectStore {
     options: { sas?: KeySasOptions },
   ): AzureBlobHttp | undefined {
     if (process.env.SPILLWAY_STORE_SDK_ONLY === "1") return undefined;
-    // The SDK's pipeline sends through the proxy HTTPS_PROXY / HTTP_PROXY name (NO_PROXY
-    // honoured); node:http on our own agent would go around it. With a proxy configured every
-    // request stays on the SDK, so all of them take the same way out.
-    if (["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((v) => process.env[v]))
-      return undefined;
+    // A proxy in the environment: this route's agent uses it as the SDK's pipeline does
+    // (`transport`, NO_PROXY honoured), so every request takes the same way out.
     let sas: GivenSas | KeySas;
     if (given) sas = new GivenSas(given);
     else if (key) {

@@ -26,11 +26,26 @@ export interface Transport {
   readonly request: (options: RequestOptions) => ClientRequest;
 }
 
-/** The transport for `endpoint`'s protocol, with a keep-alive agent of `maxSockets`. */
-export function transport(endpoint: URL, maxSockets: number): Transport {
+const PROXY_VARIABLES = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] as const;
+
+/**
+ * The transport for `endpoint`'s protocol, with a keep-alive agent of `maxSockets`.
+ *
+ * A proxy in the environment (HTTPS_PROXY / HTTP_PROXY, NO_PROXY honoured) is used as curl,
+ * rclone and the Azure SDK use it: the agent gets Node's own proxy support (`proxyEnv`, Node
+ * ≥ 24.5: a CONNECT tunnel for https, absolute-form requests for http). Without one the agent
+ * connects directly, as before (no proxy lookup per request).
+ */
+export function transport(
+  endpoint: URL,
+  maxSockets: number,
+  env: NodeJS.ProcessEnv = process.env,
+): Transport {
   const secure = endpoint.protocol === "https:";
   const m = secure ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http");
-  return { secure, agent: new m.Agent({ keepAlive: true, maxSockets }), request: m.request };
+  const proxied = PROXY_VARIABLES.some((v) => env[v]);
+  const agent = new m.Agent({ keepAlive: true, maxSockets, ...(proxied ? { proxyEnv: env } : {}) });
+  return { secure, agent, request: m.request };
 }
 
 export interface SendOptions {

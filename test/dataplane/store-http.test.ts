@@ -581,3 +581,69 @@ describe("what the raw routes tell the stores", () => {
     }
   });
 });
+
+describe("a proxy in the environment", () => {
+  /** Sets proxy variables for the stores opened in `f`, restoring them after. */
+  async function withEnv<T>(vars: Record<string, string>, f: () => Promise<T>): Promise<T> {
+    const previous = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, vars);
+    try {
+      return await f();
+    } finally {
+      for (const [k, v] of Object.entries(previous))
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+    }
+  }
+  /** A forward proxy for plain http: requests arrive with the absolute URL as their target. */
+  async function forwardProxy() {
+    const state = { url: "", targets: [] as string[], server: createServer() };
+    state.server.on("request", (req, res) => {
+      state.targets.push(req.url ?? "");
+      const url = new URL(req.url ?? "/");
+      forward(new URL(url.origin), Object.assign(req, { url: url.pathname + url.search }), res);
+    });
+    await new Promise<void>((resolve) => state.server.listen(0, "127.0.0.1", resolve));
+    state.url = `http://127.0.0.1:${(state.server.address() as AddressInfo).port}`;
+    return state;
+  }
+
+  it("carries S3 and Azure requests of the raw routes, signed as sent; NO_PROXY goes around it", async () => {
+    const proxy = await forwardProxy();
+    try {
+      const body = Buffer.from("through a forward proxy");
+      await withEnv({ HTTP_PROXY: proxy.url, NO_PROXY: "" }, async () => {
+        for (const uri of [emu.s3Uri("hot", "px/"), emu.azUri("hot", "px/")]) {
+          const via = await openStore(uri, emu.credentials);
+          await via.put("a.bin", body, { sha256: sha(body) });
+          expect(await readAll(await via.read("a.bin"))).toEqual(body);
+          // Parts and their commit: the AWS SDK's and the Azure SDK's own requests.
+          const part = Buffer.alloc(5 * 1024 * 1024, 7);
+          const upload = await via.startUpload("parts.bin", { partSize: part.length });
+          const receipts = [await upload.uploadPart(1, part), await upload.uploadPart(2, body)];
+          await upload.commit(receipts, { sha256: sha(Buffer.concat([part, body])) });
+          expect((await via.head("parts.bin"))?.size).toBe(part.length + body.length);
+        }
+      });
+      // The SDKs' requests went through the proxy too (S3 shares the raw route's agent).
+      for (const origin of [new URL(emu.s3.endpoint).origin, new URL(emu.azurite.blobEndpoint).origin])
+        expect(
+          proxy.targets.filter((t) => t.startsWith(origin) && t.includes("/px/parts.bin")).length,
+        ).toBeGreaterThanOrEqual(3);
+      const hosts = new Set(proxy.targets.map((t) => new URL(t).origin));
+      expect(hosts).toEqual(
+        new Set([new URL(emu.s3.endpoint).origin, new URL(emu.azurite.blobEndpoint).origin]),
+      );
+      expect(proxy.targets.filter((t) => t.includes("/px/a.bin")).length).toBeGreaterThanOrEqual(4);
+
+      const before = proxy.targets.length;
+      await withEnv({ HTTP_PROXY: proxy.url, NO_PROXY: "127.0.0.1" }, async () => {
+        const via = await openStore(emu.s3Uri("hot", "px/"), emu.credentials);
+        expect(await readAll(await via.read("a.bin"))).toEqual(body);
+      });
+      expect(proxy.targets.length).toBe(before);
+    } finally {
+      await close(proxy.server);
+    }
+  });
+});
