@@ -8,11 +8,12 @@
  * (`http-azure.ts`), and `@azure/storage-blob` is not loaded at all: a sync reading an Azure
  * source, or writing small objects and its manifest to an Azure destination, never compiles
  * the SDK (a 1.3 MB bundle chunk, ≈ 0.1 CPU s on the path to the first request). The SDK is
- * `import()`ed on first use by what still needs it: block uploads, Get Blob Properties,
+ * `import()`ed on first use by what still needs it: block uploads,
  * metadata updates, the listing's fallback, and every request when the route is off
  * (SPILLWAY_STORE_SDK_ONLY=1). A proxy in the environment is used by both routes.
  */
 import { createHash, type KeyObject, randomBytes } from "node:crypto";
+import type { IncomingHttpHeaders } from "node:http";
 import { Readable } from "node:stream";
 import type {
   BlobRequestConditions,
@@ -599,6 +600,11 @@ export class AzureBlobStore implements ObjectStore {
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined> {
     try {
+      if (this.objects)
+        return headFromHeaders(
+          key,
+          await this.objects.blobProperties(this.prefix + normaliseKey(key), signal),
+        );
       const p = await (await this.blob(key)).getProperties({ abortSignal: signal });
       const metadata = { ...(p.metadata ?? {}) };
       const sha256 = metadata[SHA256_METADATA.azure];
@@ -842,4 +848,28 @@ export class AzureBlobStore implements ObjectStore {
       throw classifyAzureError(e, `delete ${key}`);
     }
   }
+}
+
+const META = "x-ms-meta-";
+
+/** An `ObjectHead` from Get Blob Properties' response headers (the raw route). */
+function headFromHeaders(key: string, h: IncomingHttpHeaders): ObjectHead {
+  const metadata: Record<string, string> = {};
+  let sha256: string | undefined;
+  for (const [name, value] of Object.entries(h)) {
+    if (!name.startsWith(META) || typeof value !== "string") continue;
+    const k = name.slice(META.length);
+    if (k === SHA256_METADATA.azure) sha256 = value;
+    else metadata[k] = value;
+  }
+  const lastModified = h["last-modified"] ? new Date(h["last-modified"]) : undefined;
+  return {
+    key,
+    size: Number(h["content-length"] ?? 0),
+    etag: unquote(h.etag),
+    ...(lastModified && !Number.isNaN(lastModified.getTime()) ? { lastModified } : {}),
+    ...(sha256 ? { sha256 } : {}),
+    ...(h["content-type"] ? { contentType: h["content-type"] } : {}),
+    metadata,
+  };
 }

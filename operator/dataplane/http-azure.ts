@@ -22,7 +22,7 @@
  * service's error code only.
  */
 import { createHmac, createSecretKey, type KeyObject, randomUUID } from "node:crypto";
-import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { errorText, send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
@@ -234,7 +234,7 @@ export interface AzureHttpError extends Error {
 
 /** What a request is sent to: the path (container or blob), its query (the SAS is added), the SAS's access. */
 interface Target {
-  method: "GET" | "PUT" | "DELETE";
+  method: "GET" | "HEAD" | "PUT" | "DELETE";
   path: string;
   query?: Record<string, string>;
   access: SasAccess;
@@ -325,6 +325,25 @@ export class AzureBlobHttp {
     const status = response.statusCode ?? 0;
     if (status === 200 || status === 206) return response;
     throw await errorOf("Get Blob", response, status, options.signal);
+  }
+
+  /**
+   * Get Blob Properties (HEAD): the response's headers — Content-Length, ETag, Last-Modified,
+   * Content-Type, one `x-ms-meta-<name>` per metadata entry (names lower-cased, as the SDK
+   * returns them) — or an `AzureHttpError` (a HEAD's error has no body: its code is
+   * x-ms-error-code's, e.g. BlobNotFound).
+   */
+  async blobProperties(name: string, signal?: AbortSignal): Promise<IncomingHttpHeaders> {
+    const response = await this.send(
+      this.blobTarget("HEAD", name, "read"),
+      { "x-ms-version": AZURE_API_VERSION },
+      undefined,
+      signal,
+    );
+    const status = response.statusCode ?? 0;
+    if (status !== 200) throw await errorOf("Get Blob Properties", response, status, signal);
+    response.resume();
+    return response.headers;
   }
 
   /**

@@ -218,6 +218,31 @@ describe.each(["raw", "SDK"] as const)("the %s route refuses and maps like the S
     ]);
   });
 
+  it("heads a blob alike: size, etag, sha256, content type, metadata; a missing one is undefined", async () => {
+    const store = await open(route);
+    const body = Buffer.from("properties of a blob");
+    const put = await store.put("props/ü b.bin", body, {
+      sha256: sha(body),
+      contentType: "text/plain",
+      metadata: { origin: "unit", step: "42" },
+    });
+    const head = await store.head("props/ü b.bin");
+    expect(head).toEqual({
+      key: "props/ü b.bin",
+      size: body.length,
+      etag: put.etag,
+      lastModified: expect.any(Date),
+      sha256: sha(body),
+      contentType: "text/plain",
+      metadata: { origin: "unit", step: "42" },
+    });
+    expect(Math.abs(head!.lastModified!.getTime() - Date.now())).toBeLessThan(3_600_000);
+    expect(await store.head("props/missing.bin")).toBeUndefined();
+    const empty = Buffer.alloc(0);
+    await store.put("props/empty.bin", empty, { sha256: sha(empty) });
+    expect(await store.head("props/empty.bin")).toMatchObject({ size: 0, sha256: sha(empty), metadata: {} });
+  });
+
   it("enforces If-None-Match: * and If-Match (PreconditionFailed), and writes when they hold", async () => {
     const store = await open(route);
     const one = Buffer.from("one");

@@ -29,6 +29,7 @@ interface Probe {
   modules: number;
   listed: string[];
   read: string;
+  headed: (number | null)[];
   syncs: { complete: boolean; copied: number; skipped: number }[];
   copied: string;
 }
@@ -74,6 +75,7 @@ function probe(
 const work = {
   listed: ["a.txt", "b/c.bin"],
   read: "alpha",
+  headed: [70_000, null],
   syncs: [
     { complete: true, copied: 2, skipped: 0 },
     { complete: true, copied: 0, skipped: 2 },

@@ -2,7 +2,7 @@
  * Child process of azure-sdk-free.test.ts (run as `node --import tsx azure-sdk-probe.ts`):
  * records every module the process resolves (a `module.registerHooks` resolve hook, installed
  * before the data plane is imported: ESM imports and require() alike), then works an Azure
- * store — check, puts, list, reads, a delete — and syncs it into a second prefix of the same
+ * store — check, puts, list, reads, a head, a delete — and syncs it into a second prefix of the same
  * container (cold copy with journal segments written and dropped, manifest written; a no-op
  * resync; a resync with one object changed and `--delete`), and prints on stdout one JSON line:
  * the resolved URLs under `@azure/`, and what the work returned (so the test also sees it was
@@ -39,6 +39,7 @@ await src.delete("never-there.txt");
 const listed: string[] = [];
 for await (const o of src.list()) listed.push(o.key);
 const read = (await readAll(await src.read("a.txt"))).toString();
+const headed = [(await src.head("b/c.bin"))?.size, await src.head("gone.txt")];
 
 const dst = await openStore(uri("dst"), credentials);
 // A checkpoint per millisecond: the cold copy writes journal segments and drops them at its end.
@@ -59,6 +60,7 @@ process.stdout.write(
     modules: resolved.length,
     listed,
     read,
+    headed,
     syncs: [tally(cold), tally(noop), tally(changed)],
     copied,
   })}\n`,
