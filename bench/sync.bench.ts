@@ -23,9 +23,9 @@
  * `SYNC_BENCH_NODE_FLAGS="--max-semi-space-size=16"` adds V8 flags to every Spillway process
  * (after the launcher's own, bin/sync-runtime.mjs, replacing one of the same name);
  * `SYNC_BENCH_HEAP_DEFAULTS=1` adds, to (m), Spillway runs with V8's own heap sizing (no launcher
- * flags, the sync command's young-generation cap, growing factor and old-generation limit off):
- * before/after in one run; `SYNC_BENCH_OLD_LIMIT_OFF=1` adds, to (m), a cold copy without the
- * sync command's old-generation limit (`SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB=0`);
+ * flags, the sync command's young-generation cap and growing factor off):
+ * before/after in one run; `SYNC_BENCH_OLD_LIMIT=16` adds, to (m), a cold copy with the sync
+ * command's opt-in old-generation limit (`SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB=16`);
  * `SYNC_BENCH_REPEAT=N` repeats (a), the tools' order rotating per round, after
  * `SYNC_BENCH_WARMUP` (default 1) unrecorded rounds that warm the emulators.
  */
@@ -363,12 +363,13 @@ async function main(): Promise<void> {
     if (runMemory) {
       record(`(m) cold ${smallCount}×4KiB`, "spillway", ours("small", "m/"), smallCount, smallBytes);
       record(`(m) no-op resync, ${smallCount}`, "spillway", ours("small", "m/"), smallCount, 0);
-      if (process.env.SYNC_BENCH_OLD_LIMIT_OFF === "1") {
-        // The cold copy without the sync command's lower old-generation limit
-        // (`lowerOldGenerationLimit`): what it saves, measured in the same run.
-        const off = { SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: "0" };
-        const run = measured(() => oursRaw("small", "m1/", [], off));
-        record(`(m) cold ${smallCount}×4KiB`, "spillway, V8 old gen", run, smallCount, smallBytes);
+      const oldLimit = process.env.SYNC_BENCH_OLD_LIMIT;
+      if (oldLimit) {
+        // The cold copy with the sync command's opt-in old-generation limit
+        // (`lowerOldGenerationLimit`): memory and CPU against the default, in the same run.
+        const on = { SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: oldLimit };
+        const run = measured(() => oursRaw("small", "m1/", [], on));
+        record(`(m) cold ${smallCount}×4KiB`, `spillway, old ≤${oldLimit}MiB`, run, smallCount, smallBytes);
       }
       if (process.env.SYNC_BENCH_HEAP_DEFAULTS === "1") {
         // The same runs with V8's own heap sizing: no launcher flags, the sync command's
@@ -376,7 +377,6 @@ async function main(): Promise<void> {
         const v8Defaults = {
           SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB: "0",
           SPILLWAY_SYNC_HEAP_GROWING_PERCENT: "0",
-          SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: "0",
         };
         const off = () => measured(() => oursRaw("small", "m0/", [], v8Defaults, "ours", "defaults"));
         record(`(m) cold ${smallCount}×4KiB`, "spillway, V8 defaults", off(), smallCount, smallBytes);

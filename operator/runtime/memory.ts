@@ -221,9 +221,14 @@ function oldGenerationUsed(): number {
  * never reaches it (its old generation stays at 9–13 MiB; its full GCs are V8's, for the
  * external memory); a copy of small objects is held at ~16–18 MiB; a heap whose live size
  * grows so that the limit reaches `ceilingBytes` is left to V8's own limit (live × 2), so this
- * never collects more often than V8 would for a large heap. Measured (Azurite → s3rver,
- * 50,000 × 4 KiB cold copy): 40 full GCs, 0.53 s of pauses in 27 CPU s, peak RSS 122 MiB
- * (159 without); the 5,000-object copy and the large-object copy: no GC from this.
+ * never collects more often than V8 would for a large heap.
+ *
+ * Measured (Azurite → s3rver, 50,000 × 4 KiB cold copy, floor 16 MiB): 40–46 full GCs,
+ * 0.5–0.7 s of pauses, peak RSS 116–122 MiB (159–163 without) — but 28–38 CPU s against 28–29:
+ * a full GC also deoptimizes the code that embedded objects it freed (`--trace-deopt`:
+ * "embedded weak objects cleared", ~20 functions per GC), which then runs unoptimized, and
+ * through Node's slow API paths, until V8 optimizes it again. So the sync command runs it only
+ * when asked (`lowerOldGenerationLimit` in cli/commands/sync.ts): memory for CPU.
  */
 export class OldGenerationLimit {
   private readonly floor: number;

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bundleSync, missingSyncFlags, SYNC_NODE_FLAGS } from "../../bin/sync-runtime.mjs";
-import { oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
+import { lowerOldGenerationLimit, oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
 import { contents, type Emulators, putAll, runNode, startEmulators } from "./fixtures.ts";
 
 const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
@@ -52,6 +52,18 @@ describe("spillway sync's process", () => {
     expect(oldGenerationGrowthFlag([], { SPILLWAY_SYNC_HEAP_GROWING_PERCENT: "50" })).toBe(
       "--heap-growing-percent=50",
     );
+  });
+
+  it("runs the lower old-generation limit only when asked (SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB)", () => {
+    expect(lowerOldGenerationLimit({})).toBeUndefined();
+    expect(lowerOldGenerationLimit({ SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: "0" })).toBeUndefined();
+    expect(lowerOldGenerationLimit({ SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: "sixteen" })).toBeUndefined();
+    const limit = lowerOldGenerationLimit({ SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB: "16" });
+    try {
+      expect(limit?.limit).toBe(16 * 2 ** 20);
+    } finally {
+      limit?.stop();
+    }
   });
 
   it("the launcher starts `spillway sync` with them (the same process, re-executed)", async () => {

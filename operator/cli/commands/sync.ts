@@ -231,10 +231,8 @@ const SEMI_SPACE_CAP_MIB = 16;
  * sync runs exactly as before and a long one keeps its shape. `--semi-space-growth-factor` is
  * read at each growth, so this can be set at run time, unlike the size flags — here, in the
  * command every sync runs (CLI, worker Job, benchmark), rather than in each Job's NODE_OPTIONS.
- * (The old generation is bounded by `lowerOldGenerationLimit` below: full GCs of its own once
- * it holds 1.5 × its live size and 16 MiB. Forcing them on a schedule was tried earlier, with
- * both SDKs loaded and a live heap of ~25 MiB: 0.1–0.3 CPU s each, +20–50 % on a 5,000-object
- * copy; on today's ~11 MiB live heap one costs ~13 ms and the 5,000-object copy needs none.)
+ * (Bounding the old generation too with full GCs of the sync's own costs CPU out of proportion
+ * to their pauses — see `lowerOldGenerationLimit` below, an opt-in.)
  */
 function capYoungGeneration(): () => void {
   const capMiB = Number(process.env.SPILLWAY_SYNC_SEMI_SPACE_CAP_MIB ?? SEMI_SPACE_CAP_MIB);
@@ -291,18 +289,22 @@ function limitOldGenerationGrowth(): () => void {
   return () => setFlagsFromString("--heap-growing-percent=0");
 }
 
-/** The old generation's size below which a sync process never runs a full GC of its own. */
-const OLD_GENERATION_FLOOR_MIB = 16;
-
 /**
- * Holds a sync's old generation near its live size (`OldGenerationLimit`, runtime/memory.ts):
- * a copy of many small objects promotes a few KiB of short-lived request state per object,
- * which V8 would let fill its 64 MiB floor before collecting, so peak RSS grew with the
- * object count (100 → 159 MiB from 5,000 to 50,000 objects; 122 MiB with this).
- * `SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB` sets the floor (default 16), 0 turns it off.
+ * Opt-in (`SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB=<MiB>`, e.g. 16; unset or 0: off): holds a
+ * sync's old generation near its live size (`OldGenerationLimit`, runtime/memory.ts) — memory
+ * for CPU, for a sync worker whose pod has little memory to spare.
+ *
+ * A copy of many small objects promotes a few KiB of short-lived request state per object,
+ * which V8 lets fill its 64 MiB floor (the launcher's `--initial-old-space-size`) before it
+ * collects: peak RSS of a cold copy of 50,000 × 4 KiB 162 MiB against 100 at 5,000. With a
+ * 16 MiB floor: 116–122 MiB. Why not by default: each full GC also throws away optimized code
+ * that embedded objects the GC freed ("embedded weak objects cleared": ~20 functions per GC,
+ * re-optimized after), and Node's fast API calls (socket writes, header encoding) run their
+ * slow paths meanwhile — 46 full GCs instead of 7 cost that copy 28–38 CPU s instead of
+ * 28–29 (+25–30 %; the GC pauses themselves only +1 s). Measured 2026-11-22, docs/dataplane.md.
  */
 export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLimit | undefined {
-  const floorMiB = Number(env.SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB ?? OLD_GENERATION_FLOOR_MIB);
+  const floorMiB = Number(env.SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB ?? 0);
   if (!(floorMiB > 0)) return undefined;
   const limit = new OldGenerationLimit({ floorBytes: floorMiB * MiB });
   limit.start();
