@@ -24,7 +24,7 @@
 import { createHmac, createSecretKey, type KeyObject, randomUUID } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
-import { errorText, send, type Transport, transport } from "./transport.ts";
+import { errorText, onAbort, send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */
@@ -460,9 +460,10 @@ export async function sendingStream<T>(
     error ??= e;
     controller.abort();
   });
-  const onAbort = () => controller.abort(signal?.reason);
-  if (signal?.aborted) onAbort();
-  else signal?.addEventListener("abort", onAbort, { once: true });
+  const abort = () => controller.abort(signal?.reason);
+  let off: (() => void) | undefined;
+  if (signal?.aborted) abort();
+  else if (signal) off = onAbort(signal, abort); // not a listener per put: see `onAbort`
   try {
     const result = await send(controller.signal);
     if (error !== undefined) throw error;
@@ -470,7 +471,7 @@ export async function sendingStream<T>(
   } catch (e) {
     throw error ?? e;
   } finally {
-    signal?.removeEventListener("abort", onAbort);
+    off?.();
   }
 }
 
