@@ -19,6 +19,7 @@ import {
 } from "node:fs/promises";
 import { dirname, join, relative, sep } from "node:path";
 import type { Readable } from "node:stream";
+import { abortError, onAbort } from "./abort.ts";
 import { compareKeys } from "./manifest.ts";
 import {
   type AbandonedUploadOptions,
@@ -176,24 +177,42 @@ export class FileStore implements ObjectStore {
     const h = await open(p, "r").catch((e: unknown) => {
       throw fsError(e, key);
     });
-    if (options.ifMatch !== undefined && etagOf(await h.stat()) !== options.ifMatch) {
+    const st = await h.stat().catch(async (e: unknown) => {
+      await h.close();
+      throw fsError(e, key);
+    });
+    if (options.ifMatch !== undefined && etagOf(st) !== options.ifMatch) {
       await h.close();
       throw new StoreError("PreconditionFailed", `${key}: changed since it was listed`);
     }
     const r = options.range;
-    const end = r?.end !== undefined ? r.end - 1 : undefined;
-    if (end !== undefined && end < (r?.start ?? 0)) {
+    const start = r?.start ?? 0;
+    // Up to the size the file has now: a file that grows meanwhile is read as it was (the
+    // engine compares the bytes read with the listed size and retries a changed object).
+    const last = Math.min(r?.end !== undefined ? r.end - 1 : Number.POSITIVE_INFINITY, st.size - 1);
+    if (last < start) {
       await h.close();
       const { Readable } = await import("node:stream");
       return Readable.from([]);
     }
-    return createReadStream("", {
+    const stream = createReadStream("", {
       fd: h,
-      start: r?.start ?? 0,
-      ...(end !== undefined ? { end } : {}),
-      highWaterMark: 1 << 20,
-      ...(options.signal ? { signal: options.signal } : {}),
+      start,
+      end: last,
+      // Each read allocates a buffer of this size (and copies a short read into a smaller
+      // one): 1 MiB per read of a 4 KiB file, and a second for the end of file, was ~2 MiB of
+      // external memory per small object, which V8 answered with a full GC every ~30 objects
+      // (150 in a copy of 5,000 × 4 KiB files). Sized to what is read, with `end` so that no
+      // read past it is made.
+      highWaterMark: Math.min(1 << 20, last - start + 1),
     });
+    const signal = options.signal;
+    if (signal)
+      stream.once(
+        "close",
+        onAbort(signal, () => stream.destroy(abortError(signal))),
+      );
+    return stream;
   }
 
   private async tmpPath(): Promise<string> {

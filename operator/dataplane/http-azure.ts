@@ -24,7 +24,8 @@
 import { createHmac, createSecretKey, type KeyObject, randomUUID } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
-import { errorText, onAbort, send, type Transport, transport } from "./transport.ts";
+import { onAbort } from "./abort.ts";
+import { errorText, send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
 
 /** A service version every Azure Blob endpoint and Azurite answer (List Blobs has what we read). */

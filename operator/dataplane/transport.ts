@@ -13,6 +13,7 @@
 import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions } from "node:http";
 import type { Readable } from "node:stream";
 import { SPILLWAY_VERSION } from "../version.ts";
+import { abortError, onAbort } from "./abort.ts";
 
 /**
  * The User-Agent of every request Spillway's stores send themselves (the SDKs send their own):
@@ -99,54 +100,6 @@ export function send(t: Transport, o: SendOptions): Promise<IncomingMessage> {
       body.once("error", (e) => req.destroy(e));
       body.pipe(req);
     }
-  });
-}
-
-const aborters = new WeakMap<AbortSignal, Set<() => void>>();
-
-/**
- * Runs `fn` when `signal` aborts; returns the function that unregisters it. One 'abort'
- * listener per signal, whatever the number of requests, not one per request.
- *
- * Why: a sync's signal lives as long as the sync, so it is in V8's old generation, and an
- * EventTarget keeps its listeners in a linked list whose removed nodes keep their `next` and
- * their callback. Once a full GC had promoted a node (it promotes everything live), each
- * removed, dead node still pointed to the next request's listener, which every scavenge then
- * kept alive — its closure, the request, the response, the socket's read buffers — and
- * promoted, to point to the next one: a cascade through every later request. A 50,000-object
- * cold copy promoted ~47 KB per scavenge before its first full GC and ~380 KB after it (315 MiB
- * in all, 6.3 KiB per object), filling the old generation to its 64 MiB floor again and again.
- * A `Set`'s deleted entries keep nothing. (node:http's `signal` option and `AbortSignal.any`
- * add one listener per request or per dependent signal to that list.)
- */
-export function onAbort(signal: AbortSignal, fn: () => void): () => void {
-  let set = aborters.get(signal);
-  if (!set) {
-    const callbacks = new Set<() => void>();
-    set = callbacks;
-    aborters.set(signal, callbacks);
-    signal.addEventListener(
-      "abort",
-      () => {
-        const all = [...callbacks];
-        callbacks.clear();
-        for (const f of all) f();
-      },
-      { once: true },
-    );
-  }
-  const callbacks = set;
-  callbacks.add(fn);
-  return () => {
-    callbacks.delete(fn);
-  };
-}
-
-/** The error an aborted request fails with, as node:http's `signal` option makes it. */
-export function abortError(signal: AbortSignal): Error {
-  return Object.assign(new Error("The operation was aborted", { cause: signal.reason }), {
-    name: "AbortError",
-    code: "ABORT_ERR",
   });
 }
 
