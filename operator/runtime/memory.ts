@@ -210,10 +210,10 @@ function oldGenerationUsed(): number {
  * ArrayBuffers whose churn V8 answers with full GCs when its limits are low (a cold copy of
  * 200 × 1 MiB + 2 × 100 MiB: 3–12 full GCs at 64 MiB, 16–25 at 32, 33–40 at 16 or 24). But
  * V8 keeps that 64 MiB as the old generation's floor for the whole run, and a copy of many
- * small objects promotes ~6 KiB per object (each object's requests outlive a scavenge or two
- * while the emulators queue them) against a live heap of ~11 MiB: its old generation filled
- * to 56–61 MiB between full GCs, and its peak RSS went 100 → 159 MiB from 5,000 to 50,000
- * objects — the 5,000-object copy ends before it reaches the floor.
+ * small objects promotes ~1 KiB per object (the journal's pending entries, manifest lines,
+ * listing entries: state that lives a second or two) against a live heap of ~11 MiB: its old
+ * generation fills to the floor between full GCs, and its peak RSS went ~100 → 146–150 MiB
+ * from 5,000 to 50,000 objects — the 5,000-object copy ends before it reaches the floor.
  *
  * So every `intervalMs` this compares the old generation in use with
  * max(`floorBytes`, `factor` × what the last full GC — V8's or its own — left) and runs one
@@ -223,12 +223,13 @@ function oldGenerationUsed(): number {
  * grows so that the limit reaches `ceilingBytes` is left to V8's own limit (live × 2), so this
  * never collects more often than V8 would for a large heap.
  *
- * Measured (Azurite → s3rver, 50,000 × 4 KiB cold copy, floor 16 MiB): 40–46 full GCs,
- * 0.5–0.7 s of pauses, peak RSS 116–122 MiB (159–163 without) — but 28–38 CPU s against 28–29:
- * a full GC also deoptimizes the code that embedded objects it freed (`--trace-deopt`:
- * "embedded weak objects cleared", ~20 functions per GC), which then runs unoptimized, and
- * through Node's slow API paths, until V8 optimizes it again. So the sync command runs it only
- * when asked (`lowerOldGenerationLimit` in cli/commands/sync.ts): memory for CPU.
+ * Measured (Azurite → s3rver, 50,000 × 4 KiB cold copy, floor 16 MiB): 8 full GCs against 2,
+ * peak RSS 121 MiB against 146 — but 29.3 CPU s against 26.3: a full GC also deoptimizes the
+ * code that embedded objects it freed (`--trace-deopt`: "embedded weak objects cleared", ~20
+ * functions per GC), which then runs unoptimized, and through Node's slow API paths, until
+ * V8 optimizes it again. (Before `onAbort`, dataplane/abort.ts, the copy promoted ~6 KiB per
+ * object and this ran 40–46 full GCs for +25–30 % CPU.) So the sync command runs it only when
+ * asked (`lowerOldGenerationLimit` in cli/commands/sync.ts): memory for CPU.
  */
 export class OldGenerationLimit {
   private readonly floor: number;

@@ -294,14 +294,15 @@ function limitOldGenerationGrowth(): () => void {
  * sync's old generation near its live size (`OldGenerationLimit`, runtime/memory.ts) — memory
  * for CPU, for a sync worker whose pod has little memory to spare.
  *
- * A copy of many small objects promotes a few KiB of short-lived request state per object,
- * which V8 lets fill its 64 MiB floor (the launcher's `--initial-old-space-size`) before it
- * collects: peak RSS of a cold copy of 50,000 × 4 KiB 162 MiB against 100 at 5,000. With a
- * 16 MiB floor: 116–122 MiB. Why not by default: each full GC also throws away optimized code
- * that embedded objects the GC freed ("embedded weak objects cleared": ~20 functions per GC,
- * re-optimized after), and Node's fast API calls (socket writes, header encoding) run their
- * slow paths meanwhile — 46 full GCs instead of 7 cost that copy 28–38 CPU s instead of
- * 28–29 (+25–30 %; the GC pauses themselves only +1 s). Measured 2026-11-22, docs/dataplane.md.
+ * A copy of many small objects promotes ~1 KiB per object of state that lives a second or two
+ * (the journal's pending entries, manifest lines, listing entries), which V8 lets fill its
+ * 64 MiB floor (the launcher's `--initial-old-space-size`) before it collects: peak RSS of a
+ * cold copy of 50,000 × 4 KiB 146–150 MiB against ~100 at 5,000. With a 16 MiB floor:
+ * 121 MiB. Why not by default: each full GC also throws away optimized code that embedded
+ * objects the GC freed ("embedded weak objects cleared": ~20 functions per GC, re-optimized
+ * after), and Node's fast API calls (socket writes, header encoding) run their slow paths
+ * meanwhile — 8 full GCs instead of 2 cost that copy 29.3 CPU s instead of 26.3 (+11 %; the
+ * pauses themselves ~0.1 s). Measured 2026-11-22, docs/dataplane.md.
  */
 export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLimit | undefined {
   const floorMiB = Number(env.SPILLWAY_SYNC_OLD_GENERATION_FLOOR_MIB ?? 0);
