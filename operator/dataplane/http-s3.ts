@@ -133,7 +133,7 @@ export class S3ObjectHttp {
    */
   async send(r: S3Request): Promise<IncomingMessage> {
     const { method, key, signal } = r;
-    // "" is the bucket itself (`/<bucket>`, as the SDK sends HeadBucket path-style).
+    // "" is the bucket itself (`/<bucket>`, path-style, as the SDK sends ListObjects).
     const path = key === "" ? this.base.slice(0, -1) : this.base + encodeKeyPath(key);
     const query = r.query ?? {};
     // The query as sent is the one signed: each name and value encoded as SigV4's canonical
@@ -170,16 +170,11 @@ export class S3ObjectHttp {
     if (status >= 200 && status < 300) return response;
     throw await errorOf(response, status, signal);
   }
-
-  /** HeadBucket: resolves when the bucket exists and these credentials reach it. */
-  headBucket(signal?: AbortSignal): Promise<IncomingMessage> {
-    return this.send({ method: "HEAD", key: "", ...(signal ? { signal } : {}) });
-  }
 }
 
 export interface S3Request {
   method: "GET" | "PUT" | "HEAD" | "DELETE";
-  /** The full key, prefix included; "" is the bucket itself (listings, HeadBucket). */
+  /** The full key, prefix included; "" is the bucket itself (listings, the bucket check). */
   key: string;
   /** Query parameters (a flag such as `uploads` has the value ""). */
   query?: Record<string, string>;

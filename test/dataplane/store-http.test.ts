@@ -152,7 +152,7 @@ describe("S3 writes", () => {
     await expect(s3.putStream!("half.bin", failing, 1024 * 1024)).rejects.toThrow("source went away");
   });
 
-  it("checks the bucket with a signed HEAD: present, missing (ContainerNotFound), unknown key (Auth)", async () => {
+  it("checks the bucket with a signed one-key listing: present, missing (ContainerNotFound), unknown key (Auth)", async () => {
     await s3.check();
     const missing = await openStore(emu.s3Uri("no-such-bucket", "p/"), emu.credentials);
     expect(await codeOf(missing.check())).toBe("ContainerNotFound");
@@ -160,6 +160,48 @@ describe("S3 writes", () => {
       s3: { accessKeyId: "NOSUCHKEY", secretAccessKey: "x" },
     });
     expect(await codeOf(stranger.check())).toBe("Auth");
+  });
+
+  // A bucket shared between teams grants s3:ListBucket only under a prefix (the s3:prefix
+  // condition); HeadBucket is authorised as a listing of the whole bucket and refused there.
+  // The proxy plays that policy: bucket-level requests without a prefix under "p/" are 403.
+  it("checks the bucket with what a prefix-confined ListBucket policy allows, on both routes", async () => {
+    const t = new URL(emu.s3.endpoint);
+    const seen: string[] = [];
+    const policy = createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://x");
+      const bucketLevel = url.pathname.split("/").filter(Boolean).length === 1;
+      seen.push(`${req.method} ${url.pathname}${url.search}`);
+      if (bucketLevel && !(url.searchParams.get("prefix") ?? "").startsWith("p/")) {
+        req.resume();
+        res.writeHead(403, { "content-type": "application/xml" });
+        res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code></Error>`);
+        return;
+      }
+      forward(t, req, res);
+    });
+    await new Promise<void>((resolve) => policy.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(policy.address() as AddressInfo).port}`;
+    const previous = process.env.SPILLWAY_STORE_SDK_ONLY;
+    try {
+      for (const sdkOnly of [false, true]) {
+        if (sdkOnly) process.env.SPILLWAY_STORE_SDK_ONLY = "1";
+        const at = (prefix: string) =>
+          openStore(
+            `s3://hot/${prefix}?endpoint=${encodeURIComponent(url)}&region=${emu.s3.region}`,
+            emu.credentials,
+          );
+        seen.length = 0;
+        await (await at("p/team-a/")).check();
+        // (path-style "/hot" on the raw route, "/hot/" from the SDK)
+        expect(seen).toEqual([expect.stringMatching(/^GET \/hot\/?\?max-keys=1&prefix=p%2Fteam-a%2F$/)]);
+        expect(await codeOf((await at("q/")).check())).toBe("Auth");
+      }
+    } finally {
+      if (previous === undefined) delete process.env.SPILLWAY_STORE_SDK_ONLY;
+      else process.env.SPILLWAY_STORE_SDK_ONLY = previous;
+      await close(policy);
+    }
   });
 
   // s3rver checks the access key id, not SigV4 signatures (the signing proxy below does).
