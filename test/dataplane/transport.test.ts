@@ -1,0 +1,303 @@
+/**
+ * The stores' HTTP transport (operator/dataplane/transport.ts): its sockets read into a buffer
+ * of their own, reused for every read (net/tls `onread`). What must hold whatever the reads
+ * look like: every header and body byte arrives intact when a response is split at any byte
+ * (headers across reads, a body chunk across reads, the next response's bytes in the same read
+ * as the end of the previous one on a keep-alive socket), over plain TCP and over TLS, with a
+ * reader slower than the socket (flow control), and the same without the buffer.
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import type { IncomingMessage } from "node:http";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer as createTlsServer, type TLSSocket } from "node:tls";
+import { SOCKET_READ_BUFFER, send, type Transport, transport } from "../../operator/dataplane/transport.ts";
+
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
+/** Deterministic bytes (a body whose every position differs from its neighbours'). */
+function body(n: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
+  return b;
+}
+
+/** A pseudo-random split of `b` into pieces of 1..max bytes (seeded: the same run each time). */
+function pieces(b: Buffer, max: number, seed: number): Buffer[] {
+  const out: Buffer[] = [];
+  let x = seed;
+  for (let i = 0; i < b.length; ) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    const n = 1 + (x % max);
+    out.push(b.subarray(i, i + n));
+    i += n;
+  }
+  return out;
+}
+
+/**
+ * A raw HTTP/1.1 server: each request on a connection is answered with `responses[i]` (the
+ * i-th request of the server), written in small pieces with a pause between them so the
+ * client's reads end at arbitrary bytes. `pipelined` writes response i and i+1 back to back in
+ * the same pieces once the second request arrived.
+ */
+interface RawServer {
+  port: number;
+  connections: number;
+  close(): Promise<void>;
+}
+async function rawServer(
+  responses: Buffer[],
+  opts: { tls?: { key: Buffer; cert: Buffer }; maxPiece: number },
+): Promise<RawServer> {
+  let next = 0;
+  const state = { port: 0, connections: 0 };
+  const onConnection = (socket: Socket | TLSSocket) => {
+    state.connections++;
+    socket.setNoDelay(true);
+    let pending = "";
+    let writing = Promise.resolve();
+    socket.on("data", (d: Buffer) => {
+      pending += d.toString("latin1");
+      for (let end = pending.indexOf("\r\n\r\n"); end >= 0; end = pending.indexOf("\r\n\r\n")) {
+        pending = pending.slice(end + 4);
+        const response = responses[next++ % responses.length]!;
+        writing = writing.then(async () => {
+          // Split at every few bytes where the headers and a body's start are, in pieces of
+          // up to 20,000 bytes after that (a read then ends anywhere in a body chunk).
+          const fine = Math.min(response.length, 4096);
+          const split = [
+            ...pieces(response.subarray(0, fine), opts.maxPiece, next),
+            ...pieces(response.subarray(fine), 20_000, next),
+          ];
+          for (const p of split) {
+            if (socket.destroyed) return;
+            socket.write(p);
+            await new Promise((r) => setImmediate(r));
+          }
+        });
+      }
+    });
+    socket.on("error", () => {});
+  };
+  const server: Server = opts.tls
+    ? createTlsServer({ key: opts.tls.key, cert: opts.tls.cert }, onConnection)
+    : createServer(onConnection);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  state.port = (server.address() as { port: number }).port;
+  return Object.assign(state, {
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+      }),
+  }) as RawServer;
+}
+
+function response(status: number, headers: [string, string][], payload: Buffer, chunked: boolean): Buffer {
+  const head = [`HTTP/1.1 ${status} OK`, ...headers.map(([k, v]) => `${k}: ${v}`)];
+  if (!chunked) {
+    head.push(`Content-Length: ${payload.length}`);
+    return Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`, "latin1"), payload]);
+  }
+  head.push("Transfer-Encoding: chunked");
+  const parts: Buffer[] = [Buffer.from(`${head.join("\r\n")}\r\n\r\n`, "latin1")];
+  for (const c of pieces(payload, 9000, payload.length)) {
+    parts.push(Buffer.from(`${c.length.toString(16)}\r\n`, "latin1"), c, Buffer.from("\r\n", "latin1"));
+  }
+  parts.push(Buffer.from("0\r\n\r\n", "latin1"));
+  return Buffer.concat(parts);
+}
+
+async function readSlowly(res: IncomingMessage, pauseEvery: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of res as AsyncIterable<Buffer>) {
+    chunks.push(c);
+    n += c.length;
+    if (pauseEvery > 0 && n % pauseEvery < c.length) await new Promise((r) => setTimeout(r, 5));
+  }
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Makes a socket of the agent overwrite its read buffer right after each read was handed on:
+ * whatever kept a view of the buffer past the read (a header, a body chunk) would then show
+ * the scribble. Node's parser copies both, which is what the transport relies on.
+ */
+function scribbleAfterEachRead(t: Transport): void {
+  const agent = t.agent as unknown as { createConnection: (o: object, cb?: unknown) => object };
+  const create = agent.createConnection.bind(agent);
+  agent.createConnection = (o, cb) => {
+    const socket = create(o, cb) as Record<symbol, unknown>;
+    const slot = (name: string) => Object.getOwnPropertySymbols(socket).find((s) => s.description === name);
+    const buffer = slot("kBuffer");
+    const callback = slot("kBufferCb");
+    if (!buffer || !callback) throw new Error("the socket has no read buffer of its own");
+    const handOn = socket[callback] as (this: unknown, n: number, b: Buffer) => unknown;
+    socket[callback] = function (this: unknown, n: number, b: Buffer) {
+      const r = handOn.call(this, n, b);
+      (socket[buffer] as Buffer).fill(0x5a);
+      return r;
+    };
+    return socket;
+  };
+}
+
+/** Whether the agent's sockets read into their own buffer (Node's `kBuffer` slot is set). */
+function readsIntoOwnBuffer(socket: object): boolean {
+  return Object.getOwnPropertySymbols(socket).some((s) => {
+    const v = (socket as Record<symbol, unknown>)[s];
+    return s.description === "kBuffer" && Buffer.isBuffer(v) && v.length === SOCKET_READ_BUFFER;
+  });
+}
+
+const LONG_VALUE = "v".repeat(3000);
+const cases = (seed: number): { headers: [string, string][]; payload: Buffer; chunked: boolean }[] => [
+  { headers: [["x-ms-request-id", `id-${seed}`]], payload: body(0, seed), chunked: false },
+  {
+    headers: [
+      ["etag", `"e${seed}"`],
+      ["x-long", LONG_VALUE],
+    ],
+    payload: body(70_001, seed),
+    chunked: false,
+  },
+  { headers: [["x-amz-request-id", `r${seed}`]], payload: body(300_000 + seed, seed), chunked: true },
+  { headers: [["content-type", "application/xml"]], payload: body(1_000_000, seed), chunked: false },
+];
+
+describe.each([
+  ["plain TCP", false],
+  ["TLS", true],
+])("responses split at any byte, over %s", (_name, secure) => {
+  let tlsMaterial: { key: Buffer; cert: Buffer } | undefined;
+  let dir: string | undefined;
+  beforeAll(() => {
+    if (!secure) return;
+    dir = mkdtempSync(join(tmpdir(), "spillway-transport-"));
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        join(dir, "key.pem"),
+        "-out",
+        join(dir, "cert.pem"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+      ],
+      { stdio: "ignore" },
+    );
+    tlsMaterial = { key: readFileSync(join(dir, "key.pem")), cert: readFileSync(join(dir, "cert.pem")) };
+  });
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test.each<[string, Record<string, string>, boolean]>([
+    ["with the socket's own read buffer", {}, false],
+    ["with the read buffer overwritten after every read", {}, true],
+    ["with Node's reads (SPILLWAY_SOCKET_READ_BUFFER=0)", { SPILLWAY_SOCKET_READ_BUFFER: "0" }, false],
+  ])("arrive intact %s, on one keep-alive socket, read fast and slowly", async (_how, env, scribble) => {
+    const expected = cases(secure ? 2 : 1);
+    const server = await rawServer(
+      expected.map((c) => response(200, c.headers, c.payload, c.chunked)),
+      { maxPiece: 7, ...(tlsMaterial ? { tls: tlsMaterial } : {}) },
+    );
+    try {
+      const t: Transport = transport(
+        new URL(`${secure ? "https" : "http"}://127.0.0.1:${server.port}`),
+        1,
+        env,
+      );
+      if (scribble) scribbleAfterEachRead(t);
+      const sockets = new Set<object>();
+      t.agent.on("free", (s: object) => sockets.add(s));
+      for (const [round, pauseEvery] of [0, 100_000].entries()) {
+        for (const [i, c] of expected.entries()) {
+          const res = await new Promise<IncomingMessage>((resolve, reject) => {
+            const req = t.request({
+              method: "GET",
+              hostname: "127.0.0.1",
+              port: server.port,
+              path: `/object-${round}-${i}`,
+              agent: t.agent,
+              ...(secure ? { rejectUnauthorized: false } : {}),
+            });
+            req.on("response", resolve).on("error", reject).end();
+          });
+          for (const [k, v] of c.headers) expect(res.headers[k]).toBe(v);
+          const got = await readSlowly(res, pauseEvery);
+          expect({ length: got.length, sha: sha(got) }).toEqual({
+            length: c.payload.length,
+            sha: sha(c.payload),
+          });
+        }
+      }
+      // Every request went over the one keep-alive socket.
+      expect(server.connections).toBe(1);
+      expect([...sockets].map(readsIntoOwnBuffer)).toEqual([!("SPILLWAY_SOCKET_READ_BUFFER" in env)]);
+      t.agent.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("send() through the read buffer", () => {
+  it("a 16 MiB body streamed out and a response read back, many requests at once, bytes intact", async () => {
+    // A real node:http server on the other side: request bodies hashed as they arrive.
+    const { createServer: createHttpServer } = await import("node:http");
+    const srv = createHttpServer((req, res) => {
+      const h = createHash("sha256");
+      req.on("data", (c: Buffer) => h.update(c));
+      req.on("end", () => {
+        const digest = h.digest("hex");
+        const back = body(Number(req.headers["x-back"] ?? 0), 9);
+        res.writeHead(200, { "x-got": digest, "content-length": back.length });
+        res.end(back);
+      });
+    });
+    await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+    const port = (srv.address() as { port: number }).port;
+    try {
+      const t = transport(new URL(`http://127.0.0.1:${port}`), 4, {});
+      const out = body(16 * 1024 * 1024, 3);
+      const runs = await Promise.all(
+        [0, 1, 2, 3, 4, 5].map(async (i) => {
+          const res = await send(t, {
+            method: "PUT",
+            hostname: "127.0.0.1",
+            port,
+            path: `/x${i}`,
+            headers: { "content-length": out.length, "x-back": String(i * 1_000_003) },
+            body: out,
+            timeoutMs: 30_000,
+            timeoutError: () => new Error("timed out"),
+          });
+          const back = await readSlowly(res, i % 2 ? 1_000_000 : 0);
+          return { got: res.headers["x-got"], back: sha(back) };
+        }),
+      );
+      expect(runs).toEqual(
+        [0, 1, 2, 3, 4, 5].map((i) => ({ got: sha(out), back: sha(body(i * 1_000_003, 9)) })),
+      );
+      t.agent.destroy();
+    } finally {
+      await new Promise<void>((resolve) => {
+        srv.closeAllConnections();
+        srv.close(() => resolve());
+      });
+    }
+  });
+});
