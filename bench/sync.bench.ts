@@ -40,7 +40,7 @@ import {
   SASProtocol,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
-import { bundleSync, missingSyncFlags } from "../bin/sync-runtime.mjs";
+import { bundleSync, missingSyncFlags, syncEnvironment } from "../bin/sync-runtime.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
@@ -205,13 +205,14 @@ async function main(): Promise<void> {
       const r = timed(
         process.execPath,
         [...profile, ...worker, "sync", src, dst, "--json", "--concurrency", "16", ...extra, ...oursExtra],
-        {
+        // The launcher's environment too (malloc's tunables), as for its V8 flags.
+        (v8 === "launcher" ? syncEnvironment : (e: NodeJS.ProcessEnv) => e)({
           ...process.env,
           AZURE_STORAGE_KEY: az.accountKey,
           AWS_ACCESS_KEY_ID: s3.accessKeyId,
           AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
           ...env,
-        },
+        }),
       );
       // From the whole stdout: a long summary does not fit `detail`'s last 600 characters.
       const json = r.stdout.split("\n").find((l) => l.startsWith("{"));
@@ -279,7 +280,11 @@ async function main(): Promise<void> {
         const r = timed(
           process.execPath,
           [...missingSyncFlags(benchNodeFlags, {}), ...benchNodeFlags, join(here, "lib", "node-floor.mjs")],
-          { ...process.env, FLOOR_CONFIG: JSON.stringify(config), FLOOR_SHA256: sha256 ? "1" : "0" },
+          syncEnvironment({
+            ...process.env,
+            FLOOR_CONFIG: JSON.stringify(config),
+            FLOOR_SHA256: sha256 ? "1" : "0",
+          }),
         );
         r.detail = r.ok ? "" : r.detail;
         return r;

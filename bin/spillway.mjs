@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { missingSyncFlags, SYNC_BUNDLE } from "./sync-runtime.mjs";
+import { missingSyncFlags, SYNC_BUNDLE, syncEnvironment } from "./sync-runtime.mjs";
 
 const self = fileURLToPath(import.meta.url);
 const root = join(dirname(self), "..");
@@ -13,16 +13,16 @@ const root = join(dirname(self), "..");
 const sync = process.argv[2] === "sync";
 if (sync) {
   const missing = missingSyncFlags(process.execArgv);
-  // The flags can only be given at start: the process becomes node with them (same pid, so a
-  // Job's signals and exit code are its own). Without execve (Node < 23.11) it runs as is.
-  if (missing.length > 0 && typeof process.execve === "function") {
-    process.execve(process.execPath, [
+  const env = syncEnvironment(process.env);
+  // The flags (and malloc's tunables) can only be given at start: the process becomes node
+  // with them (same pid, so a Job's signals and exit code are its own). Without execve
+  // (Node < 23.11) it runs as is.
+  if ((missing.length > 0 || env !== process.env) && typeof process.execve === "function") {
+    process.execve(
       process.execPath,
-      ...missing,
-      ...process.execArgv,
-      self,
-      ...process.argv.slice(2),
-    ]);
+      [process.execPath, ...missing, ...process.execArgv, self, ...process.argv.slice(2)],
+      env,
+    );
   }
 }
 

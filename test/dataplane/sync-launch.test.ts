@@ -6,7 +6,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { bundleSync, missingSyncFlags, SYNC_NODE_FLAGS } from "../../bin/sync-runtime.mjs";
+import {
+  bundleSync,
+  missingSyncFlags,
+  SYNC_MALLOC_TUNABLES,
+  SYNC_NODE_FLAGS,
+  syncEnvironment,
+} from "../../bin/sync-runtime.mjs";
 import { lowerOldGenerationLimit, oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
 import { contents, type Emulators, putAll, runNode, startEmulators } from "./fixtures.ts";
 
@@ -42,6 +48,16 @@ describe("spillway sync's process", () => {
     expect(missingSyncFlags([], { NODE_OPTIONS: `--trace-warnings ${names.join(" ")}` })).toEqual([]);
   });
 
+  it("adds malloc's tunables to GLIBC_TUNABLES, keeping the ones given", () => {
+    expect(SYNC_MALLOC_TUNABLES.length).toBeGreaterThan(0);
+    expect(syncEnvironment({}).GLIBC_TUNABLES).toBe(SYNC_MALLOC_TUNABLES.join(":"));
+    expect(syncEnvironment({ GLIBC_TUNABLES: "glibc.malloc.arena_max=2" }).GLIBC_TUNABLES).toBe(
+      ["glibc.malloc.arena_max=2", ...SYNC_MALLOC_TUNABLES].join(":"),
+    );
+    const own = { GLIBC_TUNABLES: "glibc.malloc.top_pad=0", PATH: "/bin" };
+    expect(syncEnvironment(own)).toBe(own);
+  });
+
   it("started without the launcher, sets the same old-generation growing factor at run time, unless given", () => {
     const launcher = SYNC_NODE_FLAGS.find((f) => f.startsWith("--heap-growing-percent="));
     expect(launcher).toBeDefined();
@@ -70,7 +86,7 @@ describe("spillway sync's process", () => {
     const src = await emu.open(emu.fileUri("flags/src"));
     await putAll(src, { "a.txt": "alpha" });
     // A preload that reports each start's V8 flags: the first without them, the second with.
-    const report = `data:text/javascript,process.stderr.write("execArgv="+JSON.stringify(process.execArgv.filter(a=>!a.startsWith("--import")&&!a.startsWith("data:")))+"\\n")`;
+    const report = `data:text/javascript,process.stderr.write("execArgv="+JSON.stringify(process.execArgv.filter(a=>!a.startsWith("--import")&&!a.startsWith("data:")))+" tunables="+(process.env.GLIBC_TUNABLES??"")+"\\n")`;
     const r = await run([
       "--import",
       report,
@@ -84,8 +100,14 @@ describe("spillway sync's process", () => {
     const starts = r.stderr
       .split("\n")
       .filter((l) => l.startsWith("execArgv="))
-      .map((l) => JSON.parse(l.slice("execArgv=".length)) as string[]);
-    expect(starts).toEqual([[], SYNC_NODE_FLAGS]);
+      .map((l) => {
+        const [flags, tunables] = l.slice("execArgv=".length).split(" tunables=");
+        return { flags: JSON.parse(flags!) as string[], tunables };
+      });
+    expect(starts).toEqual([
+      { flags: [], tunables: "" },
+      { flags: SYNC_NODE_FLAGS, tunables: SYNC_MALLOC_TUNABLES.join(":") },
+    ]);
     expect(JSON.parse(r.stdout)).toMatchObject({ complete: true, copied: { objects: 1 } });
   });
 

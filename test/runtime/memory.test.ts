@@ -2,10 +2,18 @@
  * The operator gives back the memory a burst grew it to once it is idle again
  * (operator/runtime/memory.ts): one last-resort GC per burst, never while busy, never for
  * small growth; and that GC really shrinks V8's heap. A sync process's lower old-generation
- * limit collects only above max(floor, 1.5 × live) and leaves large heaps to V8.
+ * limit collects only above max(floor, 1.5 × live) and leaves large heaps to V8. Its read-buffer
+ * scavenger runs one minor GC per `everyBytes` read, after the read, never two at once.
  */
+
+import { PerformanceObserver, constants as perf, performance } from "node:perf_hooks";
 import v8 from "node:v8";
-import { IdleMemoryReducer, lastResortGc, OldGenerationLimit } from "../../operator/runtime/memory.ts";
+import {
+  IdleMemoryReducer,
+  lastResortGc,
+  OldGenerationLimit,
+  ReadBufferScavenger,
+} from "../../operator/runtime/memory.ts";
 
 const MiB = 2 ** 20;
 
@@ -175,4 +183,61 @@ test("on the real heap: it frees promoted garbage, and V8's own full GCs update 
   } finally {
     limit.stop();
   }
+});
+
+describe("the sync's read-buffer scavenger", () => {
+  test("one minor GC per everyBytes read, run after the read that crossed the mark, never two queued", () => {
+    const queued: (() => void)[] = [];
+    let gcs = 0;
+    const s = new ReadBufferScavenger({
+      everyBytes: 16 * MiB,
+      gc: () => gcs++,
+      defer: (run) => queued.push(run),
+    });
+    for (let i = 0; i < 255; i++) s.note(64 * 1024);
+    expect(queued).toHaveLength(0);
+    s.note(64 * 1024); // 16 MiB
+    expect(queued).toHaveLength(1);
+    expect(gcs).toBe(0); // not inside the read
+    for (let i = 0; i < 600; i++) s.note(64 * 1024); // more reads before it ran: still one
+    expect(queued).toHaveLength(1);
+    queued.shift()!();
+    expect({ gcs, collections: s.collections }).toEqual({ gcs: 1, collections: 1 });
+    // The count starts again from the GC, not from the mark.
+    for (let i = 0; i < 255; i++) s.note(64 * 1024);
+    expect(queued).toHaveLength(0);
+    s.note(64 * 1024);
+    expect(queued).toHaveLength(1);
+  });
+
+  test("on the real heap: its GC is a minor one, and it frees the Buffers a read left behind", async () => {
+    const gcs: { at: number; kind: number }[] = [];
+    const observer = new PerformanceObserver((list) => {
+      for (const e of list.getEntries())
+        gcs.push({ at: e.startTime, kind: (e as { detail?: { kind?: number } }).detail?.kind ?? -1 });
+    });
+    observer.observe({ entryTypes: ["gc"] });
+    try {
+      const s = new ReadBufferScavenger({ everyBytes: MiB });
+      const external = () => process.memoryUsage().arrayBuffers;
+      // Reads' chunks, handed on and dropped: 4 MiB of dead Buffers (their memory outside the
+      // heap; more would be external-memory pressure enough for V8 to start a GC of its own).
+      const before = external();
+      (() => {
+        for (let i = 0; i < 64; i++) Buffer.alloc(64 * 1024, i & 0xff);
+      })();
+      const dead = external() - before;
+      expect(dead).toBeGreaterThan(3 * MiB);
+      const noted = performance.now();
+      s.note(MiB);
+      for (let i = 0; i < 100 && (s.collections === 0 || external() - before > dead / 2); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(s.collections).toBe(1);
+      expect(external() - before).toBeLessThan(dead / 2);
+      await new Promise((r) => setTimeout(r, 50)); // the observer's entries arrive asynchronously
+      expect(gcs.filter((g) => g.at >= noted).map((g) => g.kind)).toContain(perf.NODE_PERFORMANCE_GC_MINOR);
+    } finally {
+      observer.disconnect();
+    }
+  });
 });

@@ -24,7 +24,8 @@ import {
   type SyncSummary,
   syncStores,
 } from "../../dataplane/sync.ts";
-import { OldGenerationLimit } from "../../runtime/memory.ts";
+import { setSocketReadObserver } from "../../dataplane/transport.ts";
+import { OldGenerationLimit, ReadBufferScavenger } from "../../runtime/memory.ts";
 
 /** Store errors that mean "fix your input", not "try again": exit code 2. */
 const INPUT_ERRORS: ReadonlySet<StoreErrorCode> = new Set([
@@ -312,6 +313,21 @@ export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLi
   return limit;
 }
 
+/**
+ * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0: off) read by the stores'
+ * sockets (`ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are dead a moment
+ * later but freed only at a GC, which a sync's small JS heap rarely needs — so tens of MiB of
+ * them piled up and malloc's heap grew page by page, each new page faulted in and zeroed.
+ * Returns the function that stops it.
+ */
+export function scavengeReadBuffers(env: NodeJS.ProcessEnv): () => void {
+  const everyMiB = Number(env.SPILLWAY_SYNC_SCAVENGE_EVERY_MIB ?? 16);
+  if (!(everyMiB > 0)) return () => {};
+  const scavenger = new ReadBufferScavenger({ everyBytes: everyMiB * MiB });
+  setSocketReadObserver(scavenger.note);
+  return () => setSocketReadObserver(undefined);
+}
+
 export function register(program: Command): void {
   program
     .command("sync")
@@ -348,9 +364,11 @@ export function register(program: Command): void {
       const releaseYoung = capYoungGeneration();
       const releaseOld = limitOldGenerationGrowth();
       const oldLimit = lowerOldGenerationLimit(process.env);
+      const stopScavenging = scavengeReadBuffers(process.env);
       try {
         process.exitCode = await runSync(src, dst, o);
       } finally {
+        stopScavenging();
         oldLimit?.stop();
         releaseOld();
         releaseYoung();
