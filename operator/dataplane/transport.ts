@@ -65,9 +65,15 @@ export function setSocketReadObserver(observer: ((bytes: number) => void) | unde
   readObserver = observer;
 }
 
+/** The read buffer every socket of the stores' agents reads into (allocated on first use). */
+let sharedReadBuffer: Buffer | undefined;
+
 /**
- * An agent class whose sockets read into one buffer of their own, reused for every read
- * (net/tls `onread`), instead of a fresh 64 KiB allocation per read.
+ * An agent class whose sockets read into one buffer, reused for every read (net/tls
+ * `onread`), instead of a fresh 64 KiB allocation per read — one buffer for every socket of
+ * the process: a read is handed on synchronously, on the one event-loop thread, before the next
+ * read of any socket starts, so the stores' memory for reads is 64 KiB whatever the number of
+ * sockets (a store's agent allows 128, and idle keep-alive sockets would each hold theirs).
  *
  * Why: every byte a sync moves is read from a socket. With Node's default reads each one lands
  * in newly allocated memory, freed only when V8's GC finds its Buffer dead — so a copy of
@@ -81,7 +87,7 @@ export function setSocketReadObserver(observer: ((bytes: number) => void) | unde
  * with Node's own reads (a 'data' event of a view of the buffer); the parser copies a
  * response body's bytes into Buffers of their own (`Buffer::Copy` in its on_body) and saves any
  * header bytes it still points at before `execute` returns, so nothing handed on refers to
- * this buffer after the callback. Flow control is unchanged: a paused socket stops reading
+ * the buffer after the callback. Flow control is unchanged: a paused socket stops reading
  * (`readStop`) in this mode too, and EOF and errors take Node's usual path. The tests send
  * responses split at every byte through it (test/dataplane/transport.test.ts).
  * `SPILLWAY_SOCKET_READ_BUFFER=0` turns it off.
@@ -89,8 +95,9 @@ export function setSocketReadObserver(observer: ((bytes: number) => void) | unde
 function readIntoAgent(Base: typeof Agent): typeof Agent {
   return class ReadIntoAgent extends Base {
     override createConnection(options: object, callback?: unknown): Duplex | null | undefined {
+      sharedReadBuffer ??= Buffer.allocUnsafe(SOCKET_READ_BUFFER);
       const onread = {
-        buffer: Buffer.allocUnsafe(SOCKET_READ_BUFFER),
+        buffer: sharedReadBuffer,
         callback(this: Duplex, n: number, b: Buffer) {
           this.emit("data", b.subarray(0, n));
           readObserver?.(n);

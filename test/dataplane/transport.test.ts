@@ -1,7 +1,7 @@
 /**
- * The stores' HTTP transport (operator/dataplane/transport.ts): its sockets read into a buffer
- * of their own, reused for every read (net/tls `onread`). What must hold whatever the reads
- * look like: every header and body byte arrives intact when a response is split at any byte
+ * The stores' HTTP transport (operator/dataplane/transport.ts): its sockets read into one
+ * buffer, reused for every read by every socket of the process (net/tls `onread`). What must
+ * hold whatever the reads look like: every header and body byte arrives intact when a response is split at any byte
  * (headers across reads, a body chunk across reads, the next response's bytes in the same read
  * as the end of the previous one on a keep-alive socket), over plain TCP and over TLS, with a
  * reader slower than the socket (flow control), and the same without the buffer.
@@ -147,6 +147,16 @@ function scribbleAfterEachRead(t: Transport): void {
   };
 }
 
+/** The buffers the sockets of the tests read into: one for the whole process. */
+const reading = new Set<unknown>();
+afterAll(() => {
+  expect(reading.size).toBe(1);
+});
+function readBufferOf(socket: object): unknown {
+  const slot = Object.getOwnPropertySymbols(socket).find((s) => s.description === "kBuffer");
+  return slot && (socket as Record<symbol, unknown>)[slot];
+}
+
 /** Whether the agent's sockets read into their own buffer (Node's `kBuffer` slot is set). */
 function readsIntoOwnBuffer(socket: object): boolean {
   return Object.getOwnPropertySymbols(socket).some((s) => {
@@ -205,7 +215,7 @@ describe.each([
   });
 
   test.each<[string, Record<string, string>, boolean]>([
-    ["with the socket's own read buffer", {}, false],
+    ["with the shared read buffer", {}, false],
     ["with the read buffer overwritten after every read", {}, true],
     ["with Node's reads (SPILLWAY_SOCKET_READ_BUFFER=0)", { SPILLWAY_SOCKET_READ_BUFFER: "0" }, false],
   ])("arrive intact %s, on one keep-alive socket, read fast and slowly", async (_how, env, scribble) => {
@@ -247,6 +257,43 @@ describe.each([
       // Every request went over the one keep-alive socket.
       expect(server.connections).toBe(1);
       expect([...sockets].map(readsIntoOwnBuffer)).toEqual([!("SPILLWAY_SOCKET_READ_BUFFER" in env)]);
+      if (!("SPILLWAY_SOCKET_READ_BUFFER" in env)) reading.add(readBufferOf([...sockets][0]!));
+      t.agent.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("several sockets at once, all reading into the one buffer, each response intact", async () => {
+    const payloads = [0, 1, 2, 3, 4, 5].map((i) => body(600_000 + i * 77_777, 10 + i));
+    const server = await rawServer(
+      payloads.map((p, i) => response(200, [["x-i", String(i)]], p, i % 2 === 1)),
+      { maxPiece: 5, ...(tlsMaterial ? { tls: tlsMaterial } : {}) },
+    );
+    try {
+      const t = transport(new URL(`${secure ? "https" : "http"}://127.0.0.1:${server.port}`), 4, {});
+      t.agent.on("free", (socket: object) => reading.add(readBufferOf(socket)));
+      const got = await Promise.all(
+        payloads.map(async (_p, i) => {
+          const res = await new Promise<IncomingMessage>((resolve, reject) => {
+            const req = t.request({
+              method: "GET",
+              hostname: "127.0.0.1",
+              port: server.port,
+              path: `/many-${i}`,
+              agent: t.agent,
+              ...(secure ? { rejectUnauthorized: false } : {}),
+            });
+            req.on("response", resolve).on("error", reject).end();
+          });
+          const bytes = await readSlowly(res, i % 2 ? 200_000 : 0);
+          return { i: Number(res.headers["x-i"]), sha: sha(bytes) };
+        }),
+      );
+      // Which request got which response is the server's order; every response arrived whole.
+      expect(got.map((g) => g.sha).sort()).toEqual(got.map((g) => sha(payloads[g.i]!)).sort());
+      expect(new Set(got.map((g) => g.i)).size).toBe(payloads.length);
+      expect(server.connections).toBe(4);
       t.agent.destroy();
     } finally {
       await server.close();
@@ -271,7 +318,9 @@ describe("send() through the read buffer", () => {
     await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
     const port = (srv.address() as { port: number }).port;
     try {
+      // Six requests on four sockets, all reading into the one buffer, half read slowly.
       const t = transport(new URL(`http://127.0.0.1:${port}`), 4, {});
+      t.agent.on("free", (socket: object) => reading.add(readBufferOf(socket)));
       const out = body(16 * 1024 * 1024, 3);
       const runs = await Promise.all(
         [0, 1, 2, 3, 4, 5].map(async (i) => {
