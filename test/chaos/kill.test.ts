@@ -544,6 +544,15 @@ describe("the operator process SIGKILLed inside its flows", () => {
       (await runs("ckpt")).some((r) => (r.status?.attempt ?? 1) >= 2 && !r.status?.remote?.job);
     for (let k = 4; k < KILLS.checkpoint; k++)
       await killAt("checkpoint", "moved, step 40 replicating before dispatch", replicating, 400, 8_000);
+    // Both runs move before oci-fixed comes back: the kills above wait for one run's move only,
+    // and a run whose loss the restarts delayed past the cluster's return finished there,
+    // unmoved (kp-ckpt-0 in a clean-clone CI run, 2026-12-07).
+    await eventually(
+      () => runs("ckpt"),
+      (rs) => rs.length === 2 && rs.every((r) => (r.status?.attempt ?? 1) >= 2),
+      "both checkpoint runs moved off the lost oci-fixed",
+      120_000,
+    );
 
     // ---- after the last restart: everything settles.
     fixed = await startFixed();
