@@ -13,7 +13,12 @@ import {
   SYNC_NODE_FLAGS,
   syncEnvironment,
 } from "../../bin/sync-runtime.mjs";
-import { lowerOldGenerationLimit, oldGenerationGrowthFlag } from "../../operator/cli/commands/sync.ts";
+import {
+  lowerOldGenerationLimit,
+  oldGenerationGrowthFlag,
+  scavengeReadBuffers,
+} from "../../operator/cli/commands/sync.ts";
+import { readAll } from "../../operator/dataplane/manifest.ts";
 import { contents, type Emulators, putAll, runNode, startEmulators } from "./fixtures.ts";
 
 const root = join(fileURLToPath(import.meta.url), "..", "..", "..");
@@ -80,6 +85,31 @@ describe("spillway sync's process", () => {
     } finally {
       limit?.stop();
     }
+  });
+
+  it("scavenges read buffers by default, at the MiB asked, fed by the stores' real socket reads", async () => {
+    for (const off of ["0", "sixteen", "-4"])
+      expect(scavengeReadBuffers({ SPILLWAY_SYNC_SCAVENGE_EVERY_MIB: off }).scavenger).toBeUndefined();
+    const byDefault = scavengeReadBuffers({});
+    byDefault.stop();
+    expect(byDefault.scavenger).toBeDefined();
+    // 1 MiB: a 3 MiB object read back from S3 through the transport crosses it (reads that come
+    // in while a GC waits to run are folded into it, so at least one GC).
+    const src = await emu.open(emu.s3Uri("launch", "scavenge"));
+    await putAll(src, { "big.bin": Buffer.alloc(3 * 2 ** 20, 5) });
+    const { scavenger, stop } = scavengeReadBuffers({ SPILLWAY_SYNC_SCAVENGE_EVERY_MIB: "1" });
+    try {
+      expect((await readAll(await src.read("big.bin"))).length).toBe(3 * 2 ** 20);
+      await new Promise((r) => setImmediate(r));
+      expect(scavenger!.collections).toBeGreaterThanOrEqual(1);
+    } finally {
+      stop();
+    }
+    // Stopped: reads no longer reach it.
+    const before = scavenger!.collections;
+    await readAll(await src.read("big.bin"));
+    await new Promise((r) => setImmediate(r));
+    expect(scavenger!.collections).toBe(before);
   });
 
   it("the launcher starts `spillway sync` with them (the same process, re-executed)", async () => {

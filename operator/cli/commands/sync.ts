@@ -314,18 +314,21 @@ export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLi
 }
 
 /**
- * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0: off) read by the stores'
- * sockets (`ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are dead a moment
- * later but freed only at a GC, which a sync's small JS heap rarely needs — so tens of MiB of
- * them piled up and malloc's heap grew page by page, each new page faulted in and zeroed.
- * Returns the function that stops it.
+ * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0 or not a number: off) read
+ * by the stores' sockets (`ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are
+ * dead a moment later but freed only at a GC, which a sync's small JS heap rarely needs — so tens
+ * of MiB of them piled up and malloc's heap grew page by page, each new page faulted in and
+ * zeroed. Returns the scavenger (none when off) and the function that stops it.
  */
-export function scavengeReadBuffers(env: NodeJS.ProcessEnv): () => void {
+export function scavengeReadBuffers(env: NodeJS.ProcessEnv): {
+  scavenger?: ReadBufferScavenger;
+  stop: () => void;
+} {
   const everyMiB = Number(env.SPILLWAY_SYNC_SCAVENGE_EVERY_MIB ?? 16);
-  if (!(everyMiB > 0)) return () => {};
+  if (!(everyMiB > 0)) return { stop: () => {} };
   const scavenger = new ReadBufferScavenger({ everyBytes: everyMiB * MiB });
   setSocketReadObserver(scavenger.note);
-  return () => setSocketReadObserver(undefined);
+  return { scavenger, stop: () => setSocketReadObserver(undefined) };
 }
 
 export function register(program: Command): void {
@@ -364,11 +367,11 @@ export function register(program: Command): void {
       const releaseYoung = capYoungGeneration();
       const releaseOld = limitOldGenerationGrowth();
       const oldLimit = lowerOldGenerationLimit(process.env);
-      const stopScavenging = scavengeReadBuffers(process.env);
+      const scavenging = scavengeReadBuffers(process.env);
       try {
         process.exitCode = await runSync(src, dst, o);
       } finally {
-        stopScavenging();
+        scavenging.stop();
         oldLimit?.stop();
         releaseOld();
         releaseYoung();
