@@ -2,7 +2,7 @@
  * The manifest as streams, so a sync holds no per-object state whatever the object count:
  *
  * - `ManifestReader` reads a stored manifest line by line (the format of `serialiseManifest`:
- *   a header line, one entry per line, `]}`), resuming with a ranged read after a broken stream.
+ *   a header line, one entry per line, `]}`) in windows of ranged reads of one version.
  * - `KeyCursor` merges a sorted stream of rows with a listing as a cursor ("take key k"); rows
  *   it passed, and rows its stream held out of order, wait in a bounded side table for a key
  *   that arrives out of order. A row evicted from it counts as absent, which every caller
@@ -17,12 +17,11 @@
  * Key order is `compareKeys` (UTF-8 byte order) throughout.
  */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, writeSync } from "node:fs";
 import { type FileHandle, mkdtemp, open, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
 import {
   compareKeys,
   MANIFEST_FORMAT,
@@ -31,7 +30,8 @@ import {
   manifestKey,
   parseManifest,
 } from "./manifest.ts";
-import { backoffDelay, DEFAULT_RETRY, type RetryPolicy, withRetry } from "./retry.ts";
+import { noteTransientRead } from "./reads.ts";
+import { DEFAULT_RETRY, isTransient, type RetryPolicy, withRetry } from "./retry.ts";
 import { type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
 
 export type Row = [key: string, entry: ManifestEntry];
@@ -116,34 +116,32 @@ export interface ManifestHeader {
 export interface ReadOptions {
   signal?: AbortSignal;
   retry?: RetryPolicy;
+  /** Bytes per ranged read of the document (default `MANIFEST_READ_WINDOW`); tests make it small. */
+  window?: number;
 }
+
+/** Bytes of a stored manifest each ranged read brings (a reader holds two such windows). */
+export const MANIFEST_READ_WINDOW = 1024 * 1024;
+/** The first window: enough for the header (all `replicaVersion` reads) without a whole window. */
+const FIRST_WINDOW = 64 * 1024;
 
 /**
  * A stored manifest read line by line. `open` reads only the header; `rows()` yields the
  * entries in stored order (sorted, unless an older engine wrote it in UTF-16 order: callers
- * merge with a `KeyCursor`, which copes). A broken stream is reopened at the last complete
- * line with a ranged read. A document that ends early or has an unreadable line ends the
- * rows there (`truncated`): the rest counts as absent, i.e. is checked again.
+ * merge with a `KeyCursor`, which copes). The document is read in windows (`manifestWindows`):
+ * ranged reads of the version `open` found, each retried on its own. A document that ends
+ * early or has an unreadable line ends the rows there (`truncated`): the rest counts as absent,
+ * i.e. is checked again — and so does the rest of one replaced while it was read.
  */
 export class ManifestReader {
   truncated = false;
-  private stream: Readable | undefined;
-  private lines: AsyncIterator<Line> | undefined;
 
   private constructor(
-    private readonly store: ObjectStore,
-    private readonly key: string,
-    private readonly options: ReadOptions,
     readonly header: ManifestHeader,
-    stream: Readable | undefined,
-    lines: AsyncIterator<Line> | undefined,
-    private offset: number,
+    private lines: AsyncGenerator<Line> | undefined,
     /** A manifest that is not one entry per line (no engine writes one): read whole. */
     private readonly whole?: Manifest,
-  ) {
-    this.stream = stream;
-    this.lines = lines;
-  }
+  ) {}
 
   /** Undefined when absent, empty or unreadable (an unreadable manifest counts as absent). */
   static async open(
@@ -152,16 +150,17 @@ export class ManifestReader {
     options: ReadOptions = {},
   ): Promise<ManifestReader | undefined> {
     const signal = options.signal;
+    const policy = options.retry ?? DEFAULT_RETRY;
     return withRetry(
       async () => {
-        let stream: Readable;
-        try {
-          stream = await store.read(key, signal ? { signal } : {});
-        } catch (e) {
-          if (e instanceof StoreError && e.code === "NotFound") return undefined;
-          throw e;
-        }
-        const lines = splitLines(stream)[Symbol.asyncIterator]();
+        const head = await store.head(key, signal);
+        if (!head || head.size === 0) return undefined;
+        const lines = splitLines(
+          manifestWindows(store, key, head.etag, head.size, options.window ?? MANIFEST_READ_WINDOW, {
+            policy,
+            ...(signal ? { signal } : {}),
+          }),
+        );
         try {
           const first = await lines.next();
           if (first.done) return undefined;
@@ -171,14 +170,14 @@ export class ManifestReader {
             try {
               header = JSON.parse(`${text}]}`) as ManifestHeader;
             } catch {
-              stream.destroy();
+              await lines.return(undefined);
               return undefined;
             }
             if (header.format !== MANIFEST_FORMAT) {
-              stream.destroy();
+              await lines.return(undefined);
               return undefined;
             }
-            return new ManifestReader(store, key, options, header, stream, lines, first.value.bytes);
+            return new ManifestReader(header, lines);
           }
           const parts = [text];
           for (let l = await lines.next(); !l.done; l = await lines.next()) parts.push(l.value.text);
@@ -188,22 +187,18 @@ export class ManifestReader {
           } catch {
             return undefined;
           }
-          return new ManifestReader(
-            store,
-            key,
-            options,
-            { format: MANIFEST_FORMAT },
-            undefined,
-            undefined,
-            0,
-            m,
-          );
+          return new ManifestReader({ format: MANIFEST_FORMAT }, undefined, m);
         } catch (e) {
-          stream.destroy();
+          await lines.return(undefined);
           throw e;
         }
       },
-      { policy: options.retry ?? DEFAULT_RETRY, ...(signal ? { signal } : {}) },
+      {
+        policy,
+        ...(signal ? { signal } : {}),
+        // Replaced between the head and the read: read the new one.
+        retryable: (e) => isTransient(e) || isReplaced(e),
+      },
     );
   }
 
@@ -212,52 +207,115 @@ export class ManifestReader {
       for (const key of [...this.whole.keys()].sort(compareKeys)) yield [key, this.whole.get(key)!];
       return;
     }
-    const policy = this.options.retry ?? DEFAULT_RETRY;
-    const signal = this.options.signal;
-    let failures = 0;
+    const lines = this.lines!;
     try {
-      for (;;) {
-        try {
-          for (let r = await this.lines!.next(); !r.done; r = await this.lines!.next()) {
-            this.offset += r.value.bytes;
-            failures = 0; // attempts count breaks in a row: a long merge may outlive several
-            const line = r.value.text;
-            if (line === "") continue;
-            if (line === "]}") return;
-            const row = parseEntryLine(line);
-            if (row === "skip") continue;
-            if (!row) {
-              this.truncated = true;
-              return;
-            }
-            yield row;
-          }
-          this.truncated = true; // no closing `]}`
+      for (let r = await lines.next(); !r.done; r = await lines.next()) {
+        const line = r.value.text;
+        if (line === "") continue;
+        if (line === "]}") return;
+        const row = parseEntryLine(line);
+        if (row === "skip") continue;
+        if (!row) {
+          this.truncated = true;
           return;
-        } catch (e) {
-          // A broken stream (a merge holds it open for the whole listing; servers drop idle
-          // connections): reopen at the last complete line. Not conditional on the version read
-          // first (a read returns no etag): two syncs into one destination at once are not
-          // supported anyway.
-          this.stream?.destroy();
-          if (++failures >= policy.attempts || signal?.aborted) throw e;
-          await sleep(backoffDelay(policy, failures, e), undefined, signal ? { signal } : {});
-          this.stream = await this.store.read(this.key, {
-            range: { start: this.offset },
-            ...(signal ? { signal } : {}),
-          });
-          this.lines = splitLines(this.stream)[Symbol.asyncIterator]();
         }
+        yield row;
       }
+      this.truncated = true; // no closing `]}`
+    } catch (e) {
+      // Replaced while it was read (another sync committed): what was not read counts as absent.
+      if (!isReplaced(e)) throw e;
+      this.truncated = true;
     } finally {
-      this.stream?.destroy();
+      await lines.return(undefined);
     }
   }
 
   /** Stops reading (the rows were not all consumed). */
   close(): void {
-    this.stream?.destroy();
+    void this.lines?.return(undefined).catch(() => {});
   }
+}
+
+function isReplaced(e: unknown): boolean {
+  return e instanceof StoreError && e.code === "PreconditionFailed";
+}
+
+/**
+ * An object's bytes (`size` of them, version `etag`) as windows of ranged reads, each drained
+ * at once into one of two buffers of the reader's own: the window handed out, and the next one,
+ * read meanwhile. A window is valid until the next is asked for. Each read is retried on its
+ * own (transient errors), conditional on `etag`.
+ *
+ * Why not one streamed read: a merge consumes the manifest at the listing's pace — minutes for
+ * a large dataset — and each chunk node:http hands on waited in the response's buffer behind
+ * the one being consumed, long enough to survive two scavenges: every chunk of the document was
+ * promoted to the old generation and stayed there until a full GC, which a no-op resync never
+ * runs (no-op of 200,000 objects: ArrayBuffers 6 → 36 MiB, the document's size, peak RSS
+ * growing with it). Drained into a window, a chunk lives for a memcpy. A connection held open,
+ * paused, for the whole listing is gone too (servers drop idle ones).
+ */
+async function* manifestWindows(
+  store: ObjectStore,
+  key: string,
+  etag: string,
+  size: number,
+  window: number,
+  options: { policy: RetryPolicy; signal?: AbortSignal },
+): AsyncGenerator<Buffer> {
+  // Stops the read in flight when the consumer stops early (`return`) or the sync is aborted.
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+  const buffers = [Buffer.allocUnsafe(Math.min(window, size)), Buffer.allocUnsafe(Math.min(window, size))];
+  const read = (start: number, buf: Buffer): Promise<Buffer> => {
+    const end = Math.min(start + buf.length, size);
+    return withRetry(() => readRangeInto(store, key, etag, start, end, buf, signal), {
+      policy: options.policy,
+      signal,
+    });
+  };
+  let at = Math.min(FIRST_WINDOW, window, size);
+  let next: Promise<Buffer> | undefined = read(0, buffers[0]!.subarray(0, at));
+  let i = 0;
+  try {
+    while (next) {
+      const got = await next;
+      i++;
+      const start = at;
+      at = Math.min(at + window, size);
+      next = start < size ? read(start, buffers[i % 2]!.subarray(0, at - start)) : undefined;
+      // Never left unhandled when the consumer stops first; awaited (and thrown) otherwise.
+      next?.catch(() => {});
+      yield got;
+    }
+  } finally {
+    stop.abort();
+  }
+}
+
+/** Reads `[start, end)` of version `etag` into `buf` (exactly that many bytes). */
+async function readRangeInto(
+  store: ObjectStore,
+  key: string,
+  etag: string,
+  start: number,
+  end: number,
+  buf: Buffer,
+  signal: AbortSignal,
+): Promise<Buffer> {
+  const stream = await store.read(key, { range: { start, end }, ifMatch: etag, signal });
+  let fill = 0;
+  for await (const c of stream as AsyncIterable<Uint8Array>) {
+    if (fill + c.length > end - start) {
+      stream.destroy();
+      throw new StoreError("Transient", `${key}: read more than the range [${start}, ${end})`);
+    }
+    buf.set(c, fill);
+    fill += c.length;
+  }
+  if (fill !== end - start)
+    throw new StoreError("Transient", `${key}: read ${fill} of ${end - start} bytes at ${start}`);
+  return buf.subarray(0, fill);
 }
 
 /**
@@ -396,13 +454,22 @@ export class ReorderQueue {
   }
 }
 
-/** Appends rows in strictly increasing key order to a file as the manifest's entry lines. */
+/**
+ * Appends rows in strictly increasing key order to a file as the manifest's entry lines.
+ *
+ * Written synchronously (`writeSync`, 64 KiB of lines at a time into the page cache: tens of
+ * microseconds). Asynchronous writes kept what they wrote alive until their completion ran, and
+ * a merge decides a whole listing page — 5,000 rows — in one run of microtasks, during which no
+ * I/O completion runs: the page's 64 KiB flushes (as Buffers, as strings, through promises or
+ * callbacks, alike) waited through the page's scavenges and were promoted, one manifest's worth
+ * of old generation that only a full GC frees, which a no-op resync never runs. A no-op of
+ * 200,000 objects (2026-12-07, harness): old generation 7 → 33 MiB and peak RSS 128–132 MiB with
+ * asynchronous writes, 7 → 10 MiB and 106 MiB with these.
+ */
 class RunAppender {
   private buf: string[] = [];
   private bufChars = 0;
-  private writing: Promise<void> = Promise.resolve();
   private failed: unknown;
-  private inFlight = 0;
   private readonly digest = createHash("sha256");
   count = 0;
   last: string | undefined;
@@ -424,35 +491,24 @@ class RunAppender {
     if (this.bufChars >= 64 * 1024) this.flush();
   }
 
-  /** Characters buffered or being written: the caller waits on `drained` above a bound. */
-  get pending(): number {
-    return this.bufChars + this.inFlight;
-  }
-
-  flush(): Promise<void> {
-    if (this.buf.length > 0) {
-      const data = Buffer.from(this.buf.join(""), "utf8");
-      const chars = this.bufChars;
-      this.buf = [];
-      this.bufChars = 0;
-      this.inFlight += chars;
-      this.writing = this.writing.then(async () => {
-        try {
-          if (this.failed === undefined) await this.handle.write(data);
-        } catch (e) {
-          this.failed = e;
-        } finally {
-          this.inFlight -= chars;
-        }
-      });
+  /** Writes what is buffered; a write error is kept and thrown by `close`. */
+  flush(): void {
+    if (this.buf.length === 0) return;
+    const data = this.buf.join("");
+    this.buf = [];
+    this.bufChars = 0;
+    if (this.failed !== undefined) return;
+    try {
+      writeSync(this.handle.fd, data);
+    } catch (e) {
+      this.failed = e;
     }
-    return this.writing;
   }
 
   private closed = false;
 
   async close(): Promise<void> {
-    await this.flush();
+    this.flush();
     this.closed = true;
     await this.handle.close();
     if (this.failed !== undefined) throw this.failed;
@@ -462,7 +518,6 @@ class RunAppender {
   async discard(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.writing;
     await this.handle.close().catch(() => {});
   }
 
@@ -471,9 +526,29 @@ class RunAppender {
   }
 }
 
+/**
+ * A local file's bytes in chunks read into one buffer, reused for every chunk: a chunk is valid
+ * until the next is asked for (`splitLines` copies what it keeps). A read stream allocates a
+ * fresh buffer per read — external memory by the tens of MiB for a large manifest, garbage at
+ * once but freed only at a GC.
+ */
+async function* fileChunks(path: string, size = 256 * 1024): AsyncGenerator<Buffer> {
+  const fh = await open(path, "r");
+  try {
+    const buf = Buffer.allocUnsafe(size);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, size, null);
+      if (bytesRead === 0) return;
+      yield buf.subarray(0, bytesRead);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Rows of a file a `RunAppender` wrote (either layout). */
 async function* fileRows(path: string): AsyncGenerator<Row> {
-  for await (const l of splitLines(createReadStream(path, { highWaterMark: 256 * 1024 }))) {
+  for await (const l of splitLines(fileChunks(path))) {
     if (l.text === "") continue;
     const row = parseEntryLine(l.text);
     if (row === "skip") continue;
@@ -567,12 +642,6 @@ export class SortedManifestWriter {
     if (this.stragglers.length >= this.stragglerLimit) this.spill();
   }
 
-  /** Resolves at once unless much is waiting for the disk (the caller then waits). */
-  ready(): Promise<void> | undefined {
-    if (this.main && this.main.pending > 4 * 1024 * 1024) return this.main.flush();
-    return undefined;
-  }
-
   private spill(): void {
     // A stable sort: of equal keys the later row stays later, and wins the merge.
     const rows = this.stragglers.sort((a, b) => compareKeys(a[0], b[0]));
@@ -607,7 +676,6 @@ export class SortedManifestWriter {
     for await (const [k, e] of mergeSorted([this.mainPath, ...this.runs].map((p) => fileRows(p)))) {
       out.append(k, e);
       bytes += e.size;
-      if (out.pending > 1024 * 1024) await out.flush();
     }
     await out.close();
     await Promise.all([this.mainPath, ...this.runs].map((p) => rm(p, { force: true })));
@@ -640,16 +708,26 @@ export class SortedManifestWriter {
     const suffix = Buffer.from("\n]}\n");
     const size = prefix.length + (await stat(this.bodyPath)).size + suffix.length;
     const path = this.bodyPath;
+    // Hashed and split into parts from one reused buffer; a streamed put's body must own its
+    // chunks (they wait in the request's queue), so each read is reported as transient garbage.
+    const chunks = async function* () {
+      yield prefix;
+      yield* fileChunks(path);
+      yield suffix;
+    };
     const body = () =>
       Readable.from(
         (async function* () {
           yield prefix;
-          yield* createReadStream(path, { highWaterMark: 256 * 1024 });
+          for await (const c of createReadStream(path, { highWaterMark: 256 * 1024 })) {
+            noteTransientRead((c as Buffer).length);
+            yield c;
+          }
           yield suffix;
         })(),
         { objectMode: false },
       );
-    await uploadBody(store, key, body, size, options);
+    await uploadBody(store, key, chunks, body, size, options);
   }
 
   async dispose(): Promise<void> {
@@ -707,13 +785,15 @@ function* dedupe(sorted: Row[]): Generator<Row> {
 }
 
 /**
- * Writes a document of `size` bytes from a replayable stream: one streamed request where the
- * store has one (with its sha256 and MD5, which S3 and Azure check), else a multipart upload in
- * small parts (the file store). Never holds the document whole.
+ * Writes a document of `size` bytes from a replayable source — `chunks` (valid until the next is
+ * asked for) and the same bytes as a `body` stream owning its chunks: one streamed request where
+ * the store has one (with its sha256 and MD5, which S3 and Azure check), else a multipart upload
+ * in small parts (the file store). Never holds the document whole.
  */
 async function uploadBody(
   store: ObjectStore,
   key: string,
+  chunks: () => AsyncIterable<Uint8Array>,
   body: () => Readable,
   size: number,
   options: { signal?: AbortSignal; retry?: RetryPolicy },
@@ -724,9 +804,9 @@ async function uploadBody(
   if (store.putStream && size <= store.capabilities.maxPutSize) {
     const sha = createHash("sha256");
     const md5 = createHash("md5");
-    for await (const c of body()) {
-      sha.update(c as Buffer);
-      md5.update(c as Buffer);
+    for await (const c of chunks()) {
+      sha.update(c);
+      md5.update(c);
     }
     const hashes = { sha256: sha.digest("hex"), md5: md5.digest("hex") };
     await retry(() =>
@@ -751,18 +831,18 @@ async function uploadBody(
     });
     try {
       const receipts: PartReceipt[] = [];
-      let chunks: Buffer[] = [];
+      let held: Buffer[] = [];
       let fill = 0;
       const send = async () => {
-        receipts.push(await upload.uploadPart(receipts.length + 1, Buffer.concat(chunks, fill), signal));
-        chunks = [];
+        receipts.push(await upload.uploadPart(receipts.length + 1, Buffer.concat(held, fill), signal));
+        held = [];
         fill = 0;
       };
-      for await (const c of body()) {
-        let chunk = c as Buffer;
+      for await (const c of chunks()) {
+        let chunk = Buffer.from(c.buffer, c.byteOffset, c.byteLength);
         while (chunk.length > 0) {
           const take = Math.min(chunk.length, partSize - fill);
-          chunks.push(Buffer.from(chunk.subarray(0, take))); // the stream may reuse its buffer
+          held.push(Buffer.from(chunk.subarray(0, take))); // `chunks` reuses its buffer
           fill += take;
           chunk = chunk.subarray(take);
           if (fill === partSize) await send();
@@ -833,10 +913,7 @@ export async function mergeShardManifestStreams(
     }
     // Each shard's rows are sorted (an older engine's may be in UTF-16 order: the writer puts
     // such rows in place); shards hold disjoint keys.
-    for await (const [k, e] of mergeSorted(readers.map((r) => r.rows()))) {
-      writer.add(k, e);
-      await writer.ready();
-    }
+    for await (const [k, e] of mergeSorted(readers.map((r) => r.rows()))) writer.add(k, e);
     const truncated = readers.findIndex((r) => r.truncated);
     if (truncated >= 0)
       throw new StoreError("Other", `shard ${truncated}/${count}'s manifest is damaged (ends early)`);

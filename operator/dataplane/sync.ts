@@ -824,8 +824,6 @@ export async function syncStores(
           });
           tasks.add(t);
         }
-        const disk = writer.ready();
-        if (disk) await disk;
       }
       listingDone = stopped === undefined;
     } catch (e) {

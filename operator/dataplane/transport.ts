@@ -14,6 +14,7 @@ import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, Reques
 import type { Duplex, Readable } from "node:stream";
 import { SPILLWAY_VERSION } from "../version.ts";
 import { abortError, onAbort } from "./abort.ts";
+import { noteTransientRead } from "./reads.ts";
 
 /**
  * The User-Agent of every request Spillway's stores send themselves (the SDKs send their own):
@@ -54,17 +55,6 @@ export function transport(
 /** The size of a socket's own read buffer (Node's own reads are 64 KiB too). */
 export const SOCKET_READ_BUFFER = 64 * 1024;
 
-let readObserver: ((bytes: number) => void) | undefined;
-
-/**
- * Sets the process-wide function told how many bytes each read of the stores' sockets brought
- * (undefined: none). The sync command feeds its `ReadBufferScavenger` (runtime/memory.ts) with
- * it; the data plane itself keeps no count.
- */
-export function setSocketReadObserver(observer: ((bytes: number) => void) | undefined): void {
-  readObserver = observer;
-}
-
 /** The read buffer every socket of the stores' agents reads into (allocated on first use). */
 let sharedReadBuffer: Buffer | undefined;
 
@@ -100,7 +90,7 @@ function readIntoAgent(Base: typeof Agent): typeof Agent {
         buffer: sharedReadBuffer,
         callback(this: Duplex, n: number, b: Buffer) {
           this.emit("data", b.subarray(0, n));
-          readObserver?.(n);
+          noteTransientRead(n);
         },
       };
       // node:http's is net.createConnection, node:https's its own (TLS session reuse); both

@@ -325,9 +325,9 @@ export interface ReadBufferScavengerOptions {
  * away no optimized code; a chunk in flight survives one (it is read and dead within a
  * millisecond or two, so rarely two, which would promote it).
  *
- * Only in the sync command's own process (cli/commands/sync.ts), fed by the stores' transport
- * (`setSocketReadObserver`, dataplane/transport.ts); `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB=0` turns
- * it off.
+ * Only in the sync command's own process (cli/commands/sync.ts), fed by the data plane's
+ * transient reads (`setReadObserver`, dataplane/reads.ts: the stores' sockets, the manifest's
+ * upload from its temp file); `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB=0` turns it off.
  */
 export class ReadBufferScavenger {
   private readonly every: number;

@@ -41,6 +41,7 @@ import {
   removeAbandonedTempDirs,
   SortedManifestWriter,
 } from "../../operator/dataplane/manifest-stream.ts";
+import { setReadObserver } from "../../operator/dataplane/reads.ts";
 import { faulty, ListedSource } from "./doubles.ts";
 import { contents } from "./fixtures.ts";
 
@@ -181,7 +182,71 @@ describe("the manifest as a stream", () => {
     expect(await replicaVersion(store)).toBeUndefined();
   });
 
-  it("resumes reading at the last whole line when the stream breaks", async () => {
+  it("uploads through a streamed put, its file reads reported as transient garbage; parts from one reused buffer", async () => {
+    const writer = await SortedManifestWriter.create();
+    const seen: number[] = [];
+    setReadObserver((n) => seen.push(n));
+    try {
+      for (const k of keys) writer.add(k, m.get(k)!);
+      await writer.finish();
+      const store = fresh();
+      let streamed: Buffer | undefined;
+      const streaming: ObjectStore = {
+        ...faulty(store, {}),
+        async putStream(key, body, size, o) {
+          const chunks: Buffer[] = [];
+          for await (const c of body) chunks.push(Buffer.from(c as Buffer));
+          streamed = Buffer.concat(chunks);
+          expect(streamed.length).toBe(size);
+          expect(createHash("sha256").update(streamed).digest("hex")).toBe(o?.sha256);
+          return store.put(key, streamed, o);
+        },
+      };
+      await writer.upload(streaming, manifestKey(), { source: "memory://x" });
+      expect(streamed!.equals(serialiseManifest(m, { source: "memory://x" }))).toBe(true);
+      // The body file's bytes (all but the document's head and tail), each read reported once.
+      const body = streamed!.length - seen.reduce((a, b) => a + b, 0);
+      expect(body).toBeGreaterThan(0);
+      expect(body).toBeLessThan(200);
+      // The file store takes parts: from chunks of one buffer, copied, the document is whole.
+      seen.length = 0;
+      const parted = fresh();
+      await writer.upload(parted, manifestKey(), { source: "memory://x" });
+      expect(seen).toEqual([]);
+      const stored = readFileSync(join(parted.root, ".spillway", "manifest.json"));
+      expect(stored.equals(serialiseManifest(m, { source: "memory://x" }))).toBe(true);
+    } finally {
+      setReadObserver(undefined);
+      await writer.dispose();
+    }
+  });
+
+  it("reads the document in windows of ranged reads of one version, lines across windows whole", async () => {
+    const store = fresh();
+    await store.put(manifestKey(), serialiseManifest(m));
+    const reads: { start: number; end?: number; ifMatch?: string }[] = [];
+    const counting: ObjectStore = {
+      ...faulty(store, {}),
+      async read(key, o) {
+        reads.push({ ...o?.range!, ...(o?.ifMatch ? { ifMatch: o.ifMatch } : {}) });
+        return store.read(key, o);
+      },
+    };
+    const size = (await store.head(manifestKey()))!.size;
+    const reader = (await ManifestReader.open(counting, manifestKey(), { window: 97 }))!;
+    const got: Manifest = new Map();
+    for await (const [k, e] of reader.rows()) got.set(k, e);
+    expect(reader.truncated).toBe(false);
+    expect(got).toEqual(m);
+    // Every byte read once, in order, each window conditional on the version the head found.
+    const etag = (await store.head(manifestKey()))!.etag;
+    expect(reads[0]).toEqual({ start: 0, end: 97, ifMatch: etag });
+    expect(reads.map((r) => r.start)).toEqual(reads.map((_, i) => i * 97));
+    expect(reads.at(-1)!.end).toBe(size);
+    expect(reads.every((r) => r.ifMatch === etag)).toBe(true);
+  });
+
+  it("retries a window whose read breaks, and goes on from there", async () => {
     const store = fresh();
     await store.put(manifestKey(), serialiseManifest(m));
     let broken = 0;
@@ -189,14 +254,14 @@ describe("the manifest as a stream", () => {
       ...faulty(store, {}),
       async read(key, o) {
         const inner = await store.read(key, o);
-        if (o?.range || broken++ > 0) return inner;
-        // First read: 700 bytes, then a reset connection.
+        if ((o?.range?.start ?? 0) < 300 || broken++ > 0) return inner;
+        // The first window from byte 300 on: 50 bytes, then a reset connection.
         return Readable.from(
           (async function* () {
             let sent = 0;
             for await (const c of inner as AsyncIterable<Buffer>) {
-              if (sent + c.length > 700) {
-                yield c.subarray(0, 700 - sent);
+              if (sent + c.length > 50) {
+                yield c.subarray(0, 50 - sent);
                 inner.destroy();
                 throw Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
               }
@@ -208,12 +273,46 @@ describe("the manifest as a stream", () => {
       },
     };
     const reader = (await ManifestReader.open(flaky, manifestKey(), {
+      window: 150,
       retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 2 },
     }))!;
     const got: Manifest = new Map();
     for await (const [k, e] of reader.rows()) got.set(k, e);
+    expect(broken).toBeGreaterThan(1);
     expect(reader.truncated).toBe(false);
     expect(got).toEqual(m);
+  });
+
+  it("ends the rows, truncated, where the manifest was replaced while it was read", async () => {
+    const store = fresh();
+    await store.put(manifestKey(), serialiseManifest(m));
+    const reader = (await ManifestReader.open(store, manifestKey(), { window: 200 }))!;
+    const got: string[] = [];
+    for await (const [k] of reader.rows()) {
+      got.push(k);
+      if (got.length === 3) await store.put(manifestKey(), serialiseManifest(manifestOf(keys.slice(0, 5))));
+    }
+    expect(reader.truncated).toBe(true);
+    expect(got.length).toBeGreaterThanOrEqual(3);
+    expect(got.length).toBeLessThan(keys.length);
+    expect(got).toEqual([...keys].sort(compareKeys).slice(0, got.length));
+  });
+
+  it("stops the read ahead when its rows are not all consumed", async () => {
+    const store = fresh();
+    await store.put(manifestKey(), serialiseManifest(m));
+    const signals: AbortSignal[] = [];
+    const watching: ObjectStore = {
+      ...faulty(store, {}),
+      async read(key, o) {
+        signals.push(o!.signal!);
+        return store.read(key, o);
+      },
+    };
+    const reader = (await ManifestReader.open(watching, manifestKey(), { window: 100 }))!;
+    for await (const _ of reader.rows()) break;
+    expect(signals.length).toBeGreaterThan(0);
+    expect(signals.every((s) => s.aborted)).toBe(true);
   });
 });
 

@@ -14,6 +14,7 @@ import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { credentialsFromEnv } from "../../dataplane/credentials.ts";
 import type { ShardSpec } from "../../dataplane/manifest.ts";
+import { setReadObserver } from "../../dataplane/reads.ts";
 import { openStore, StoreError, type StoreErrorCode } from "../../dataplane/store.ts";
 import {
   DEFAULT_CONCURRENCY,
@@ -24,7 +25,6 @@ import {
   type SyncSummary,
   syncStores,
 } from "../../dataplane/sync.ts";
-import { setSocketReadObserver } from "../../dataplane/transport.ts";
 import { OldGenerationLimit, ReadBufferScavenger } from "../../runtime/memory.ts";
 
 /** Store errors that mean "fix your input", not "try again": exit code 2. */
@@ -314,8 +314,9 @@ export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLi
 }
 
 /**
- * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0 or not a number: off) read
- * by the stores' sockets (`ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are
+ * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0 or not a number: off) of
+ * transient reads — the stores' sockets, the manifest's upload from its temp file (`setReadObserver`,
+ * dataplane/reads.ts; `ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are
  * dead a moment later but freed only at a GC, which a sync's small JS heap rarely needs — so tens
  * of MiB of them piled up and malloc's heap grew page by page, each new page faulted in and
  * zeroed. Returns the scavenger (none when off) and the function that stops it.
@@ -327,8 +328,8 @@ export function scavengeReadBuffers(env: NodeJS.ProcessEnv): {
   const everyMiB = Number(env.SPILLWAY_SYNC_SCAVENGE_EVERY_MIB ?? 16);
   if (!(everyMiB > 0)) return { stop: () => {} };
   const scavenger = new ReadBufferScavenger({ everyBytes: everyMiB * MiB });
-  setSocketReadObserver(scavenger.note);
-  return { scavenger, stop: () => setSocketReadObserver(undefined) };
+  setReadObserver(scavenger.note);
+  return { scavenger, stop: () => setReadObserver(undefined) };
 }
 
 export function register(program: Command): void {
