@@ -182,6 +182,28 @@ describe("the manifest as a stream", () => {
     expect(await replicaVersion(store)).toBeUndefined();
   });
 
+  it("writes a document many times its write buffer, multibyte keys across its flushes, as serialiseManifest does", async () => {
+    const many = manifestOf(
+      Array.from(
+        { length: 3000 },
+        (_, i) => `d/${i % 3 === 0 ? "\u{1F600}" : i % 3 === 1 ? "\uFF21\u00e9" : "a"}-${i}`,
+      ),
+    );
+    const writer = await SortedManifestWriter.create();
+    try {
+      for (const [k, e] of many) writer.add(k, e);
+      const written = await writer.finish();
+      expect(written.version).toBe(manifestDigest(many));
+      const store = fresh();
+      await writer.upload(store, manifestKey(), { source: "memory://x" });
+      const stored = readFileSync(join(store.root, ".spillway", "manifest.json"));
+      expect(stored.length).toBeGreaterThan(4 * 64 * 1024);
+      expect(stored.equals(serialiseManifest(many, { source: "memory://x" }))).toBe(true);
+    } finally {
+      await writer.dispose();
+    }
+  });
+
   it("uploads through a streamed put, its file reads reported as transient garbage; parts from one reused buffer", async () => {
     const writer = await SortedManifestWriter.create();
     const seen: number[] = [];
@@ -228,7 +250,7 @@ describe("the manifest as a stream", () => {
     const counting: ObjectStore = {
       ...faulty(store, {}),
       async read(key, o) {
-        reads.push({ ...o?.range!, ...(o?.ifMatch ? { ifMatch: o.ifMatch } : {}) });
+        reads.push({ ...o!.range!, ...(o!.ifMatch ? { ifMatch: o!.ifMatch } : {}) });
         return store.read(key, o);
       },
     };
