@@ -15,19 +15,23 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
  *   one, so a long sync grew it to 64 MiB semi-spaces and the old generation's limit with it:
  *   peak RSS of a cold copy of 50,000 objects 312 MiB against 135 at 5,000. At 4 MiB: 184–188
  *   against 120–153, and the 5,000-object copy needs no more CPU.
- * - `--initial-old-space-size=64`: data streams through Node's sockets as fresh 64 KiB
- *   ArrayBuffers outside the heap; with a small old generation (a sync's live heap is ~20 MiB)
+ * - `--initial-old-space-size=32`: data streams through Node's sockets as fresh 64 KiB
+ *   ArrayBuffers outside the heap; with a small old generation (a sync's live heap is ~10 MiB)
  *   V8 answered their churn with a full mark-compact every ~15 MiB — 38 during a cold copy of
- *   400 MiB. Room for 64 MiB before the first one: 14, and 0.5–0.9 CPU s less for that copy.
- *   (128 halves them again but lets a 50,000-object copy peak at 245 MiB.)
+ *   400 MiB. Room for 64 MiB before the first one: 14, and 0.5–0.9 CPU s less for that copy
+ *   (2026-11-22). Since the sockets read into one buffer and a minor GC frees the parser's
+ *   chunks every 16 MiB (2026-12-07), that copy runs 0 full GCs at 64 MiB and 2–4 at 32, at a
+ *   CPU cost lost in the noise, while a long copy of small objects fills its old generation
+ *   only to the floor: 32 MiB took a cold copy of 50,000 × 4 KiB from 142 to 113 MiB (bench,
+ *   same day; 5,000: ~100), so the floor is 32. (128 lets a 50,000-object copy peak at 245 MiB.)
  * - `--heap-growing-percent=100`: after a full GC, V8 lets the old generation grow to its live
  *   size times a factor it derives from how fast it marks against how fast the program
  *   allocates — up to 4 (the maximum where the heap limit is 2 GiB or more). A sync's full GCs
  *   are rare and quick (mutator utilisation 0.998), so it always got 4: a long cold copy went
  *   from ~25 MiB live to ~97 MiB before each full GC, and its peak RSS grew with the object
  *   count though nothing it keeps does. A factor of 2 leaves the limit at the floor above
- *   (`--initial-old-space-size`: it never drops below 64 MiB, so (a) keeps its fewer full GCs)
- *   whenever the live heap is under ~28 MiB, as a sync's is: a cold copy of 50,000 × 4 KiB
+ *   (`--initial-old-space-size`: it never drops below it, so (a) keeps its fewer full GCs)
+ *   whenever the live heap is under half of it, as a sync's is: a cold copy of 50,000 × 4 KiB
  *   peaked at 162–169 MiB against 185 with V8's factor (same build), flat from ~20,000 objects
  *   on; a 5,000-object copy ends before its old generation reaches the floor (121–125 MiB).
  *   That floor is what remains between the two: 32 MiB with a factor of 1.5 gave 137 MiB at
@@ -45,7 +49,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
  */
 export const SYNC_NODE_FLAGS = [
   "--max-semi-space-size=4",
-  "--initial-old-space-size=64",
+  "--initial-old-space-size=32",
   "--heap-growing-percent=100",
 ];
 

@@ -215,6 +215,10 @@ function oldGenerationUsed(): number {
  * generation fills to the floor between full GCs, and its peak RSS went ~100 → 146–150 MiB
  * from 5,000 to 50,000 objects — the 5,000-object copy ends before it reaches the floor.
  *
+ * (Since 2026-12-07 the launcher's floor is 32 MiB — with the sockets' one read buffer and the
+ * read-buffer scavenger, (a) no longer pays for it — and the same copy peaks at ~113 MiB
+ * without this.)
+ *
  * So every `intervalMs` this compares the old generation in use with
  * max(`floorBytes`, `factor` × what the last full GC — V8's or its own — left) and runs one
  * regular full GC when it is above (~13 ms on a ~11 MiB live heap). The copy of large objects
