@@ -29,6 +29,7 @@ import {
   type ManifestEntry,
   manifestKey,
   parseManifest,
+  readStreamInto,
 } from "./manifest.ts";
 import { noteTransientRead } from "./reads.ts";
 import { DEFAULT_RETRY, isTransient, type RetryPolicy, withRetry } from "./retry.ts";
@@ -248,12 +249,12 @@ function isReplaced(e: unknown): boolean {
  * own (transient errors), conditional on `etag`.
  *
  * Why not one streamed read: a merge consumes the manifest at the listing's pace — minutes for
- * a large dataset — and each chunk node:http hands on waited in the response's buffer behind
- * the one being consumed, long enough to survive two scavenges: every chunk of the document was
- * promoted to the old generation and stayed there until a full GC, which a no-op resync never
- * runs (no-op of 200,000 objects: ArrayBuffers 6 → 36 MiB, the document's size, peak RSS
- * growing with it). Drained into a window, a chunk lives for a memcpy. A connection held open,
- * paused, for the whole listing is gone too (servers drop idle ones).
+ * a large dataset — so one response was held open, paused, for the whole listing (servers drop
+ * idle connections; a reopen at the last line was not conditional on the version), and each
+ * chunk waited in its buffer for the merge. Drained into a window, a chunk lives for a memcpy,
+ * every window is of one version, and a failure costs one window. (Written first as the suspect
+ * of a no-op's growth with the manifest's size; the cause was the temp file's writes,
+ * `RunAppender`, and this made no measurable difference to it.)
  */
 async function* manifestWindows(
   store: ObjectStore,
@@ -269,10 +270,11 @@ async function* manifestWindows(
   const buffers = [Buffer.allocUnsafe(Math.min(window, size)), Buffer.allocUnsafe(Math.min(window, size))];
   const read = (start: number, buf: Buffer): Promise<Buffer> => {
     const end = Math.min(start + buf.length, size);
-    return withRetry(() => readRangeInto(store, key, etag, start, end, buf, signal), {
-      policy: options.policy,
-      signal,
-    });
+    return withRetry(
+      async () =>
+        readStreamInto(await store.read(key, { range: { start, end }, ifMatch: etag, signal }), buf, key),
+      { policy: options.policy, signal },
+    );
   };
   let at = Math.min(FIRST_WINDOW, window, size);
   let next: Promise<Buffer> | undefined = read(0, buffers[0]!.subarray(0, at));
@@ -291,31 +293,6 @@ async function* manifestWindows(
   } finally {
     stop.abort();
   }
-}
-
-/** Reads `[start, end)` of version `etag` into `buf` (exactly that many bytes). */
-async function readRangeInto(
-  store: ObjectStore,
-  key: string,
-  etag: string,
-  start: number,
-  end: number,
-  buf: Buffer,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  const stream = await store.read(key, { range: { start, end }, ifMatch: etag, signal });
-  let fill = 0;
-  for await (const c of stream as AsyncIterable<Uint8Array>) {
-    if (fill + c.length > end - start) {
-      stream.destroy();
-      throw new StoreError("Transient", `${key}: read more than the range [${start}, ${end})`);
-    }
-    buf.set(c, fill);
-    fill += c.length;
-  }
-  if (fill !== end - start)
-    throw new StoreError("Transient", `${key}: read ${fill} of ${end - start} bytes at ${start}`);
-  return buf.subarray(0, fill);
 }
 
 /**
@@ -458,8 +435,8 @@ export class ReorderQueue {
  * Appends rows in strictly increasing key order to a file as the manifest's entry lines.
  *
  * Lines are encoded into one buffer as they come and written synchronously (`writeSync`, 64 KiB
- * at a time into the page cache: tens of microseconds). Asynchronous writes kept what they wrote alive until their completion ran, and
- * a merge decides a whole listing page — 5,000 rows — in one run of microtasks, during which no
+ * at a time into the page cache: tens of microseconds). Asynchronous writes kept what they
+ * wrote alive until their completion ran, and a merge decides a whole listing page — 5,000 rows — in one run of microtasks, during which no
  * I/O completion runs: the page's 64 KiB flushes (as Buffers, as strings, through promises or
  * callbacks, alike) waited through the page's scavenges and were promoted, one manifest's worth
  * of old generation that only a full GC frees, which a no-op resync never runs. A no-op of

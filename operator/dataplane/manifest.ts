@@ -129,6 +129,25 @@ export async function readAll(stream: Readable): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/**
+ * Reads `stream` into `buf`, which it must fill exactly: an object (or a range of one) read into
+ * a buffer of its known size. More or fewer bytes mean the source changed while it was read
+ * (Transient: the caller's retry reads it again).
+ */
+export async function readStreamInto(stream: Readable, buf: Buffer, key: string): Promise<Buffer> {
+  let fill = 0;
+  for await (const c of stream as AsyncIterable<Uint8Array>) {
+    if (fill + c.length > buf.length) {
+      stream.destroy();
+      throw new StoreError("Transient", `${key}: source changed size while it was read`);
+    }
+    buf.set(c, fill);
+    fill += c.length;
+  }
+  if (fill !== buf.length) throw new StoreError("Transient", `${key}: source changed size while it was read`);
+  return buf;
+}
+
 /** Loads a manifest; undefined when absent. An unreadable one counts as absent (everything is rechecked). */
 export async function loadManifest(
   store: ObjectStore,

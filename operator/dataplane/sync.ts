@@ -32,6 +32,7 @@ import {
   META_PREFIX,
   manifestKey,
   readAll,
+  readStreamInto,
   type ShardSpec,
   saveManifest,
   shardOf,
@@ -1106,16 +1107,5 @@ async function readExactly(
     if (rest.length !== 0) throw new StoreError("Transient", `${key}: source changed size while it was read`);
     return Buffer.alloc(0);
   }
-  const buf = buffers ? buffers.take(size) : Buffer.allocUnsafe(size);
-  let fill = 0;
-  for await (const c of stream as AsyncIterable<Uint8Array>) {
-    if (fill + c.length > size) {
-      stream.destroy();
-      throw new StoreError("Transient", `${key}: source changed size while it was read`);
-    }
-    buf.set(c, fill);
-    fill += c.length;
-  }
-  if (fill !== size) throw new StoreError("Transient", `${key}: source changed size while it was read`);
-  return buf;
+  return readStreamInto(stream, buffers ? buffers.take(size) : Buffer.allocUnsafe(size), key);
 }

@@ -299,9 +299,9 @@ function limitOldGenerationGrowth(): () => void {
  * (the journal's pending entries, listing entries), which V8 lets fill its floor (the
  * launcher's `--initial-old-space-size`) before it collects: peak RSS of a cold copy of
  * 50,000 × 4 KiB 146–150 MiB against ~100 at 5,000 with a 64 MiB floor, ~113 with the
- * launcher's 32 (2026-12-07). With a 16 MiB floor of this limit's: 121 MiB (at 64). Why not by default: each full GC also throws away optimized code that embedded
- * objects the GC freed ("embedded weak objects cleared": ~20 functions per GC, re-optimized
- * after), and Node's fast API calls (socket writes, header encoding) run their slow paths
+ * launcher's 32 (2026-12-07). With a 16 MiB floor of this limit's: 121 MiB (at 64). Why not
+ * by default: each full GC also throws away optimized code that embedded objects the GC freed
+ * ("embedded weak objects cleared": ~20 functions per GC, re-optimized after), and Node's fast API calls (socket writes, header encoding) run their slow paths
  * meanwhile — 8 full GCs instead of 2 cost that copy 29.3 CPU s instead of 26.3 (+11 %; the
  * pauses themselves ~0.1 s). Measured 2026-11-22, docs/dataplane.md.
  */
