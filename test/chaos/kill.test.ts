@@ -556,20 +556,35 @@ describe("the operator process SIGKILLed inside its flows", () => {
 
     // ---- after the last restart: everything settles.
     fixed = await startFixed();
+    const listRuns = async () =>
+      (
+        await e.client.list<Run>(SpillwayResources.TrainingRun, {
+          namespace: NS,
+          labelSelector: "chaos=kill",
+        })
+      ).items;
+    const finished = (r: Run) => r.status?.phase === "Succeeded" || r.status?.phase === "Failed";
     const done = await eventually(
-      async () =>
-        (
-          await e.client.list<Run>(SpillwayResources.TrainingRun, {
-            namespace: NS,
-            labelSelector: "chaos=kill",
-          })
-        ).items,
-      (rs) =>
-        rs.length === names.length &&
-        rs.every((r) => r.status?.phase === "Succeeded" || r.status?.phase === "Failed"),
+      listRuns,
+      (rs) => rs.length === names.length && rs.every(finished),
       "every run to finish after the last restart",
       240_000,
-    );
+    ).catch(async (err: unknown) => {
+      // Name the runs that did not finish, with what their conditions say: the whole list is
+      // too long for the timeout's message (it showed only the first, finished, run).
+      const stuck = (await listRuns())
+        .filter((r) => !finished(r))
+        .map((r) => ({
+          name: r.metadata.name,
+          phase: r.status?.phase,
+          attempt: r.status?.attempt,
+          remote: r.status?.remote,
+          conditions: (r.status?.conditions ?? [])
+            .filter((c) => c.status !== "True")
+            .map((c) => `${c.type}=${c.status} ${c.reason ?? ""}: ${c.message ?? ""}`),
+        }));
+      throw new Error(`${(err as Error).message.split(";")[0]}; not finished: ${JSON.stringify(stuck)}`);
+    });
     const diag = join(tmpdir(), `spillway-chaos-kill-${SEED}.json`);
     writeFileSync(
       diag,
