@@ -32,6 +32,7 @@ import {
   sendingStream,
 } from "./http-azure.ts";
 import { displayLocation } from "./open.ts";
+import { LentChunks, type StreamBody } from "./reads.ts";
 import { withRetry } from "./retry.ts";
 import {
   type CommitOptions,
@@ -732,11 +733,13 @@ export class AzureBlobStore implements ObjectStore {
    */
   async putStream(
     key: string,
-    body: Readable,
+    source: StreamBody,
     size: number,
     options: StreamWriteOptions = {},
   ): Promise<StreamPutResult> {
     const given = options.md5 ? Buffer.from(options.md5, "hex") : undefined;
+    // The SDK keeps what it is given: lent chunks go to it as a stream of copies.
+    let body = source;
     try {
       const sent = this.objects
         ? await this.objects.putBlob(
@@ -755,8 +758,10 @@ export class AzureBlobStore implements ObjectStore {
         md5 = got && got.length === 16 ? got.toString("hex") : undefined;
       } else {
         const blob = await this.blob(key);
-        const r = await sendingStream(body, options.signal, (abortSignal) =>
-          blob.upload(() => body, size, {
+        const stream = source instanceof LentChunks ? source.toReadable() : source;
+        body = stream;
+        const r = await sendingStream(stream, options.signal, (abortSignal) =>
+          blob.upload(() => stream, size, {
             metadata: this.metadataOf(options),
             conditions: this.conditionsOf(options),
             blobHTTPHeaders: {
@@ -781,7 +786,7 @@ export class AzureBlobStore implements ObjectStore {
       }
       return { etag, ...(md5 ? { md5 } : {}) };
     } catch (e) {
-      body.destroy();
+      if (body instanceof Readable) body.destroy();
       throw classifyAzureError(e, `put ${key}`);
     }
   }

@@ -25,6 +25,7 @@ import { createHmac, createSecretKey, type KeyObject, randomUUID } from "node:cr
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { onAbort } from "./abort.ts";
+import { LentChunks } from "./reads.ts";
 import { errorText, send, type Transport, transport } from "./transport.ts";
 import type { PageBuffer } from "./xml.ts";
 
@@ -348,16 +349,17 @@ export class AzureBlobHttp {
   }
 
   /**
-   * Put Blob (a block blob in one request): `body` as given (bytes, or a stream of exactly
-   * `size` bytes), with `headers` (the caller's Content-MD5, `x-ms-blob-content-md5`,
+   * Put Blob (a block blob in one request): `body` as given (bytes, or a stream or lent chunks
+   * of exactly `size` bytes), with `headers` (the caller's Content-MD5, `x-ms-blob-content-md5`,
    * `x-ms-meta-*`, `x-ms-blob-content-type`, If-Match/If-None-Match). Resolves with the
    * response's ETag and Content-MD5 (base64). A stream body that fails mid-way aborts the
-   * request and rejects with the stream's error (`sendingStream`): the service discards a
+   * request and rejects with the stream's error (`sendingStream`; lent chunks: the transport's
+   * `writeLent`): the service discards a
    * short body, so nothing becomes visible.
    */
   async putBlob(
     name: string,
-    body: Uint8Array | Readable,
+    body: Uint8Array | Readable | LentChunks,
     size: number,
     headers: Record<string, string>,
     signal?: AbortSignal,
@@ -372,7 +374,7 @@ export class AzureBlobHttp {
     };
     const target = this.blobTarget("PUT", name, "write");
     const response =
-      body instanceof Uint8Array
+      body instanceof Uint8Array || body instanceof LentChunks
         ? await this.send(target, all, body, signal)
         : await sendingStream(body, signal, (s) => this.send(target, all, body, s));
     const status = response.statusCode ?? 0;
@@ -415,7 +417,7 @@ export class AzureBlobHttp {
   private send(
     target: Target,
     headers: OutgoingHttpHeaders,
-    body: Uint8Array | Readable | undefined,
+    body: Uint8Array | Readable | LentChunks | undefined,
     signal: AbortSignal | undefined,
   ): Promise<IncomingMessage> {
     const { method, path, query, access } = target;

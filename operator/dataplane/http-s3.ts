@@ -24,6 +24,7 @@ import type { Readable } from "node:stream";
 // A dependency of @aws-sdk/client-s3 (the signer it signs with), not a new package.
 import { SignatureV4 } from "@smithy/signature-v4";
 import type { Checksum, SourceData } from "@smithy/types";
+import type { LentChunks } from "./reads.ts";
 import { errorText, send, type Transport } from "./transport.ts";
 
 /** Node KeyObjects of the HMAC keys the signer hands in, by the key's identity. */
@@ -181,8 +182,8 @@ export interface S3Request {
   headers?: Record<string, string>;
   /** The x-amz-content-sha256 value; default the empty body's hash. */
   payloadHash?: string;
-  /** Sent as is. */
-  body?: Uint8Array | Readable;
+  /** Sent as is (see transport.ts `SendOptions`). */
+  body?: Uint8Array | Readable | LentChunks;
   signal?: AbortSignal;
 }
 

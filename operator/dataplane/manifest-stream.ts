@@ -17,11 +17,10 @@
  * Key order is `compareKeys` (UTF-8 byte order) throughout.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, writeSync } from "node:fs";
+import { writeSync } from "node:fs";
 import { type FileHandle, mkdtemp, open, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import {
   compareKeys,
   MANIFEST_FORMAT,
@@ -31,7 +30,7 @@ import {
   parseManifest,
   readStreamInto,
 } from "./manifest.ts";
-import { noteTransientRead } from "./reads.ts";
+import { LentChunks } from "./reads.ts";
 import { DEFAULT_RETRY, isTransient, type RetryPolicy, withRetry } from "./retry.ts";
 import { type ObjectStore, type PartReceipt, StoreError } from "./store.ts";
 
@@ -701,26 +700,13 @@ export class SortedManifestWriter {
     const suffix = Buffer.from("\n]}\n");
     const size = prefix.length + (await stat(this.bodyPath)).size + suffix.length;
     const path = this.bodyPath;
-    // Hashed and split into parts from one reused buffer; a streamed put's body must own its
-    // chunks (they wait in the request's queue), so each read is reported as transient garbage.
+    // Hashed, sent and split into parts from one reused buffer.
     const chunks = async function* () {
       yield prefix;
       yield* fileChunks(path);
       yield suffix;
     };
-    const body = () =>
-      Readable.from(
-        (async function* () {
-          yield prefix;
-          for await (const c of createReadStream(path, { highWaterMark: 256 * 1024 })) {
-            noteTransientRead((c as Buffer).length);
-            yield c;
-          }
-          yield suffix;
-        })(),
-        { objectMode: false },
-      );
-    await uploadBody(store, key, chunks, body, size, options);
+    await uploadBody(store, key, chunks, size, options);
   }
 
   async dispose(): Promise<void> {
@@ -778,16 +764,15 @@ function* dedupe(sorted: Row[]): Generator<Row> {
 }
 
 /**
- * Writes a document of `size` bytes from a replayable source — `chunks` (valid until the next is
- * asked for) and the same bytes as a `body` stream owning its chunks: one streamed request where
- * the store has one (with its sha256 and MD5, which S3 and Azure check), else a multipart upload
- * in small parts (the file store). Never holds the document whole.
+ * Writes a document of `size` bytes from a replayable source, `chunks` (each valid until the
+ * next is asked for): one streamed request of the chunks lent (`LentChunks`) where the store has
+ * one (with its sha256 and MD5, which S3 and Azure check), else a multipart upload in small
+ * parts (the file store). Never holds the document whole, and leaves no garbage per chunk.
  */
 async function uploadBody(
   store: ObjectStore,
   key: string,
   chunks: () => AsyncIterable<Uint8Array>,
-  body: () => Readable,
   size: number,
   options: { signal?: AbortSignal; retry?: RetryPolicy },
 ): Promise<void> {
@@ -803,7 +788,7 @@ async function uploadBody(
     }
     const hashes = { sha256: sha.digest("hex"), md5: md5.digest("hex") };
     await retry(() =>
-      store.putStream!(key, body(), size, {
+      store.putStream!(key, new LentChunks(chunks), size, {
         ...hashes,
         contentType: "application/json",
         ...(signal ? { signal } : {}),

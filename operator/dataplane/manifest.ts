@@ -110,6 +110,82 @@ export function serialiseManifest(m: Manifest, extra: Record<string, unknown> = 
   return Buffer.from(`${head.slice(0, -1)},"entries":[\n${lines.join(",\n")}\n]}\n`);
 }
 
+/**
+ * The entries of a journal segment, encoded as each copy finishes into one buffer that grows as
+ * needed (off V8's heap), not held as objects until the segment is written: a checkpoint's
+ * worth of entries (up to 2 s of copies) lived through the young generation's collections and
+ * was promoted, old-generation memory freed only at a full GC, which a long copy of small
+ * objects then reached sooner. A segment (`take`) is a manifest document whose rows are in the
+ * order they finished, read back by `parseManifest` as any manifest; it carries `"journal": true`
+ * and no `version` (a version is the digest in key order, and a segment is not a dataset).
+ */
+export class JournalLines {
+  private bytes: Buffer;
+  private fill = 0;
+  private rows = 0;
+
+  constructor(initialBytes = 64 * 1024) {
+    this.bytes = Buffer.allocUnsafeSlow(initialBytes);
+  }
+
+  /** The entries added and not yet taken. */
+  get size(): number {
+    return this.rows;
+  }
+
+  add(key: string, e: ManifestEntry): void {
+    this.append(`${JSON.stringify([key, e.size, e.sha256, e.srcEtag, e.dstEtag])},\n`);
+    this.rows++;
+  }
+
+  /**
+   * Takes the entries added so far as a segment's document (`lines`: its rows, for `restore`
+   * when its write fails). The buffer is kept for the next ones.
+   */
+  take(): { document: Buffer; lines: Buffer; rows: number } | undefined {
+    if (this.rows === 0) return undefined;
+    const head = JSON.stringify({ format: MANIFEST_FORMAT, journal: true, objects: this.rows });
+    const prefix = Buffer.from(`${head.slice(0, -1)},"entries":[\n`);
+    const document = Buffer.concat([
+      prefix,
+      this.bytes.subarray(0, this.fill - 2), // the last row's ",\n"
+      Buffer.from("\n]}\n"),
+    ]);
+    const taken = { document, lines: document.subarray(prefix.length, document.length - 4), rows: this.rows };
+    this.fill = 0;
+    this.rows = 0;
+    return taken;
+  }
+
+  /** Puts back the rows of a segment whose write failed, before any added since (which win). */
+  restore(taken: { lines: Buffer; rows: number }): void {
+    const later = Buffer.from(this.bytes.subarray(0, this.fill));
+    this.fill = 0;
+    this.appendBytes(taken.lines);
+    this.append(",\n");
+    this.appendBytes(later);
+    this.rows += taken.rows;
+  }
+
+  private append(line: string): void {
+    const need = Buffer.byteLength(line);
+    this.reserve(need);
+    this.fill += this.bytes.write(line, this.fill);
+  }
+
+  private appendBytes(b: Buffer): void {
+    this.reserve(b.length);
+    this.fill += b.copy(this.bytes, this.fill);
+  }
+
+  private reserve(need: number): void {
+    if (this.fill + need <= this.bytes.length) return;
+    const grown = Buffer.allocUnsafeSlow(Math.max(this.bytes.length * 2, this.fill + need));
+    this.bytes.copy(grown, 0, 0, this.fill);
+    this.bytes = grown;
+  }
+}
+
 export function parseManifest(text: string): Manifest {
   const doc = JSON.parse(text) as { format?: string; entries?: unknown[] };
   if (doc.format !== MANIFEST_FORMAT || !Array.isArray(doc.entries))

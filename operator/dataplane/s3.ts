@@ -17,6 +17,7 @@ import type {
 import type { MiddlewareStack } from "@smithy/types";
 import { S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
+import { LentChunks, type StreamBody } from "./reads.ts";
 import { isTransient, withRetry } from "./retry.ts";
 import {
   type AbandonedUploadOptions,
@@ -547,11 +548,13 @@ export class S3Store implements ObjectStore {
    */
   async putStream(
     key: string,
-    body: Readable,
+    given: StreamBody,
     size: number,
     options: StreamWriteOptions = {},
   ): Promise<StreamPutResult> {
     const Key = this.full(key);
+    // The SDK keeps what it is given: lent chunks go to it as a stream of copies.
+    let body = given;
     try {
       if (this.objects) {
         const md5b64 = options.md5 ? Buffer.from(options.md5, "hex").toString("base64") : undefined;
@@ -568,6 +571,7 @@ export class S3Store implements ObjectStore {
         return { etag, ...(/^[0-9a-f]{32}$/.test(etag) ? { md5: etag } : {}) };
       }
       const { c, m } = await this.sdk();
+      body = given instanceof LentChunks ? given.toReadable() : given;
       const command = new m.PutObjectCommand({
         Bucket: this.bucket,
         Key,
@@ -585,7 +589,7 @@ export class S3Store implements ObjectStore {
       const etag = unquote(r.ETag);
       return { etag, ...(/^[0-9a-f]{32}$/.test(etag) ? { md5: etag } : {}) };
     } catch (e) {
-      body.destroy();
+      if (body instanceof Readable) body.destroy();
       throw classifyS3Error(e, `put ${key}`);
     }
   }

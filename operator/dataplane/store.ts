@@ -30,6 +30,7 @@
  *   transient network/server errors, which callers retry with backoff (see `retry.ts`).
  */
 import type { Readable } from "node:stream";
+import type { StreamBody } from "./reads.ts";
 
 /** Metadata names the adapters use for Spillway's content sha256 (Azure names must be identifiers). */
 export const SHA256_METADATA = { azure: "spillwaysha256", s3: "spillway-sha256", file: "sha256" } as const;
@@ -195,14 +196,14 @@ export interface ObjectStore {
   /** Writes a whole object in one atomic request. */
   put(key: string, body: Uint8Array, options?: WriteOptions): Promise<PutResult>;
   /**
-   * Writes a whole object from a stream of exactly `size` bytes in one atomic request, without
-   * holding it in memory (one S3 PUT, one Azure Put Blob): an incomplete body leaves nothing
-   * visible. Optional; limited to `capabilities.maxPutSize`. The result's `md5` lets the caller
+   * Writes a whole object from a stream (or lent chunks, `LentChunks`: each valid until the
+   * next is asked for) of exactly `size` bytes in one atomic request, without holding it in
+   * memory (one S3 PUT, one Azure Put Blob): an incomplete body leaves nothing visible. Optional; limited to `capabilities.maxPutSize`. The result's `md5` lets the caller
    * compare what the store received with what it sent.
    */
   putStream?(
     key: string,
-    body: Readable,
+    body: StreamBody,
     size: number,
     options?: StreamWriteOptions,
   ): Promise<StreamPutResult>;

@@ -24,6 +24,7 @@ import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import {
   compareKeys,
+  JournalLines,
   journalDir,
   journalKey,
   loadManifest,
@@ -34,7 +35,6 @@ import {
   readAll,
   readStreamInto,
   type ShardSpec,
-  saveManifest,
   shardOf,
 } from "./manifest.ts";
 import {
@@ -484,26 +484,30 @@ export async function syncStores(
 
     // Journal: the copies finished since the last checkpoint go out as one new segment
     // (`journalDir`/<seq>.json) every interval (never concurrently with itself); nothing grows
-    // with the object count between checkpoints but those copies. A segment that failed to
-    // write is folded into the next one.
-    let pending: Manifest = new Map();
+    // with the object count between checkpoints but those copies, kept as encoded rows
+    // (`JournalLines`). A segment that failed to write is folded into the next one.
+    const pending = new JournalLines();
     let journalSeq = journal.nextSeq;
     let segmentsWritten = 0;
     let journalWrite: Promise<void> = Promise.resolve();
     const writeJournal = () => {
-      if (dryRun || pending.size === 0) return journalWrite;
-      const segment = pending;
-      pending = new Map();
+      if (dryRun) return journalWrite;
+      const segment = pending.take();
+      if (!segment) return journalWrite;
       const key = segmentKey(shard, journalSeq++);
       // Not bound to `signal`: an aborted sync still journals what it finished, so a rerun resumes.
       journalWrite = journalWrite
-        .then(() => withRetry(() => saveManifest(dst, key, segment), { policy: { ...policy, attempts: 3 } }))
+        .then(() =>
+          withRetry(() => dst.put(key, segment.document, { contentType: "application/json" }), {
+            policy: { ...policy, attempts: 3 },
+          }),
+        )
         .then(() => {
           segmentsWritten++;
         })
         .catch(() => {
           // Retried at the next checkpoint; the data itself is safe.
-          for (const [k, e] of segment) if (!pending.has(k)) pending.set(k, e);
+          pending.restore(segment);
         });
       return journalWrite;
     };
@@ -760,7 +764,7 @@ export async function syncStores(
           retryable: (err) => err instanceof StoreError && (err.retryable || err.code === "Integrity"),
         });
         result = e;
-        pending.set(key, e);
+        pending.add(key, e);
         s.copied.objects++;
         s.copied.bytes += obj.size;
         failedInARow = 0;

@@ -14,7 +14,7 @@ import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, Reques
 import type { Duplex, Readable } from "node:stream";
 import { SPILLWAY_VERSION } from "../version.ts";
 import { abortError, onAbort } from "./abort.ts";
-import { noteTransientRead } from "./reads.ts";
+import { LentChunks, noteTransientRead } from "./reads.ts";
 
 /**
  * The User-Agent of every request Spillway's stores send themselves (the SDKs send their own):
@@ -110,8 +110,11 @@ export interface SendOptions {
   /** Path and query, encoded. */
   path: string;
   headers: OutgoingHttpHeaders;
-  /** Sent as is; a stream is piped, and its failure fails the request. */
-  body?: Uint8Array | Readable;
+  /**
+   * Sent as is; a stream is piped, lent chunks are written one at a time (`writeLent`); a
+   * failing body fails the request.
+   */
+  body?: Uint8Array | Readable | LentChunks;
   signal?: AbortSignal;
   /** Socket idle time that fails the request with `timeoutError()`. */
   timeoutMs: number;
@@ -150,11 +153,39 @@ export function send(t: Transport, o: SendOptions): Promise<IncomingMessage> {
     const body = o.body;
     if (body === undefined) req.end();
     else if (body instanceof Uint8Array) req.end(body);
+    else if (body instanceof LentChunks) void writeLent(req, body);
     else {
       body.once("error", (e) => req.destroy(e));
       body.pipe(req);
     }
   });
+}
+
+/**
+ * Writes lent chunks (`LentChunks`, reads.ts), asking for the next only once the socket has
+ * taken the last: a write's callback runs when its bytes left Node (before the request has a
+ * socket, when it flushed), after which nothing refers to the chunk. A request that closes
+ * first (destroyed, aborted, timed out, or answered early) stops the writing and closes the
+ * body's source; a failing source destroys the request with its error, as a stream body does.
+ */
+async function writeLent(req: ClientRequest, body: LentChunks): Promise<void> {
+  try {
+    for await (const chunk of body.chunks()) {
+      if (req.destroyed) return;
+      await new Promise<void>((resolve, reject) => {
+        const closed = () => reject(new Error("the request closed before its body was sent"));
+        req.once("close", closed);
+        req.write(chunk, (e) => {
+          req.off("close", closed);
+          if (e) reject(e);
+          else resolve();
+        });
+      });
+    }
+    req.end();
+  } catch (e) {
+    req.destroy(e as Error);
+  }
 }
 
 /**

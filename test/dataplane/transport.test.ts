@@ -14,6 +14,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
+import { LentChunks, setReadObserver } from "../../operator/dataplane/reads.ts";
 import { SOCKET_READ_BUFFER, send, type Transport, transport } from "../../operator/dataplane/transport.ts";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -347,6 +348,172 @@ describe("send() through the read buffer", () => {
         srv.closeAllConnections();
         srv.close(() => resolve());
       });
+    }
+  });
+});
+
+describe("send() with a lent body (LentChunks: one buffer, reused for every chunk)", () => {
+  /**
+   * A real node:http server: request bodies hashed as they arrive, read `slowly` (a pause every
+   * 256 KiB, so the client's socket fills and its writes wait), answered with the digest and
+   * the bytes received; `failEarly` answers 400 at once without reading the body.
+   */
+  async function hashingServer(slowly: boolean) {
+    const { createServer: createHttpServer } = await import("node:http");
+    const received: { bytes: number; complete: boolean }[] = [];
+    const srv = createHttpServer((req, res) => {
+      const h = createHash("sha256");
+      const r = { bytes: 0, complete: false };
+      received.push(r);
+      req.on("data", (c: Buffer) => {
+        h.update(c);
+        const before = r.bytes;
+        r.bytes += c.length;
+        if (slowly && Math.floor(before / 262_144) !== Math.floor(r.bytes / 262_144)) {
+          req.pause();
+          setTimeout(() => req.resume(), 2);
+        }
+      });
+      req.on("end", () => {
+        r.complete = true;
+        res.writeHead(200, { "x-got": h.digest("hex"), "x-bytes": String(r.bytes) });
+        res.end();
+      });
+      req.on("error", () => {});
+    });
+    await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+    const port = (srv.address() as { port: number }).port;
+    return {
+      port,
+      received,
+      close: () =>
+        new Promise<void>((resolve) => {
+          srv.closeAllConnections();
+          srv.close(() => resolve());
+        }),
+    };
+  }
+
+  /**
+   * `data` lent in chunks of `size` bytes from one buffer, which is scribbled over the moment
+   * the next chunk is asked for: bytes a sender still held when it asked would arrive
+   * scribbled. Records the buffers lent and whether the source was closed.
+   */
+  function lentFrom(data: Buffer, size: number, fail?: { after: number; error: Error }) {
+    const state = { buffers: new Set<ArrayBufferLike>(), lent: 0, closed: false };
+    const lent = new LentChunks(async function* () {
+      const buf = Buffer.allocUnsafe(size);
+      try {
+        for (let at = 0; at < data.length; at += size) {
+          if (fail && at >= fail.after) throw fail.error;
+          const n = data.copy(buf, 0, at, at + size);
+          state.buffers.add(buf.buffer);
+          state.lent += n;
+          yield buf.subarray(0, n);
+          buf.fill(0x5a);
+          await new Promise((r) => setImmediate(r)); // as a file read would
+        }
+      } finally {
+        state.closed = true;
+      }
+    });
+    return { lent, state };
+  }
+
+  const put = (t: Transport, port: number, size: number, lent: LentChunks, signal?: AbortSignal) =>
+    send(t, {
+      method: "PUT",
+      hostname: "127.0.0.1",
+      port,
+      path: "/lent",
+      headers: { "content-length": size },
+      body: lent,
+      ...(signal ? { signal } : {}),
+      timeoutMs: 30_000,
+      timeoutError: () => new Error("timed out"),
+    });
+
+  it("sends every byte intact through a slow reader, asking for a chunk only once the last was taken", async () => {
+    const srv = await hashingServer(true);
+    try {
+      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+      const data = body(24 * 1024 * 1024 + 12_345, 11);
+      const runs = await Promise.all(
+        [0, 1].map(async () => {
+          const { lent, state } = lentFrom(data, 256 * 1024);
+          const res = await put(t, srv.port, data.length, lent);
+          res.resume();
+          return {
+            got: res.headers["x-got"],
+            bytes: res.headers["x-bytes"],
+            buffers: state.buffers.size,
+            closed: state.closed,
+          };
+        }),
+      );
+      expect(runs).toEqual(
+        [0, 1].map(() => ({ got: sha(data), bytes: String(data.length), buffers: 1, closed: true })),
+      );
+      t.agent.destroy();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it("a source that fails mid-way fails the request with its error; the server never sees a whole body", async () => {
+    const srv = await hashingServer(false);
+    try {
+      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+      const data = body(4 * 1024 * 1024, 12);
+      const { lent, state } = lentFrom(data, 64 * 1024, {
+        after: 1024 * 1024,
+        error: new Error("source went away"),
+      });
+      await expect(put(t, srv.port, data.length, lent)).rejects.toThrow("source went away");
+      expect(state.closed).toBe(true);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(srv.received.every((r) => !r.complete && r.bytes < data.length)).toBe(true);
+      t.agent.destroy();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it("an aborted request stops asking for chunks and closes the source", async () => {
+    const srv = await hashingServer(true);
+    try {
+      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+      const data = body(64 * 1024 * 1024, 13);
+      const { lent, state } = lentFrom(data, 256 * 1024);
+      const controller = new AbortController();
+      const sending = put(t, srv.port, data.length, lent, controller.signal);
+      while (state.lent < 2 * 1024 * 1024) await new Promise((r) => setTimeout(r, 2));
+      controller.abort();
+      await expect(sending).rejects.toThrow();
+      for (let i = 0; i < 100 && !state.closed; i++) await new Promise((r) => setTimeout(r, 5));
+      expect(state.closed).toBe(true);
+      expect(state.lent).toBeLessThan(data.length);
+      t.agent.destroy();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it("as a Readable (the SDK routes): copies of the chunks, the same bytes, each copy reported as a transient read", async () => {
+    const seen: number[] = [];
+    setReadObserver((n) => seen.push(n));
+    try {
+      const data = body(3 * 100_000 + 7, 14);
+      const { lent } = lentFrom(data, 100_000);
+      const got: Buffer[] = [];
+      const readable = lent.toReadable();
+      readable.on("data", (c: Buffer) => got.push(c));
+      await new Promise((resolve, reject) => readable.once("end", resolve).once("error", reject));
+      expect(Buffer.concat(got).equals(data)).toBe(true);
+      expect(new Set(got.map((c) => c.buffer)).size).toBe(got.length);
+      expect(seen).toEqual([100_000, 100_000, 100_000, 7]);
+    } finally {
+      setReadObserver(undefined);
     }
   });
 });
