@@ -330,8 +330,8 @@ export interface ReadBufferScavengerOptions {
  * millisecond or two, so rarely two, which would promote it).
  *
  * Only in the sync command's own process (cli/commands/sync.ts), fed by the data plane's
- * transient reads (`setReadObserver`, dataplane/reads.ts: the stores' sockets, the manifest's
- * upload from its temp file); `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB=0` turns it off.
+ * transient reads (`setReadObserver`, dataplane/reads.ts: the stores' sockets, the copies of
+ * lent chunks an SDK route is given); `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB=0` turns it off.
  */
 export class ReadBufferScavenger {
   private readonly every: number;

@@ -315,8 +315,8 @@ export function lowerOldGenerationLimit(env: NodeJS.ProcessEnv): OldGenerationLi
 
 /**
  * A minor GC every `SPILLWAY_SYNC_SCAVENGE_EVERY_MIB` (default 16; 0 or not a number: off) of
- * transient reads — the stores' sockets, the manifest's upload from its temp file (`setReadObserver`,
- * dataplane/reads.ts; `ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are
+ * transient reads — the stores' sockets, the copies of lent chunks an SDK route is given
+ * (`setReadObserver`, dataplane/reads.ts; `ReadBufferScavenger`, runtime/memory.ts): the chunks a sync reads are
  * dead a moment later but freed only at a GC, which a sync's small JS heap rarely needs — so tens
  * of MiB of them piled up and malloc's heap grew page by page, each new page faulted in and
  * zeroed. Returns the scavenger (none when off) and the function that stops it.
