@@ -75,10 +75,12 @@ import {
 } from "./remote.ts";
 import {
   chooseCluster,
+  clusterCount,
   clusterKubeconfig,
   createProvisionedCluster,
   EXISTING_CLUSTER,
   isFinished,
+  provisionedClusterName,
   RUNS_BY_CLUSTER,
   runGpus,
 } from "./targets.ts";
@@ -717,6 +719,8 @@ class RunReconciler {
     if ("failed" in lookup)
       return this.providerFailed(run, placement.provider, "ClusterFailed", lookup.failed);
     if ("waiting" in lookup) {
+      const resumed = await this.resumeClusterCreation(run, provider, placement, cluster);
+      if (resumed) lookup.waiting = resumed;
       await this.writeStatus(run, (s, obj) => {
         if (s.phase !== "Migrating") s.phase = "Provisioning";
         setStatusCondition(obj, {
@@ -753,6 +757,54 @@ class RunReconciler {
     }
     if (!job) return this.stageAndDispatch(run, provider, placement, remote, rc);
     return this.mirror(run, remote, job, rc);
+  }
+
+  /**
+   * A placement's cluster that does not exist although its attempt was to create it: the
+   * operator stopped between writing the placement and creating the ProvisionedCluster (two
+   * writes, no transaction), and nothing else would create it — the run waited "being created"
+   * for ever (test/chaos/kill, a clean-clone CI run, 2026-12-08). Created now, under the name
+   * its attempt gives it, when the provider has room (`maxClusters`; the claim counts it for
+   * other runs until the cache shows it); otherwise the run waits for room. Returns what the
+   * run waits for, or undefined when there is nothing to resume (the cluster exists, or was
+   * not this attempt's to create).
+   */
+  private async resumeClusterCreation(
+    run: Run,
+    provider: CloudProvider,
+    placement: Placement,
+    cluster: string,
+  ): Promise<string | undefined> {
+    const name = provider.metadata.name ?? "";
+    const attempt = placement.attempt ?? run.status?.attempt ?? 1;
+    if (
+      cluster === EXISTING_CLUSTER ||
+      !provider.spec.cluster.provision ||
+      this.ctx.caches.clusters.get(cluster) ||
+      cluster !== provisionedClusterName(name, run.metadata.uid ?? "", attempt) ||
+      // Created by this process a moment ago (`lockPlacement`), not in the cache yet.
+      this.pending.on(name).some((c) => c.cluster === cluster && c.creates)
+    )
+      return undefined;
+    const { count, max } = clusterCount(this.ctx, provider, this.pending.on(name, run.metadata.uid));
+    if (count >= max)
+      return `ProvisionedCluster ${cluster} is to be created when ${name} has room: it has ${count} of at most ${max} provisioned clusters`;
+    const release = this.pending.claim(run, { provider: name, cluster, gpus: runGpus(run), creates: true });
+    let created: boolean;
+    try {
+      created = await createProvisionedCluster(this.ctx, run, provider, cluster);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    if (created)
+      this.ctx.events.record(
+        run,
+        "Normal",
+        "Provisioning",
+        `provisioning cluster ${cluster} on ${name} (its creation had been interrupted)`,
+      );
+    return `ProvisionedCluster ${cluster} is being created`;
   }
 
   private async stageAndDispatch(

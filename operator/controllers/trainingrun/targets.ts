@@ -11,7 +11,7 @@ import { SpillwayResources } from "../../runtime/resources.ts";
 import type { OperatorContext } from "../context.ts";
 import { readSecret } from "../context.ts";
 import { clusterId } from "../remote/clusters.ts";
-import type { PendingPlacements } from "./capacity.ts";
+import type { PendingPlacement, PendingPlacements } from "./capacity.ts";
 
 /** The cluster name recorded in `status.placement.cluster` for a provider's existing cluster. */
 export const EXISTING_CLUSTER = "existing";
@@ -120,21 +120,7 @@ export function chooseCluster(
     .sort((a, b) => (a.metadata.name ?? "").localeCompare(b.metadata.name ?? ""));
   const ready = fitting.find((pc) => pc.status?.phase === "Ready");
   if (ready ?? fitting[0]) return { kind: "reuse", cluster: (ready ?? fitting[0])! };
-  const max = provision.maxClusters ?? 1;
-  // Clusters just created for other runs that the cluster cache does not show yet.
-  const coming = new Set(
-    claims
-      .filter((c) => c.creates && !all.some((pc) => pc.metadata.name === c.cluster))
-      .map((c) => c.cluster),
-  );
-  // A cluster being destroyed still holds its place until it is gone (a cloud counts it
-  // against the quota that maxClusters mirrors, and a new `up` beside it can be refused):
-  // its deletion event wakes the runs waiting for room.
-  const going = all.filter(
-    (pc) =>
-      pc.status?.phase !== "Failed" && (pc.metadata.deletionTimestamp || pc.status?.phase === "Destroying"),
-  );
-  const count = live.length + going.length + coming.size;
+  const { count, max } = clusterCount(ctx, provider, claims);
   if (count >= max) {
     return {
       kind: "full",
@@ -144,13 +130,39 @@ export function chooseCluster(
   return { kind: "create", name: mine };
 }
 
-/** Creates the ProvisionedCluster for a run's attempt (AlreadyExists is success). */
+/**
+ * The provisioned clusters `provider` counts against its `maxClusters`: live ones, ones being
+ * destroyed (a cloud counts them against the quota that maxClusters mirrors, and a new `up`
+ * beside one can be refused: its deletion event wakes the runs waiting for room), and ones
+ * `claims` (pending placements of other runs) are creating that the cache does not show yet.
+ */
+export function clusterCount(
+  ctx: OperatorContext,
+  provider: CloudProvider,
+  claims: readonly PendingPlacement[],
+): { count: number; max: number } {
+  const name = provider.metadata.name ?? "";
+  const all = ctx.caches.clusters.list().filter((pc) => pc.spec.provider === name);
+  // Live and being destroyed alike: every cluster but a Failed one.
+  const counted = all.filter((pc) => pc.status?.phase !== "Failed");
+  const coming = new Set(
+    claims
+      .filter((c) => c.creates && !all.some((pc) => pc.metadata.name === c.cluster))
+      .map((c) => c.cluster),
+  );
+  return { count: counted.length + coming.size, max: provider.spec.cluster.provision?.maxClusters ?? 1 };
+}
+
+/**
+ * Creates the ProvisionedCluster for a run's attempt (AlreadyExists is success); whether this
+ * call created it.
+ */
 export async function createProvisionedCluster(
   ctx: OperatorContext,
   run: TrainingRun,
   provider: CloudProvider,
   name: string,
-): Promise<void> {
+): Promise<boolean> {
   const provision = provider.spec.cluster.provision!;
   const gpuType = run.spec.resources.gpu.type;
   const sku = skuFor(provider, gpuType);
@@ -179,8 +191,10 @@ export async function createProvisionedCluster(
   };
   try {
     await ctx.mgmt.create(SpillwayResources.ProvisionedCluster, pc);
+    return true;
   } catch (err) {
     if (!isAlreadyExists(err)) throw err;
+    return false;
   }
 }
 
