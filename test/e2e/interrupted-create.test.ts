@@ -35,12 +35,15 @@ afterAll(async () => {
   await e?.stop();
 }, 60_000);
 
-/** A run whose status says what `lockPlacement` writes before it creates the cluster. */
-async function placedOnMissingCluster(name: string): Promise<{ run: Run; cluster: string }> {
+/**
+ * A run whose status says what `lockPlacement` writes before it creates the cluster: the one
+ * its attempt creates, or (`cluster` given) another run's.
+ */
+async function placedOnMissingCluster(name: string, other?: string): Promise<{ run: Run; cluster: string }> {
   const run = trainingRun(name);
   run.spec.placement = { alternatives: ["oci-ashburn"] };
   const created = await e.client.create<Run>(SpillwayResources.TrainingRun, run);
-  const cluster = provisionedClusterName("oci-ashburn", created.metadata.uid!, 1);
+  const cluster = other ?? provisionedClusterName("oci-ashburn", created.metadata.uid!, 1);
   await e.client.updateStatus(SpillwayResources.TrainingRun, {
     ...created,
     status: {
@@ -87,5 +90,33 @@ describe("a cluster creation the operator's stop interrupted", () => {
     expect(events.filter((ev) => ev.reason === "Provisioning").map((ev) => ev.message)).toEqual([
       `provisioning cluster ${cluster} on oci-ashburn (its creation had been interrupted)`,
     ]);
+  }, 120_000);
+
+  test("a placement on another run's cluster that is gone fails over, as from a destroyed cluster", async () => {
+    await e.stopOperator();
+    e.arm.setCapacity("eastus", AZURE_SKU, 4);
+    const gone = provisionedClusterName("oci-ashburn", "another-run", 1);
+    await placedOnMissingCluster("reused", gone);
+    await e.startOperator();
+    const done = await eventually(
+      () => getRun(e, "reused"),
+      phaseIs("Succeeded", "Failed"),
+      "finish",
+      90_000,
+    );
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status?.placement?.provider).toBe("azure-eastus");
+    expect(done.status?.failedProviders).toEqual(["oci-ashburn"]);
+    const events = (
+      await e.client.list<
+        KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } }
+      >(Resources.Event, { namespace: "ml-team" })
+    ).items.filter((ev) => ev.involvedObject?.name === "reused");
+    expect(events.filter((ev) => ev.reason === "ClusterFailed").map((ev) => ev.message)).toEqual([
+      `ProvisionedCluster ${gone}, which the run was placed on, no longer exists`,
+    ]);
+    // Nothing was created for it.
+    const clusters = (await e.client.list<PC>(SpillwayResources.ProvisionedCluster, {})).items;
+    expect(clusters.map((c) => c.metadata.name)).not.toContain(gone);
   }, 120_000);
 });

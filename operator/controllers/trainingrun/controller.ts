@@ -720,7 +720,9 @@ class RunReconciler {
       return this.providerFailed(run, placement.provider, "ClusterFailed", lookup.failed);
     if ("waiting" in lookup) {
       const resumed = await this.resumeClusterCreation(run, provider, placement, cluster);
-      if (resumed) lookup.waiting = resumed;
+      if (resumed && "failed" in resumed)
+        return this.providerFailed(run, placement.provider, "ClusterFailed", resumed.failed);
+      if (resumed) lookup.waiting = resumed.waiting;
       await this.writeStatus(run, (s, obj) => {
         if (s.phase !== "Migrating") s.phase = "Provisioning";
         setStatusCondition(obj, {
@@ -765,30 +767,35 @@ class RunReconciler {
    * writes, no transaction), and nothing else would create it — the run waited "being created"
    * for ever (test/chaos/kill, a clean-clone CI run, 2026-12-08). Created now, under the name
    * its attempt gives it, when the provider has room (`maxClusters`; the claim counts it for
-   * other runs until the cache shows it); otherwise the run waits for room. Returns what the
-   * run waits for, or undefined when there is nothing to resume (the cluster exists, or was
-   * not this attempt's to create).
+   * other runs until the cache shows it); otherwise the run waits for room. A missing cluster
+   * that was not this attempt's to create was another run's, reused: it was in the cache when
+   * this run was placed on it, so it is gone, and the run fails over as from a destroyed one.
+   * Returns what the run waits for or why it fails, or undefined when there is nothing to
+   * resume (the cluster exists, or this process created it a moment ago).
    */
   private async resumeClusterCreation(
     run: Run,
     provider: CloudProvider,
     placement: Placement,
     cluster: string,
-  ): Promise<string | undefined> {
+  ): Promise<{ waiting: string } | { failed: string } | undefined> {
     const name = provider.metadata.name ?? "";
     const attempt = placement.attempt ?? run.status?.attempt ?? 1;
     if (
       cluster === EXISTING_CLUSTER ||
       !provider.spec.cluster.provision ||
       this.ctx.caches.clusters.get(cluster) ||
-      cluster !== provisionedClusterName(name, run.metadata.uid ?? "", attempt) ||
       // Created by this process a moment ago (`lockPlacement`), not in the cache yet.
       this.pending.on(name).some((c) => c.cluster === cluster && c.creates)
     )
       return undefined;
+    if (cluster !== provisionedClusterName(name, run.metadata.uid ?? "", attempt))
+      return { failed: `ProvisionedCluster ${cluster}, which the run was placed on, no longer exists` };
     const { count, max } = clusterCount(this.ctx, provider, this.pending.on(name, run.metadata.uid));
     if (count >= max)
-      return `ProvisionedCluster ${cluster} is to be created when ${name} has room: it has ${count} of at most ${max} provisioned clusters`;
+      return {
+        waiting: `ProvisionedCluster ${cluster} is to be created when ${name} has room: it has ${count} of at most ${max} provisioned clusters`,
+      };
     const release = this.pending.claim(run, { provider: name, cluster, gpus: runGpus(run), creates: true });
     let created: boolean;
     try {
@@ -804,7 +811,7 @@ class RunReconciler {
         "Provisioning",
         `provisioning cluster ${cluster} on ${name} (its creation had been interrupted)`,
       );
-    return `ProvisionedCluster ${cluster} is being created`;
+    return { waiting: `ProvisionedCluster ${cluster} is being created` };
   }
 
   private async stageAndDispatch(
@@ -1331,7 +1338,6 @@ class RunReconciler {
     reason: string,
     message: string,
   ): Promise<ReconcileResult> {
-    this.ctx.events.record(run, "Warning", reason, message);
     const isPrimary = this.ctx.caches.providers.get(provider)?.spec.role === "primary";
     await this.writeStatus(run, (s, obj) => {
       s.placement = undefined;
@@ -1345,6 +1351,8 @@ class RunReconciler {
       // The primary failing after accepting: its acceptance is spent, the next attempt offers again.
       if (isPrimary) s.phase = "Pending";
     });
+    // After the write: a reconcile of a stale cached copy whose write conflicts says nothing.
+    this.ctx.events.record(run, "Warning", reason, message);
     return { requeueAfter: 1_000 };
   }
 
