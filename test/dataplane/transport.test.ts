@@ -394,6 +394,21 @@ describe("send() with a lent body (LentChunks: one buffer, reused for every chun
     };
   }
 
+  /** Runs `fn` against a fresh `hashingServer` and a transport to it; both closed after. */
+  async function withServer(
+    slowly: boolean,
+    fn: (srv: Awaited<ReturnType<typeof hashingServer>>, t: Transport) => Promise<void>,
+  ): Promise<void> {
+    const srv = await hashingServer(slowly);
+    const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+    try {
+      await fn(srv, t);
+    } finally {
+      t.agent.destroy();
+      await srv.close();
+    }
+  }
+
   /**
    * `data` lent in chunks of `size` bytes from one buffer, which is scribbled over the moment
    * the next chunk is asked for: bytes a sender still held when it asked would arrive
@@ -434,9 +449,7 @@ describe("send() with a lent body (LentChunks: one buffer, reused for every chun
     });
 
   it("sends every byte intact through a slow reader, asking for a chunk only once the last was taken", async () => {
-    const srv = await hashingServer(true);
-    try {
-      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+    await withServer(true, async (srv, t) => {
       const data = body(24 * 1024 * 1024 + 12_345, 11);
       const runs = await Promise.all(
         [0, 1].map(async () => {
@@ -454,16 +467,11 @@ describe("send() with a lent body (LentChunks: one buffer, reused for every chun
       expect(runs).toEqual(
         [0, 1].map(() => ({ got: sha(data), bytes: String(data.length), buffers: 1, closed: true })),
       );
-      t.agent.destroy();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it("a source that fails mid-way fails the request with its error; the server never sees a whole body", async () => {
-    const srv = await hashingServer(false);
-    try {
-      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+    await withServer(false, async (srv, t) => {
       const data = body(4 * 1024 * 1024, 12);
       const { lent, state } = lentFrom(data, 64 * 1024, {
         after: 1024 * 1024,
@@ -473,16 +481,11 @@ describe("send() with a lent body (LentChunks: one buffer, reused for every chun
       expect(state.closed).toBe(true);
       await new Promise((r) => setTimeout(r, 50));
       expect(srv.received.every((r) => !r.complete && r.bytes < data.length)).toBe(true);
-      t.agent.destroy();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it("an aborted request stops asking for chunks and closes the source", async () => {
-    const srv = await hashingServer(true);
-    try {
-      const t = transport(new URL(`http://127.0.0.1:${srv.port}`), 2, {});
+    await withServer(true, async (srv, t) => {
       const data = body(64 * 1024 * 1024, 13);
       const { lent, state } = lentFrom(data, 256 * 1024);
       const controller = new AbortController();
@@ -493,10 +496,7 @@ describe("send() with a lent body (LentChunks: one buffer, reused for every chun
       for (let i = 0; i < 100 && !state.closed; i++) await new Promise((r) => setTimeout(r, 5));
       expect(state.closed).toBe(true);
       expect(state.lent).toBeLessThan(data.length);
-      t.agent.destroy();
-    } finally {
-      await srv.close();
-    }
+    });
   });
 
   it("as a Readable (the SDK routes): copies of the chunks, the same bytes, each copy reported as a transient read", async () => {

@@ -178,6 +178,20 @@ export async function offersOf(e: E2E, run: string, namespace = "ml-team"): Prom
   return list.items.filter((o) => o.spec.run.name === run).sort((a, b) => a.spec.attempt - b.spec.attempt);
 }
 
+/** The Events recorded for the object `name` in `namespace`, in the API's order. */
+export async function eventsOf(
+  e: E2E,
+  name: string,
+  namespace = "ml-team",
+): Promise<{ reason: string; message: string }[]> {
+  const list = await e.client.list<
+    KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } }
+  >(Resources.Event, { namespace });
+  return list.items
+    .filter((ev) => ev.involvedObject?.name === name)
+    .map((ev) => ({ reason: ev.reason ?? "", message: ev.message ?? "" }));
+}
+
 /** The Jobs a cluster holds for runs of the management cluster. */
 export async function remoteJobs(kubeconfig: string): Promise<KubeObject[]> {
   const c = KubeClient.fromKubeconfig(kubeconfig);

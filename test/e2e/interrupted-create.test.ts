@@ -11,10 +11,11 @@ import {
   LABEL_PC_CREATED_FOR,
   provisionedClusterName,
 } from "../../operator/controllers/trainingrun/targets.ts";
-import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
+import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
 import {
   AZURE_SKU,
   type E2E,
+  eventsOf,
   eventually,
   getRun,
   phaseIs,
@@ -82,11 +83,7 @@ describe("a cluster creation the operator's stop interrupted", () => {
     const clusters = (await e.client.list<PC>(SpillwayResources.ProvisionedCluster, {})).items;
     expect(clusters.map((c) => c.metadata.name)).toEqual([cluster]);
     expect(clusters[0]!.metadata.labels?.[LABEL_PC_CREATED_FOR]).toBe(done.metadata.uid);
-    const events = (
-      await e.client.list<
-        KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } }
-      >(Resources.Event, { namespace: "ml-team" })
-    ).items.filter((ev) => ev.involvedObject?.name === "interrupted");
+    const events = await eventsOf(e, "interrupted");
     expect(events.filter((ev) => ev.reason === "Provisioning").map((ev) => ev.message)).toEqual([
       `provisioning cluster ${cluster} on oci-ashburn (its creation had been interrupted)`,
     ]);
@@ -107,11 +104,7 @@ describe("a cluster creation the operator's stop interrupted", () => {
     expect(done.status?.phase).toBe("Succeeded");
     expect(done.status?.placement?.provider).toBe("azure-eastus");
     expect(done.status?.failedProviders).toEqual(["oci-ashburn"]);
-    const events = (
-      await e.client.list<
-        KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } }
-      >(Resources.Event, { namespace: "ml-team" })
-    ).items.filter((ev) => ev.involvedObject?.name === "reused");
+    const events = await eventsOf(e, "reused");
     expect(events.filter((ev) => ev.reason === "ClusterFailed").map((ev) => ev.message)).toEqual([
       `ProvisionedCluster ${gone}, which the run was placed on, no longer exists`,
     ]);

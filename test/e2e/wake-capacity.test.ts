@@ -7,10 +7,11 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { ProvisionedCluster } from "../../operator/api/v1alpha1/index.ts";
-import { type KubeObject, Resources, SpillwayResources } from "../../operator/runtime/resources.ts";
+import { type KubeObject, SpillwayResources } from "../../operator/runtime/resources.ts";
 import {
   AZURE_SKU,
   type E2E,
+  eventsOf,
   eventually,
   getRun,
   offersOf,
@@ -43,11 +44,7 @@ afterAll(async () => {
 const runs = async (names: string[]) => Promise.all(names.map((n) => getRun(e, n)));
 
 async function eventReasons(name: string): Promise<string[]> {
-  const list = await e.client.list<KubeObject & { reason?: string; involvedObject?: { name?: string } }>(
-    Resources.Event,
-    { namespace: "ml-team" },
-  );
-  return list.items.filter((ev) => ev.involvedObject?.name === name).map((ev) => ev.reason ?? "");
+  return (await eventsOf(e, name)).map((ev) => ev.reason);
 }
 
 /** Attempt 1, its one offer declined by Azure, placed on OCI. */
