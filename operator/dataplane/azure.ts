@@ -13,7 +13,7 @@
  * (SPILLWAY_STORE_SDK_ONLY=1). A proxy in the environment is used by both routes.
  */
 import { createHash, type KeyObject, randomBytes } from "node:crypto";
-import type { IncomingHttpHeaders } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
 import type {
   BlobRequestConditions,
@@ -22,6 +22,7 @@ import type {
   StoragePipelineOptions,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
+import { onAbort } from "./abort.ts";
 import {
   AZURE_API_VERSION,
   AzureBlobHttp,
@@ -32,6 +33,7 @@ import {
   sendingStream,
 } from "./http-azure.ts";
 import { displayLocation } from "./open.ts";
+import { PageAhead } from "./pages.ts";
 import { LentChunks, type StreamBody } from "./reads.ts";
 import { withRetry } from "./retry.ts";
 import {
@@ -482,24 +484,30 @@ export class AzureBlobStore implements ObjectStore {
 
   async *list(options: ListOptions = {}): AsyncIterable<ObjectInfo> {
     const raw = this.listRaw(options);
-    for (;;) {
-      const next = await raw.next();
-      if (!next.done) {
-        yield next.value;
-        continue;
+    try {
+      for (;;) {
+        const next = await raw.next();
+        if (!next.done) {
+          yield next.value;
+          continue;
+        }
+        // The raw route cannot be sent or its XML is not what it expects: the SDK's listing
+        // takes over from the same marker (past the entries of that page already yielded).
+        if (next.value !== undefined)
+          yield* this.listWithSdk(options, next.value.fallbackFrom, next.value.skip);
+        return;
       }
-      // The raw route cannot be sent or its XML is not what it expects: the SDK's listing
-      // takes over from the same marker (past the entries of that page already yielded).
-      if (next.value !== undefined)
-        yield* this.listWithSdk(options, next.value.fallbackFrom, next.value.skip);
-      return;
+    } finally {
+      // A listing stopped early ends the raw one too (its early request for the next page).
+      await raw.return(undefined);
     }
   }
 
   /**
    * The listing through raw List Blobs pages (over node:http with the store's SAS, or through
    * the SDK's pipeline when every request goes through the SDK), each read into one
-   * reused buffer and decoded entry by entry as it is yielded (see `PageBuffer`). Returns
+   * reused buffer and decoded entry by entry as it is yielded (see `PageBuffer`), the next
+   * page requested while this one is taken (`PageAhead`). Returns
    * `{ fallbackFrom: marker, skip }` when the SDK's listing must take over from that marker,
    * `skip` entries of its first page having been yielded already.
    */
@@ -509,52 +517,66 @@ export class AzureBlobStore implements ObjectStore {
     let marker = "";
     const prefix = this.prefix + (options.prefix ?? "");
     const buffer = new PageBuffer();
-    for (;;) {
-      const query: Record<string, string> = {
-        restype: "container",
-        comp: "list",
-        include: "metadata",
-        maxresults: String(options.pageSize ?? 5000),
-        ...(prefix ? { prefix } : {}),
-        ...(marker ? { marker } : {}),
-      };
-      const bytes = await withRetry(
-        async () => {
-          try {
-            if (this.objects) return await this.objects.listBlobs(query, buffer, options.signal);
-            return await listPageThroughPipeline(await this.sdk(), query, buffer, options.signal);
-          } catch (e) {
-            throw classifyAzureError(e, `list ${this.displayUri}`);
-          }
-        },
-        options.signal ? { signal: options.signal } : {},
-      );
-      if (bytes === undefined) return { fallbackFrom: marker, skip: 0 };
-      let page: BlobListPage;
-      try {
-        page = BlobListPage.open(bytes);
-      } catch {
-        return { fallbackFrom: marker, skip: 0 };
-      }
-      for (let i = 0; i < page.count; i++) {
-        let b: ListedBlob;
+    const query = (from: string): Record<string, string> => ({
+      restype: "container",
+      comp: "list",
+      include: "metadata",
+      maxresults: String(options.pageSize ?? 5000),
+      ...(prefix ? { prefix } : {}),
+      ...(from ? { marker: from } : {}),
+    });
+    // The next page is requested while this one is taken, and read when it is needed
+    // (pages.ts); over node:http only (the SDK's pipeline reads its responses whole).
+    const ahead = new PageAhead<IncomingMessage>(options.signal, onAbort);
+    const objects = this.objects;
+    const open = (from: string) => (signal: AbortSignal) => objects!.openListBlobs(query(from), signal);
+    try {
+      for (;;) {
+        const from = marker;
+        const bytes = await withRetry(
+          async () => {
+            try {
+              if (objects) return await buffer.fill(await ahead.response(open(from)));
+              return await listPageThroughPipeline(await this.sdk(), query(from), buffer, ahead.signal);
+            } catch (e) {
+              throw classifyAzureError(e, `list ${this.displayUri}`);
+            }
+          },
+          options.signal ? { signal: options.signal } : {},
+        );
+        if (bytes === undefined) return { fallbackFrom: marker, skip: 0 };
+        let page: BlobListPage;
         try {
-          b = page.blob(i);
+          page = BlobListPage.open(bytes);
         } catch {
-          return { fallbackFrom: marker, skip: i };
+          return { fallbackFrom: marker, skip: 0 };
         }
-        if (!b.name.startsWith(this.prefix)) continue;
-        yield {
-          key: b.name.slice(this.prefix.length),
-          size: b.size,
-          etag: b.etag,
-          ...(b.lastModified ? { lastModified: b.lastModified } : {}),
-          ...(b.sha256 ? { sha256: b.sha256 } : {}),
-          ...(b.md5 ? { md5: b.md5 } : {}),
-        };
+        const next = page.nextMarker && page.nextMarker !== marker ? page.nextMarker : undefined;
+        ahead.page(page.count, next !== undefined && objects ? open(next) : undefined);
+        for (let i = 0; i < page.count; i++) {
+          let b: ListedBlob;
+          try {
+            b = page.blob(i);
+          } catch {
+            return { fallbackFrom: marker, skip: i };
+          }
+          if (b.name.startsWith(this.prefix))
+            yield {
+              key: b.name.slice(this.prefix.length),
+              size: b.size,
+              etag: b.etag,
+              ...(b.lastModified ? { lastModified: b.lastModified } : {}),
+              ...(b.sha256 ? { sha256: b.sha256 } : {}),
+              ...(b.md5 ? { md5: b.md5 } : {}),
+            };
+          const sent = ahead.taken(i);
+          if (sent) await sent;
+        }
+        if (next === undefined) return undefined;
+        marker = next;
       }
-      if (!page.nextMarker || page.nextMarker === marker) return undefined;
-      marker = page.nextMarker;
+    } finally {
+      ahead.close();
     }
   }
 

@@ -276,6 +276,15 @@ export class AzureBlobHttp {
    * Mismatch, …). The page is not interpreted here (`BlobListPage` in azure.ts).
    */
   async listBlobs(query: Record<string, string>, into: PageBuffer, signal?: AbortSignal): Promise<Buffer> {
+    return into.fill(await this.openListBlobs(query, signal));
+  }
+
+  /**
+   * One List Blobs page's response, unread, once its headers arrived with status 200 (an
+   * `AzureHttpError` otherwise): a listing reading ahead holds it until it needs the page
+   * (`PageAhead`, pages.ts) and reads it into its buffer then.
+   */
+  async openListBlobs(query: Record<string, string>, signal?: AbortSignal): Promise<IncomingMessage> {
     const response = await this.send(
       { method: "GET", path: this.container, query, access: "read" },
       { "x-ms-version": AZURE_API_VERSION },
@@ -284,7 +293,7 @@ export class AzureBlobHttp {
     );
     const status = response.statusCode ?? 0;
     if (status !== 200) throw await errorOf("List Blobs", response, status, signal);
-    return into.fill(response);
+    return response;
   }
 
   /**

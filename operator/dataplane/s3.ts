@@ -5,6 +5,7 @@
  * uploads that become visible only at CompleteMultipartUpload.
  */
 import { createHash } from "node:crypto";
+import type { IncomingMessage } from "node:http";
 import type { Agent as HttpsAgent } from "node:https";
 import { Readable } from "node:stream";
 import type {
@@ -15,8 +16,10 @@ import type {
   S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
+import { onAbort } from "./abort.ts";
 import { S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
+import { PageAhead } from "./pages.ts";
 import { LentChunks, type StreamBody } from "./reads.ts";
 import { isTransient, withRetry } from "./retry.ts";
 import {
@@ -269,38 +272,64 @@ export class S3Store implements ObjectStore {
     const prefix = this.prefix + (options.prefix ?? "");
     const maxKeys = options.pageSize ?? 1000;
     const buffer = new PageBuffer();
-    for (;;) {
-      // A failed page (throttling, a 500) is fetched again from the same marker.
-      const page = await withRetry(
-        async () => {
-          try {
-            return await this.listPage(prefix, maxKeys, marker, buffer, options.signal);
-          } catch (e) {
-            throw classifyS3Error(e, `list ${this.displayUri}`);
-          }
-        },
-        options.signal ? { signal: options.signal } : {},
-      );
-      let last: string | undefined;
-      for (let i = 0; i < page.count; i++) {
-        let o: ListedObject;
+    // The next page is requested while this one is taken, and read when it is needed
+    // (pages.ts); on the raw route only (the SDK reads its responses whole).
+    const ahead = new PageAhead<IncomingMessage>(options.signal, onAbort);
+    const open = (from: string) => (signal: AbortSignal) =>
+      this.objects!.send({ method: "GET", key: "", query: listQuery(prefix, maxKeys, from), signal });
+    try {
+      for (;;) {
+        const from = marker;
+        // A failed page (throttling, a 500) is fetched again from the same marker.
+        const page = await withRetry(
+          async () => {
+            try {
+              return await this.listPage(prefix, maxKeys, from, buffer, ahead.signal, (o) =>
+                ahead.response(o),
+              );
+            } catch (e) {
+              throw classifyS3Error(e, `list ${this.displayUri}`);
+            }
+          },
+          options.signal ? { signal: options.signal } : {},
+        );
+        // ListObjects v1 gives NextMarker only with a delimiter: the next page starts after the
+        // last key of this one (decoded ahead of its turn to request that page early; one that
+        // cannot be decoded fails the listing when its turn comes, below).
+        let last: string | undefined;
         try {
-          o = page.item(i);
-        } catch (e) {
-          throw new StoreError("Other", `list ${this.displayUri}: ${(e as Error).message}`);
+          last = page.count > 0 ? page.item(page.count - 1).key : undefined;
+        } catch {
+          last = undefined;
         }
-        last = o.key;
-        if (!o.key.startsWith(this.prefix)) continue;
-        yield {
-          key: o.key.slice(this.prefix.length),
-          size: o.size,
-          etag: unquote(o.etag),
-          ...(o.lastModified ? { lastModified: o.lastModified } : {}),
-        };
+        const after = page.nextMarker || last;
+        const next = page.truncated && after && after !== marker ? after : undefined;
+        ahead.page(
+          page.count,
+          next !== undefined && this.objects && this.rawListing ? open(next) : undefined,
+        );
+        for (let i = 0; i < page.count; i++) {
+          let o: ListedObject;
+          try {
+            o = page.item(i);
+          } catch (e) {
+            throw new StoreError("Other", `list ${this.displayUri}: ${(e as Error).message}`);
+          }
+          if (o.key.startsWith(this.prefix))
+            yield {
+              key: o.key.slice(this.prefix.length),
+              size: o.size,
+              etag: unquote(o.etag),
+              ...(o.lastModified ? { lastModified: o.lastModified } : {}),
+            };
+          const sent = ahead.taken(i);
+          if (sent) await sent;
+        }
+        if (next === undefined) return;
+        marker = next;
       }
-      const next = page.nextMarker || last;
-      if (!page.truncated || !next || next === marker) return;
-      marker = next;
+    } finally {
+      ahead.close();
     }
   }
 
@@ -317,9 +346,13 @@ export class S3Store implements ObjectStore {
     buffer: PageBuffer,
     signal: AbortSignal | undefined,
     parse: (bytes: Buffer) => T,
+    response?: (open: (signal: AbortSignal) => Promise<IncomingMessage>) => Promise<IncomingMessage>,
   ): Promise<T | undefined> {
-    if (!this.objects || !this.rawListing) return undefined;
-    const res = await this.objects.send({ method: "GET", key: "", query, ...(signal ? { signal } : {}) });
+    const objects = this.objects;
+    if (!objects || !this.rawListing) return undefined;
+    const open = (s: AbortSignal | undefined) =>
+      objects.send({ method: "GET", key: "", query, ...(s ? { signal: s } : {}) });
+    const res = await (response ? response(open) : open(signal));
     const bytes = await buffer.fill(res as AsyncIterable<Uint8Array>);
     try {
       return parse(bytes);
@@ -335,12 +368,14 @@ export class S3Store implements ObjectStore {
     marker: string | undefined,
     buffer: PageBuffer,
     signal: AbortSignal | undefined,
+    response?: (open: (signal: AbortSignal) => Promise<IncomingMessage>) => Promise<IncomingMessage>,
   ): Promise<ListedPage<ListedObject>> {
     const raw = await this.rawPage(
-      { prefix, "max-keys": String(maxKeys), ...(marker !== undefined ? { marker } : {}) },
+      listQuery(prefix, maxKeys, marker),
       buffer,
       signal,
       parseObjectList,
+      response,
     );
     if (raw) return raw;
     const { c, m } = await this.sdk();
@@ -952,3 +987,8 @@ function notImplemented(e: unknown): boolean {
 
 /** The clean-up is best effort beside a sync: a few quick retries, then it reports and moves on. */
 const CLEANUP_RETRY = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
+
+/** A ListObjects (v1) page's query: `marker` is the last key of the page before. */
+function listQuery(prefix: string, maxKeys: number, marker: string | undefined): Record<string, string> {
+  return { prefix, "max-keys": String(maxKeys), ...(marker !== undefined ? { marker } : {}) };
+}
