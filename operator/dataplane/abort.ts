@@ -72,3 +72,24 @@ export function abortError(signal: AbortSignal): Error {
     code: "ABORT_ERR",
   });
 }
+
+/**
+ * Runs `fn` with a signal of its own that aborts when `signal` does (registered through
+ * `onAbort`, unregistered once `fn` settled). For the SDK routes: the AWS SDK's HTTP handler
+ * and the Azure SDK's pipeline each add (and later remove) a listener of their own on the
+ * signal of every request, which on a sync's long-lived signal is the cascade `onAbort`
+ * describes; given a signal of the request's own, they add it there.
+ */
+export async function withOwnSignal<T>(
+  signal: AbortSignal | undefined,
+  fn: (signal: AbortSignal | undefined) => Promise<T>,
+): Promise<T> {
+  if (signal === undefined) return fn(undefined);
+  const own = new AbortController();
+  const off = onAbort(signal, () => own.abort(signal.reason));
+  try {
+    return await fn(own.signal);
+  } finally {
+    off();
+  }
+}

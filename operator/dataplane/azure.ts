@@ -22,7 +22,7 @@ import type {
   StoragePipelineOptions,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
-import { onAbort } from "./abort.ts";
+import { onAbort, withOwnSignal } from "./abort.ts";
 import {
   AZURE_API_VERSION,
   AzureBlobHttp,
@@ -727,16 +727,19 @@ export class AzureBlobStore implements ObjectStore {
           throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
         return { etag: unquote(r.etag) };
       }
-      const r = await (await this.blob(key)).upload(body, body.length, {
-        metadata: this.metadataOf(options),
-        conditions: this.conditionsOf(options),
-        blobHTTPHeaders: {
-          blobContentMD5: digest,
-          ...(options.contentType ? { blobContentType: options.contentType } : {}),
-        },
-        transactionalContentMD5: digest,
-        ...(options.signal ? { abortSignal: options.signal } : {}),
-      });
+      const blob = await this.blob(key);
+      const r = await withOwnSignal(options.signal, (abortSignal) =>
+        blob.upload(body, body.length, {
+          metadata: this.metadataOf(options),
+          conditions: this.conditionsOf(options),
+          blobHTTPHeaders: {
+            blobContentMD5: digest,
+            ...(options.contentType ? { blobContentType: options.contentType } : {}),
+          },
+          transactionalContentMD5: digest,
+          ...(abortSignal ? { abortSignal } : {}),
+        }),
+      );
       if (!sameBytes(r.contentMD5, digest))
         throw new StoreError("Integrity", `put ${key}: stored MD5 differs from the data sent`);
       return { etag: unquote(r.etag) };
@@ -800,10 +803,13 @@ export class AzureBlobStore implements ObjectStore {
       }
       const late = options.sha256 ? undefined : options.sha256After?.();
       if (late) {
-        const m = await (await this.blob(key)).setMetadata(this.metadataOf(options, late), {
-          conditions: { ifMatch: `"${etag}"` },
-          ...(options.signal ? { abortSignal: options.signal } : {}),
-        });
+        const blob = await this.blob(key);
+        const m = await withOwnSignal(options.signal, (abortSignal) =>
+          blob.setMetadata(this.metadataOf(options, late), {
+            conditions: { ifMatch: `"${etag}"` },
+            ...(abortSignal ? { abortSignal } : {}),
+          }),
+        );
         etag = unquote(m.etag);
       }
       return { etag, ...(md5 ? { md5 } : {}) };
@@ -831,10 +837,12 @@ export class AzureBlobStore implements ObjectStore {
         const id = blockId(partNumber);
         const digest = md5(data);
         try {
-          const r = await blob.stageBlock(id, data, data.length, {
-            transactionalContentMD5: digest,
-            ...(signal ? { abortSignal: signal } : {}),
-          });
+          const r = await withOwnSignal(signal, (abortSignal) =>
+            blob.stageBlock(id, data, data.length, {
+              transactionalContentMD5: digest,
+              ...(abortSignal ? { abortSignal } : {}),
+            }),
+          );
           if (!sameBytes(r.contentMD5, digest))
             throw new StoreError("Integrity", `${key} block ${partNumber}: MD5 differs from the data sent`);
         } catch (e) {
@@ -845,12 +853,14 @@ export class AzureBlobStore implements ObjectStore {
       async commit(parts: PartReceipt[], commitOptions: CommitOptions = {}): Promise<PutResult> {
         const ids = [...parts].sort((a, b) => a.partNumber - b.partNumber).map((p) => p.id);
         try {
-          const r = await blob.commitBlockList(ids, {
-            metadata: store.metadataOf(options, commitOptions.sha256),
-            conditions: store.conditionsOf(options),
-            ...(options.contentType ? { blobHTTPHeaders: { blobContentType: options.contentType } } : {}),
-            ...(commitOptions.signal ? { abortSignal: commitOptions.signal } : {}),
-          });
+          const r = await withOwnSignal(commitOptions.signal, (abortSignal) =>
+            blob.commitBlockList(ids, {
+              metadata: store.metadataOf(options, commitOptions.sha256),
+              conditions: store.conditionsOf(options),
+              ...(options.contentType ? { blobHTTPHeaders: { blobContentType: options.contentType } } : {}),
+              ...(abortSignal ? { abortSignal } : {}),
+            }),
+          );
           return { etag: unquote(r.etag) };
         } catch (e) {
           throw classifyAzureError(e, `commit ${key}`);

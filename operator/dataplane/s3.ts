@@ -16,7 +16,7 @@ import type {
   S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
-import { onAbort } from "./abort.ts";
+import { onAbort, withOwnSignal } from "./abort.ts";
 import { S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
 import { PageAhead } from "./pages.ts";
@@ -561,9 +561,9 @@ export class S3Store implements ObjectStore {
         ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
         ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
       });
-      const r = await c.send(options.sha256 ? withPayloadHash(command, options.sha256) : command, {
-        abortSignal: options.signal,
-      });
+      const r = await withOwnSignal(options.signal, (abortSignal) =>
+        c.send(options.sha256 ? withPayloadHash(command, options.sha256) : command, { abortSignal }),
+      );
       const etag = unquote(r.ETag);
       // A single-part S3 ETag is the content MD5: an end-to-end check of what the store holds.
       if (/^[0-9a-f]{32}$/.test(etag) && etag !== digest.hex)
@@ -618,9 +618,9 @@ export class S3Store implements ObjectStore {
         ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
         ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
       });
-      const r = await c.send(withPayloadHash(command, options.sha256 ?? "UNSIGNED-PAYLOAD"), {
-        abortSignal: options.signal,
-      });
+      const r = await withOwnSignal(options.signal, (abortSignal) =>
+        c.send(withPayloadHash(command, options.sha256 ?? "UNSIGNED-PAYLOAD"), { abortSignal }),
+      );
       const etag = unquote(r.ETag);
       return { etag, ...(/^[0-9a-f]{32}$/.test(etag) ? { md5: etag } : {}) };
     } catch (e) {
@@ -653,20 +653,22 @@ export class S3Store implements ObjectStore {
       async uploadPart(partNumber: number, data: Uint8Array, signal?: AbortSignal): Promise<PartReceipt> {
         try {
           const digest = md5(data);
-          const r = await client.send(
-            withPayloadHash(
-              new m.UploadPartCommand({
-                Bucket: bucket,
-                Key,
-                UploadId: uploadId,
-                PartNumber: partNumber,
-                Body: data,
-                ContentLength: data.length,
-                ContentMD5: digest.b64,
-              }),
-              "UNSIGNED-PAYLOAD",
+          const r = await withOwnSignal(signal, (abortSignal) =>
+            client.send(
+              withPayloadHash(
+                new m.UploadPartCommand({
+                  Bucket: bucket,
+                  Key,
+                  UploadId: uploadId,
+                  PartNumber: partNumber,
+                  Body: data,
+                  ContentLength: data.length,
+                  ContentMD5: digest.b64,
+                }),
+                "UNSIGNED-PAYLOAD",
+              ),
+              { abortSignal },
             ),
-            { abortSignal: signal },
           );
           const etag = unquote(r.ETag);
           if (/^[0-9a-f]{32}$/.test(etag) && etag !== digest.hex)
@@ -683,16 +685,18 @@ export class S3Store implements ObjectStore {
         const sorted = [...parts].sort((a, b) => a.partNumber - b.partNumber);
         let etag: string;
         try {
-          const r = await client.send(
-            new m.CompleteMultipartUploadCommand({
-              Bucket: bucket,
-              Key,
-              UploadId: uploadId,
-              MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.id })) },
-              ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
-              ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-            }),
-            { abortSignal: commitOptions.signal },
+          const r = await withOwnSignal(commitOptions.signal, (abortSignal) =>
+            client.send(
+              new m.CompleteMultipartUploadCommand({
+                Bucket: bucket,
+                Key,
+                UploadId: uploadId,
+                MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.id })) },
+                ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+                ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+              }),
+              { abortSignal },
+            ),
           );
           etag = unquote(r.ETag);
         } catch (e) {

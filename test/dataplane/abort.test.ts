@@ -1,8 +1,10 @@
 /**
  * onAbort (operator/dataplane/abort.ts): one listener per signal, callbacks that run once on
- * abort unless unregistered, slots reused so that churn keeps nothing of earlier callbacks.
+ * abort unless unregistered, slots reused so that churn keeps nothing of earlier callbacks;
+ * withOwnSignal: a signal per call for the SDK routes, tied to the long-lived one through it.
  */
-import { abortError, onAbort } from "../../operator/dataplane/abort.ts";
+import { getEventListeners } from "node:events";
+import { abortError, onAbort, withOwnSignal } from "../../operator/dataplane/abort.ts";
 
 test("runs the callbacks still registered when the signal aborts, each once", () => {
   const ac = new AbortController();
@@ -49,4 +51,43 @@ test("a signal already aborted runs the callback at once; the error is an AbortE
     "ABORT_ERR",
     reason,
   ]);
+});
+
+describe("withOwnSignal", () => {
+  it("gives each call a signal of its own that aborts with the sync's, and adds no listener per call to it", async () => {
+    const sync = new AbortController();
+    const seen: AbortSignal[] = [];
+    for (let i = 0; i < 100; i++)
+      await withOwnSignal(sync.signal, async (s) => {
+        seen.push(s!);
+        s!.addEventListener("abort", () => {}); // as the SDKs do, on the call's own signal
+      });
+    // One listener on the sync's signal (onAbort's), whatever the number of calls.
+    expect(getEventListeners(sync.signal, "abort").length).toBe(1);
+    expect(new Set(seen).size).toBe(100);
+    expect(seen.every((s) => s !== sync.signal)).toBe(true);
+
+    // A call in flight when the sync aborts is aborted, with the sync's reason.
+    let inFlight: AbortSignal | undefined;
+    const running = withOwnSignal(
+      sync.signal,
+      (s) =>
+        new Promise((_, reject) => {
+          inFlight = s;
+          s!.addEventListener("abort", () => reject(s!.reason));
+        }),
+    );
+    sync.abort(new Error("stop"));
+    await expect(running).rejects.toThrow("stop");
+    expect(inFlight!.aborted).toBe(true);
+    // Calls that had settled were unregistered: their signals never aborted.
+    expect(seen.some((s) => s.aborted)).toBe(false);
+  });
+
+  it("an aborted sync's signal gives an aborted one; no signal gives none", async () => {
+    const sync = new AbortController();
+    sync.abort();
+    expect(await withOwnSignal(sync.signal, async (s) => s!.aborted)).toBe(true);
+    expect(await withOwnSignal(undefined, async (s) => s)).toBeUndefined();
+  });
 });
