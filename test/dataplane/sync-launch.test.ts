@@ -17,6 +17,7 @@ import {
   lowerOldGenerationLimit,
   oldGenerationGrowthFlag,
   scavengeReadBuffers,
+  unpoolSmallBuffers,
 } from "../../operator/cli/commands/sync.ts";
 import { readAll } from "../../operator/dataplane/manifest.ts";
 import { contents, type Emulators, putAll, runNode, startEmulators } from "./fixtures.ts";
@@ -85,6 +86,30 @@ describe("spillway sync's process", () => {
     } finally {
       limit?.stop();
     }
+  });
+
+  it("gives small Buffers memory of their own during a sync (no shared pool slab), restored after", () => {
+    const before = Buffer.poolSize;
+    const pooled = Buffer.from("a canonical request of a few hundred bytes");
+    expect(pooled.buffer.byteLength).toBeGreaterThan(pooled.length); // a slice of Node's slab
+    const restore = unpoolSmallBuffers({});
+    try {
+      const own = Buffer.from("a canonical request of a few hundred bytes");
+      expect(own.buffer.byteLength).toBe(own.length);
+      expect(Buffer.allocUnsafe(100).buffer.byteLength).toBe(100);
+    } finally {
+      restore();
+    }
+    expect(Buffer.poolSize).toBe(before);
+    for (const [value, size] of [
+      ["8192", 8192],
+      ["none", before],
+    ] as const) {
+      const r = unpoolSmallBuffers({ SPILLWAY_SYNC_BUFFER_POOL_BYTES: value });
+      expect(Buffer.poolSize).toBe(size);
+      r();
+    }
+    expect(Buffer.poolSize).toBe(before);
   });
 
   it("scavenges read buffers by default, at the MiB asked, fed by the stores' real socket reads", async () => {
