@@ -188,6 +188,12 @@ export interface ObjectStore {
   /** The store's URI with credentials redacted: safe to log. */
   readonly displayUri: string;
   readonly capabilities: StoreCapabilities;
+  /**
+   * Every object under the store's prefix, in the store's listing order, paged. A listing
+   * may have its next page's request out before the current page is used up (`PageAhead`,
+   * pages.ts): a consumer that stops early ends the iteration (`break`, `return()`), which
+   * aborts it.
+   */
   list(options?: ListOptions): AsyncIterable<ObjectInfo>;
   /** undefined when the object does not exist. */
   head(key: string, signal?: AbortSignal): Promise<ObjectHead | undefined>;
