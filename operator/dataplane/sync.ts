@@ -940,6 +940,8 @@ export async function syncStores(
   try {
     return await run();
   } finally {
+    // A sync that failed mid-listing leaves no listing request behind (its page read ahead).
+    stopListing.abort();
     await Promise.allSettled([known.close(), dstListed?.close(), cleanup]);
     reader?.close();
     await writer.dispose();
