@@ -22,7 +22,7 @@ import type {
   StoragePipelineOptions,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
-import { onAbort, withOwnSignal } from "./abort.ts";
+import { withOwnSignal } from "./abort.ts";
 import {
   AZURE_API_VERSION,
   AzureBlobHttp,
@@ -527,7 +527,7 @@ export class AzureBlobStore implements ObjectStore {
     });
     // The next page is requested while this one is taken, and read when it is needed
     // (pages.ts); over node:http only (the SDK's pipeline reads its responses whole).
-    const ahead = new PageAhead<IncomingMessage>(options.signal, onAbort);
+    const ahead = new PageAhead<IncomingMessage>(options.signal);
     const objects = this.objects;
     const open = (from: string) => (signal: AbortSignal) => objects!.openListBlobs(query(from), signal);
     try {

@@ -25,6 +25,8 @@
  * aborted) `close` aborts the early request, which destroys its socket.
  */
 
+import { onAbort } from "./abort.ts";
+
 /** `SPILLWAY_LIST_READ_AHEAD=0` turns the read-ahead off (each page requested when it is needed). */
 const READ_AHEAD = process.env.SPILLWAY_LIST_READ_AHEAD !== "0";
 
@@ -45,17 +47,12 @@ export class PageAhead<R extends HeldResponse> {
   private startedAt = 0;
   /** What the store took to answer the last page (request to headers), ms. */
   private latency = 0;
-  /** Pages whose request went out before their listing asked for them (for the tests' sake). */
-  earlyRequests = 0;
-
   /**
-   * `signal` is the listing's: aborting it aborts the early request as well. `onAbort` is the
-   * data plane's registration on a long-lived signal (abort.ts), given by the caller so this
-   * module stays free of the transport.
+   * `signal` is the listing's (a sync's, long-lived: registered through `onAbort`): aborting it
+   * aborts the early request as well. `now` is the clock the pacing reads (ms).
    */
   constructor(
     signal: AbortSignal | undefined,
-    onAbort: (signal: AbortSignal, fn: () => void) => () => void,
     private readonly now: () => number = () => performance.now(),
   ) {
     this.unlink = signal ? onAbort(signal, () => this.stop.abort(signal.reason)) : () => {};
@@ -129,7 +126,6 @@ export class PageAhead<R extends HeldResponse> {
     const open = this.next;
     this.next = undefined;
     if (open === undefined || !READ_AHEAD) return false;
-    this.earlyRequests++;
     const early = this.timed(open);
     early.catch(() => {}); // read (and its error met) when the page is needed; not unhandled meanwhile
     this.early = early;

@@ -16,7 +16,7 @@ import type {
   S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import type { MiddlewareStack } from "@smithy/types";
-import { onAbort, withOwnSignal } from "./abort.ts";
+import { withOwnSignal } from "./abort.ts";
 import { S3ObjectHttp } from "./http-s3.ts";
 import { displayLocation } from "./open.ts";
 import { PageAhead } from "./pages.ts";
@@ -274,7 +274,7 @@ export class S3Store implements ObjectStore {
     const buffer = new PageBuffer();
     // The next page is requested while this one is taken, and read when it is needed
     // (pages.ts); on the raw route only (the SDK reads its responses whole).
-    const ahead = new PageAhead<IncomingMessage>(options.signal, onAbort);
+    const ahead = new PageAhead<IncomingMessage>(options.signal);
     const open = (from: string) => (signal: AbortSignal) =>
       this.objects!.send({ method: "GET", key: "", query: listQuery(prefix, maxKeys, from), signal });
     try {

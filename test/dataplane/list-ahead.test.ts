@@ -219,11 +219,10 @@ describe("PageAhead's pacing", () => {
     };
     return { sent, open };
   };
-  const never = (_: AbortSignal, _fn: () => void) => () => {};
 
   it("requests the next page once the entries left would take less than twice the last page's answer", async () => {
     let now = 0;
-    const ahead = new PageAhead(undefined, never, () => now);
+    const ahead = new PageAhead(undefined, () => now);
     const { sent, open } = fake();
     // The first page took 100 ms to answer.
     await ahead.response(async () => {
@@ -249,7 +248,7 @@ describe("PageAhead's pacing", () => {
 
   it("a fast consumer (a no-op merge) asks at once, after the first eighth of the page or 64 entries", async () => {
     let now = 0;
-    const ahead = new PageAhead(undefined, never, () => now);
+    const ahead = new PageAhead(undefined, () => now);
     const { sent, open } = fake();
     await ahead.response(async () => {
       now += 400;
@@ -262,7 +261,7 @@ describe("PageAhead's pacing", () => {
   });
 
   it("the last page asks for nothing; close destroys an early response nobody read", async () => {
-    const ahead = new PageAhead(undefined, never, () => 0);
+    const ahead = new PageAhead(undefined, () => 0);
     const { sent, open } = fake();
     ahead.page(10, undefined);
     for (let i = 0; i < 10; i++) expect(ahead.taken(i)).toBeUndefined();
