@@ -220,40 +220,38 @@ describe("PageAhead's pacing", () => {
     return { sent, open };
   };
 
-  it("requests the next page once the entries left would take less than twice the last page's answer", async () => {
-    let now = 0;
-    const ahead = new PageAhead(undefined, () => now);
-    const { sent, open } = fake();
-    // The first page took 100 ms to answer.
+  /** A PageAhead on a clock of its own (`clock.now`, ms) whose first page took `latency` to answer. */
+  const answered = async (latency: number) => {
+    const clock = { now: 0 };
+    const ahead = new PageAhead(undefined, () => clock.now);
     await ahead.response(async () => {
-      now += 100;
+      clock.now += latency;
       return { destroy: () => {} };
     });
+    return { clock, ahead, ...fake() };
+  };
+
+  it("requests the next page once the entries left would take less than twice the last page's answer", async () => {
+    const { clock, ahead, sent, open } = await answered(100);
     ahead.page(1000, open("page 1"));
     // 10 ms an entry: 990 left would take 9.9 s; nothing is sent until 20 are left.
     for (let i = 0; i < 979; i++) {
-      now += 10;
+      clock.now += 10;
       expect(ahead.taken(i)).toBeUndefined();
     }
     expect(sent).toEqual([]);
-    now += 10;
+    clock.now += 10;
     await ahead.taken(979);
     expect(sent).toEqual(["page 1"]);
     // Sent once; the page's response is the early one.
-    now += 10;
+    clock.now += 10;
     expect(ahead.taken(980)).toBeUndefined();
     expect(await ahead.response(open("again"))).toBeDefined();
     expect(sent).toEqual(["page 1"]);
   });
 
   it("a fast consumer (a no-op merge) asks at once, after the first eighth of the page or 64 entries", async () => {
-    let now = 0;
-    const ahead = new PageAhead(undefined, () => now);
-    const { sent, open } = fake();
-    await ahead.response(async () => {
-      now += 400;
-      return { destroy: () => {} };
-    });
+    const { ahead, sent, open } = await answered(400);
     ahead.page(5000, open("page 1"));
     for (let i = 0; i < 63; i++) expect(ahead.taken(i)).toBeUndefined();
     await ahead.taken(63);
